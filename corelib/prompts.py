@@ -1,0 +1,110 @@
+"""The ICR prompt: N documents, then the query, in one chat turn; spans from offset mappings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+HEADER = "Here are some paragraphs:\n\n"
+INSTRUCTION = "Please find information that are relevant to the following query in the paragraphs above.\n\nQuery: "
+CONTENT_FREE_QUERY = "N/A"
+
+
+class PromptError(ValueError):
+    """The query or documents cannot form a valid prompt."""
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str  # the text put in the prompt (title + "\n" + body, already truncated)
+
+
+@dataclass
+class Prompt:
+    """A tokenised prompt with the token spans the scores are read from.
+
+    Spans are half-open ``[start, end)`` token indices. ``input_ids`` stop at the last query
+    token: causal attention from the query span never sees the chat suffix, so it is not run.
+    """
+
+    text: str
+    input_ids: list[int]
+    doc_ids: list[str]  # in prompt order
+    doc_spans: list[tuple[int, int]]
+    query_span: tuple[int, int]
+    full_length: int  # tokens of the whole prompt, chat suffix included
+
+
+def truncate_words(text: str, words: int | None) -> str:
+    """The first ``words`` whitespace-separated words of ``text`` (all of it when None)."""
+    if words is None:
+        return text.strip()
+    if words < 1:
+        raise PromptError(f"words={words}: documents must keep at least one word")
+    return " ".join(text.split()[:words])
+
+
+def document_text(title: str | None, body: str, words: int | None) -> str:
+    """``title + "\\n" + body`` with the body cut to its first ``words`` words (as ICR does)."""
+    body = truncate_words(body or "", words)
+    title = (title or "").strip()
+    return f"{title}\n{body}" if title else body
+
+
+def prompt_order(docs: Sequence[Document], rank1_last: bool = True) -> list[Document]:
+    """First-stage order -> prompt order. ICR puts the rank-1 candidate last, nearest the query."""
+    return list(reversed(docs)) if rank1_last else list(docs)
+
+
+def _overlapping(offsets, start: int, end: int) -> tuple[int, int]:
+    """Token range [first, last+1) of tokens whose character span overlaps [start, end)."""
+    idx = [i for i, (s, e) in enumerate(offsets) if s < end and e > start and e > s]
+    if not idx:
+        return (0, 0)
+    return (idx[0], idx[-1] + 1)
+
+
+def build_prompt(tokenizer, query: str, docs: Sequence[Document], prefix: str = "", suffix: str = "") -> Prompt:
+    """The paper's template with the model's chat markers; docs are given in prompt order."""
+    if not query or not query.strip():
+        raise PromptError("the query is empty: give a non-empty query text")
+    if not docs:
+        raise PromptError("no candidate documents: give at least one document to rank")
+    ids = [d.doc_id for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise PromptError(f"duplicate document ids {dup[:5]}: each candidate must appear once")
+    if not getattr(tokenizer, "is_fast", False):
+        raise PromptError("spans need a fast tokenizer (offset mapping): load it with use_fast=True")
+
+    parts = [prefix + (" " if prefix and not prefix[-1].isspace() else "") + HEADER]
+    pos = len(parts[0])
+    doc_chars = []
+    for i, doc in enumerate(docs, start=1):
+        marker = f"[document {i}] "
+        doc_chars.append((pos + len(marker), pos + len(marker) + len(doc.text)))
+        piece = f"{marker}{doc.text}\n\n"
+        parts.append(piece)
+        pos += len(piece)
+    query = query.strip()
+    query_chars = (pos, pos + len(INSTRUCTION) + len(query))
+    parts.append(INSTRUCTION + query + suffix)
+    text = "".join(parts)
+
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special)
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    doc_spans = [_overlapping(offsets, s, e) for s, e in doc_chars]
+    query_span = _overlapping(offsets, *query_chars)
+    if query_span[1] <= query_span[0]:
+        raise PromptError("the query span has no tokens; check the tokenizer's offset mapping")
+    return Prompt(
+        text=text,
+        input_ids=list(enc["input_ids"][: query_span[1]]),
+        doc_ids=ids,
+        doc_spans=doc_spans,
+        query_span=query_span,
+        full_length=len(enc["input_ids"]),
+    )
