@@ -1,0 +1,288 @@
+"""Collections in BEIR layout, first-stage candidates and the head-detection set.
+
+Lookup order for a collection: the data directory (argument, else ``$CORELIB_DATA``), then
+``ir_datasets`` (``beir/<name>/test``) or ``datasets`` (``Shitao/MLDR`` for ``mldr/<lang>``),
+which need a network. When none works, one error names the directory it looked in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .prompts import Document, document_text
+
+log = logging.getLogger(__name__)
+
+
+class DataError(RuntimeError):
+    """A collection or file could not be found or read; the message says how to fix it."""
+
+
+@dataclass
+class Collection:
+    name: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    corpus: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (title, text)
+    run_files: list[Path] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def has_corpus(self) -> bool:
+        return bool(self.corpus)
+
+    def document(self, doc_id: str, words: int | None) -> Document:
+        try:
+            title, text = self.corpus[doc_id]
+        except KeyError:
+            raise DataError(f"document {doc_id!r} is not in the corpus of {self.name}") from None
+        return Document(doc_id, document_text(title, text, words))
+
+
+@dataclass
+class Candidates:
+    """First-stage top-k per query, best first, with where they came from."""
+
+    ranking: dict[str, list[str]]
+    scores: dict[str, list[float]]
+    source: str
+
+    def run(self) -> dict[str, dict[str, float]]:
+        """As a run (qid -> doc -> score); rank order is kept by strictly decreasing scores."""
+        return {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} for q, docs in self.ranking.items()}
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path | None:
+    """The data directory: the argument, else ``$CORELIB_DATA``, else None."""
+    path = path or os.environ.get("CORELIB_DATA")
+    return Path(path).expanduser() if path else None
+
+
+def _open(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def _read_jsonl(path: Path):
+    with _open(path) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with _open(path) as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 3 or cols[0] == "query-id":
+                continue
+            qrels.setdefault(cols[0], {})[cols[1]] = int(float(cols[2]))
+    return qrels
+
+
+def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
+    """A TREC run file (``qid Q0 docid rank score tag``, possibly .gz) -> qid -> [(doc, score)] best first."""
+    rows: dict[str, list[tuple[int, str, float]]] = {}
+    with _open(Path(path)) as f:
+        for n, line in enumerate(f, 1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) < 5:
+                raise DataError(f"{path}:{n}: a TREC run line needs 'qid Q0 docid rank score tag'")
+            rows.setdefault(cols[0], []).append((int(cols[3]), cols[2], float(cols[4])))
+    return {q: [(d, s) for _, d, s in sorted(r, key=lambda x: (-x[2], x[0]))] for q, r in rows.items()}
+
+
+def write_trec_run(run: dict[str, dict[str, float]], path: str | os.PathLike, tag: str = "corelib") -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for q, docs in run.items():
+            for rank, (d, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
+                f.write(f"{q} Q0 {d} {rank} {s:.8g} {tag}\n")
+    os.replace(tmp, path)
+
+
+def _load_local(name: str, root: Path, split: str) -> Collection:
+    base = root / name
+    qrels_path = base / "qrels" / f"{split}.tsv"
+    if not (base / "queries.jsonl").is_file() or not qrels_path.is_file():
+        raise FileNotFoundError(base)
+    qrels = read_qrels(qrels_path)
+    queries = {str(r["_id"]): r["text"] for r in _read_jsonl(base / "queries.jsonl")}
+    corpus = {}
+    if (base / "corpus.jsonl").is_file():
+        corpus = {str(r["_id"]): (r.get("title") or "", r.get("text") or "") for r in _read_jsonl(base / "corpus.jsonl")}
+    runs = sorted(p for p in (base / "runs").glob("*") if p.name.endswith((".txt", ".txt.gz", ".trec"))) if (base / "runs").is_dir() else []
+    return Collection(name, queries, qrels, corpus, runs, source=str(base))
+
+
+def _load_ir_datasets(name: str, split: str) -> Collection:
+    import ir_datasets
+
+    ds = ir_datasets.load(f"beir/{name}/{split}" if name not in ("arguana", "scifact", "nfcorpus", "quora") or split != "test" else f"beir/{name}/test")
+    queries = {q.query_id: q.text for q in ds.queries_iter()}
+    qrels: dict[str, dict[str, int]] = {}
+    for r in ds.qrels_iter():
+        qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+    corpus = {d.doc_id: (getattr(d, "title", "") or "", d.text) for d in ds.docs_iter()}
+    return Collection(name, queries, qrels, corpus, [], source=f"ir_datasets:beir/{name}/{split}")
+
+
+def _load_mldr(lang: str, split: str) -> Collection:
+    import datasets
+
+    rows = datasets.load_dataset("Shitao/MLDR", lang, split=split)
+    corpus_rows = datasets.load_dataset("Shitao/MLDR", f"corpus-{lang}", split="corpus")
+    queries = {r["query_id"]: r["query"] for r in rows}
+    qrels = {r["query_id"]: {p["docid"]: 1 for p in r["positive_passages"]} for r in rows}
+    corpus = {r["docid"]: ("", r["text"]) for r in corpus_rows}
+    return Collection(f"mldr/{lang}", queries, qrels, corpus, [], source=f"datasets:Shitao/MLDR/{lang}")
+
+
+def load_collection(name: str, data: str | os.PathLike | None = None, split: str = "test") -> Collection:
+    """Load ``name`` (e.g. ``scifact``, ``xquad-r/de``, ``mldr/de``) from the data directory or online."""
+    root = data_dir(data)
+    if root is not None:
+        try:
+            return _load_local(name, root, split)
+        except FileNotFoundError:
+            pass
+    try:
+        if name.startswith("mldr/"):
+            return _load_mldr(name.split("/", 1)[1], split)
+        return _load_ir_datasets(name, split)
+    except Exception as err:  # offline, unknown name, missing package
+        where = f"in {root / name}" if root is not None else "in no data directory (none given)"
+        raise DataError(
+            f"collection {name!r} not found {where} (BEIR layout: queries.jsonl, qrels/{split}.tsv, "
+            f"corpus.jsonl), and the online fallback failed ({type(err).__name__}: {str(err)[:120]}). "
+            "Pass --data DIR or set CORELIB_DATA to a directory holding it."
+        ) from err
+
+
+def choose_run_file(collection: Collection) -> Path | None:
+    """The BM25 run of a collection: prefer Anserini's BEIR flat runs, then any bm25 run."""
+    if not collection.run_files:
+        return None
+    ranked = sorted(collection.run_files, key=lambda p: ("bm25-flat" not in p.name, "bm25" not in p.name, p.name))
+    return ranked[0]
+
+
+def first_stage(collection: Collection, k: int, query_ids: list[str] | None = None) -> Candidates:
+    """Top-k candidates per query from the collection's run file, else BM25 (bm25s) over its corpus."""
+    if k < 1:
+        raise ValueError(f"k={k}: ask for at least one candidate per query")
+    qids = list(query_ids) if query_ids is not None else sorted(collection.qrels)
+    drop_self = collection.name == "arguana"  # BEIR: a candidate equal to the query is dropped
+    run_file = choose_run_file(collection)
+    ranking, scores = {}, {}
+    if run_file is not None:
+        run = read_trec_run(run_file)
+        for q in qids:
+            docs = [(d, s) for d, s in run.get(q, []) if not (drop_self and d == q)][:k]
+            ranking[q], scores[q] = [d for d, _ in docs], [s for _, s in docs]
+        source = f"run file {run_file.name}"
+    elif collection.has_corpus:
+        ranking, scores = _bm25s(collection, qids, k + int(drop_self), drop_self)
+        source = "BM25 (bm25s) over the corpus"
+    else:
+        raise DataError(
+            f"{collection.name} has neither a run file under runs/ nor a corpus.jsonl: "
+            "add one of them to the data directory"
+        )
+    log.info("%s: first stage from %s, top-%d", collection.name, source, k)
+    ranking = {q: d[:k] for q, d in ranking.items()}
+    scores = {q: s[:k] for q, s in scores.items()}
+    return Candidates(ranking, scores, source)
+
+
+def _bm25s(collection: Collection, qids: list[str], k: int, drop_self: bool):
+    import bm25s
+
+    ids = list(collection.corpus)
+    texts = [f"{t} {x}".strip() for t, x in (collection.corpus[i] for i in ids)]
+    retriever = bm25s.BM25(k1=0.9, b=0.4)
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    q_tokens = bm25s.tokenize([collection.queries[q] for q in qids], stopwords="en", show_progress=False)
+    docs, scores = retriever.retrieve(q_tokens, k=min(k, len(ids)), show_progress=False)
+    ranking, score_lists = {}, {}
+    for row, q in enumerate(qids):
+        pairs = [(ids[i], float(s)) for i, s in zip(docs[row], scores[row]) if not (drop_self and ids[i] == q)]
+        ranking[q], score_lists[q] = [d for d, _ in pairs], [s for _, s in pairs]
+    return ranking, score_lists
+
+
+def sample_queries(collection: Collection, max_queries: int | None, seed: int = 0) -> list[str]:
+    """Judged queries with text, a seeded random subset of ``max_queries`` of them, sorted."""
+    qids = sorted(q for q in collection.qrels if q in collection.queries and any(v > 0 for v in collection.qrels[q].values()))
+    if max_queries is not None and max_queries < len(qids):
+        qids = sorted(random.Random(seed).sample(qids, max_queries))
+    return qids
+
+
+@dataclass(frozen=True)
+class DetectionSample:
+    """One head-detection prompt: documents in prompt order, the positive at ``positive``."""
+
+    query_id: str
+    query: str
+    docs: tuple[Document, ...]
+    positive: int
+
+
+def positive_positions(num_docs: int, count: int) -> list[int]:
+    """``count`` evenly spaced prompt positions (0 = first) among ``num_docs`` slots."""
+    if not 1 <= count <= num_docs:
+        raise ValueError(f"positions={count}: choose between 1 and {num_docs}, the documents per prompt")
+    return sorted({int(round(x)) for x in np.linspace(0, num_docs - 1, count)})
+
+
+def load_detection(
+    data: str | os.PathLike | None = None,
+    num_samples: int = 100,
+    num_negatives: int = 19,
+    positions: int = 2,
+    words: int | None = 100,
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+) -> list[DetectionSample]:
+    """Detection prompts from ``nq-open-detection/detection.jsonl`` (query, positive, hard negatives).
+
+    The first ``num_samples`` queries, each with its ``num_negatives`` hardest negatives (stored
+    order) and the positive at ``positions`` evenly spaced places: num_samples * positions prompts.
+    Negatives keep a seeded random order around the positive.
+    """
+    if path is None:
+        root = data_dir(data)
+        path = root / "nq-open-detection" / "detection.jsonl" if root else None
+    if path is None or not Path(path).is_file():
+        raise DataError(
+            f"detection set not found at {path}: give the data directory holding nq-open-detection/detection.jsonl "
+            "(--data DIR or CORELIB_DATA)"
+        )
+    samples = []
+    rng = random.Random(seed)
+    for n, row in enumerate(_read_jsonl(Path(path))):
+        if n >= num_samples:
+            break
+        negs = row["negatives"][:num_negatives]
+        if len(negs) < num_negatives:
+            raise DataError(f"{row['query_id']} has {len(negs)} negatives, fewer than num_negatives={num_negatives}")
+        neg_docs = [Document(str(d["_id"]), document_text(d.get("title"), d.get("text", ""), words)) for d in negs]
+        rng.shuffle(neg_docs)
+        pos_doc = Document(str(row["positive"]["_id"]), document_text(row["positive"].get("title"), row["positive"].get("text", ""), words))
+        for p in positive_positions(num_negatives + 1, positions):
+            docs = neg_docs[:p] + [pos_doc] + neg_docs[p:]
+            samples.append(DetectionSample(str(row["query_id"]), row["query"], tuple(docs), p))
+    return samples

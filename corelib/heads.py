@@ -1,0 +1,186 @@
+"""Head selection: CoRe (contrastive) and QR (absolute mass) scores, and head sets as data."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from .scoring import QueryRecord
+
+
+def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if not records:
+        raise ValueError("no detection records: run detection on at least one sample")
+    if any(r.positive is None for r in records):
+        raise ValueError("detection records need the positive's position (record.positive)")
+    if calibrated and any(r.doc_mass_na is None for r in records):
+        raise ValueError("calibrated detection needs records built with calibrate=True")
+    mass = torch.stack([(r.doc_mass - r.doc_mass_na) if calibrated else r.doc_mass for r in records]).double()
+    return mass, torch.tensor([r.positive for r in records])  # [S, L, H, N], [S]
+
+
+def core_scores(mass: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """S_CoRe: mean over samples of softmax_d(s_d / t) at the positive. mass [S, L, H, N] -> [L, H]."""
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}: it must be positive (the paper uses 0.001 or 0.1)")
+    logp = torch.log_softmax(mass / temperature, dim=-1)
+    pos = logp.gather(-1, positives.view(-1, 1, 1, 1).expand(*mass.shape[:3], 1)).squeeze(-1)
+    return pos.exp().mean(0).float()
+
+
+def qr_scores(mass: torch.Tensor, positives: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    """QR: mean over samples of the attention mass on the positive. mass [S, L, H, N] -> [L, H]."""
+    pos = mass.gather(-1, positives.view(-1, 1, 1, 1).expand(*mass.shape[:3], 1)).squeeze(-1)
+    return pos.mean(0).float()
+
+
+DETECTORS: dict[str, Callable[..., torch.Tensor]] = {"core": core_scores, "qr": qr_scores}
+
+
+@dataclass
+class HeadSet:
+    """An ordered list of (layer, head) pairs, 0-based, with where it came from."""
+
+    heads: list[tuple[int, int]]
+    model_id: str
+    method: str = "manual"
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.heads = [(int(l), int(h)) for l, h in self.heads]
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    @property
+    def deepest_layer(self) -> int:
+        return max(l for l, _ in self.heads)
+
+    def top(self, k: int) -> "HeadSet":
+        if not 1 <= k <= len(self.heads):
+            raise ValueError(f"k={k}: this head set has {len(self.heads)} heads")
+        return HeadSet(self.heads[:k], self.model_id, self.method, {**self.provenance, "k": k})
+
+    def to_json(self) -> dict:
+        return {"model_id": self.model_id, "method": self.method, "heads": [list(h) for h in self.heads],
+                "provenance": self.provenance}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HeadSet":
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(data["heads"], data["model_id"], data.get("method", "manual"), data.get("provenance", {}))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"head-set file {path} does not exist: run `python -m corelib detect` first") from None
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path} is not a head-set file (needs model_id and heads: [[layer, head], ...])") from err
+
+    def check(self, model_id: str, num_layers: int, num_heads: int) -> None:
+        """Raise if the set belongs to another model or names a head the model lacks."""
+        if self.model_id.split("/")[-1] != model_id.split("/")[-1]:
+            raise ValueError(f"this head set was detected on {self.model_id}, not on {model_id}: detect heads for {model_id}")
+        bad = [(l, h) for l, h in self.heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
+        if bad:
+            raise ValueError(f"heads {bad[:4]} are outside {model_id} ({num_layers} layers x {num_heads} heads, 0-based)")
+
+
+@dataclass
+class HeadScores:
+    """A score for every head of a model, with the detection settings that produced it."""
+
+    scores: torch.Tensor  # [L, H]
+    model_id: str
+    method: str
+    provenance: dict
+
+    def order(self) -> list[tuple[int, int]]:
+        """All heads, best first (ties broken by layer, then head)."""
+        L, H = self.scores.shape
+        flat = self.scores.flatten().tolist()
+        idx = sorted(range(L * H), key=lambda i: (-flat[i], i))
+        return [(i // H, i % H) for i in idx]
+
+    def head_set(self, k: int) -> HeadSet:
+        return HeadSet(self.order()[:k], self.model_id, self.method, {**self.provenance, "k": k})
+
+    def table(self) -> pd.DataFrame:
+        L, H = self.scores.shape
+        df = pd.DataFrame([(l, h, float(self.scores[l, h])) for l, h in self.order()], columns=["layer", "head", "score"])
+        df.insert(0, "rank", range(1, len(df) + 1))
+        df["relative_depth"] = (df["layer"] + 0.5) / L
+        return df
+
+
+def detect_heads(
+    records: Sequence[QueryRecord],
+    method: str = "core",
+    *,
+    temperature: float = 0.001,
+    calibrated: bool = False,
+    model_id: str = "",
+    provenance: dict | None = None,
+) -> HeadScores:
+    """Score every head on detection records (uncalibrated mass unless ``calibrated``)."""
+    try:
+        detector = DETECTORS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}: use one of {sorted(DETECTORS)}") from None
+    mass, positives = _stack_mass(records, calibrated)
+    scores = detector(mass, positives, temperature)
+    prov = {
+        "samples": len(records),
+        "queries": len({r.query_id for r in records}),
+        "negatives": int(mass.shape[-1]) - 1,
+        "positions": sorted({int(p) for p in positives}),
+        "temperature": temperature if method == "core" else None,
+        "calibrated": calibrated,
+        **(provenance or {}),
+    }
+    return HeadScores(scores, model_id, method, prov)
+
+
+def _parse(spec: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in item.split("-")) for item in spec.split(",")]
+
+
+RELEASED_HEADS: dict[str, HeadSet] = {
+    hs.model_id: hs
+    for hs in (
+        HeadSet(_parse("15-21,15-1,16-12,15-7,9-26,12-11,12-7,18-0"), "mistralai/Mistral-7B-Instruct-v0.2", "core",
+                {"source": "CoRe paper, released top-8", "temperature": 0.001}),
+        HeadSet(_parse("13-18,13-1,14-13,13-21,14-31,13-13,8-11,14-20"), "meta-llama/Llama-3.1-8B-Instruct", "core",
+                {"source": "CoRe paper, released top-8", "temperature": 0.1}),
+        HeadSet(_parse("17-1,23-1,19-5,19-29,19-34,19-0,18-6,19-7"), "microsoft/phi-4", "core",
+                {"source": "CoRe paper, released top-8", "temperature": 0.1}),
+        HeadSet(_parse("19-1,17-20,19-19,34-28,17-25,17-7,19-4,19-31"), "ibm-granite/granite-3.2-8b-instruct", "core",
+                {"source": "CoRe paper, released top-8", "temperature": 0.001}),
+    )
+}
+RELEASED_QR_HEADS: dict[str, HeadSet] = {
+    "meta-llama/Llama-3.1-8B-Instruct": HeadSet(
+        _parse("14-22,13-16,14-28,14-31,16-19,14-1,16-26,17-24,14-0,13-0,16-25,13-12,13-1,13-10,17-27,20-14"),
+        "meta-llama/Llama-3.1-8B-Instruct", "qr", {"source": "QRHead release (NQ), top-16"},
+    )
+}
+
+
+def released_heads(model_id: str, method: str = "core") -> HeadSet | None:
+    table = RELEASED_HEADS if method == "core" else RELEASED_QR_HEADS
+    for key, hs in table.items():
+        if key.split("/")[-1].lower() == model_id.split("/")[-1].lower():
+            return hs
+    return None

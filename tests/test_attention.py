@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from corelib.attention import calibrated_head_token_scores, head_token_scores
+from corelib.prompts import CONTENT_FREE_QUERY, Document, build_prompt, document_text
+from tiny_models import CONFIGS, tiny_model
+
+DOCS = [Document(f"d{i}", document_text(f"Title {i}", f"paragraph {i} about the colour of the sky and water. " * 4, 100))
+        for i in range(4)]
+
+
+def eager_oracle(lm, prompt):
+    """transformers' own attention probabilities (eager, output_attentions), query rows averaged."""
+    lm.backbone.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = lm.backbone(input_ids=torch.tensor([prompt.input_ids]), output_attentions=True)
+    finally:
+        lm.backbone.set_attn_implementation("sdpa")
+    s, e = prompt.query_span
+    return torch.stack([a[0, :, s:e].float().mean(1) for a in out.attentions])
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_matches_eager_output_attentions(arch, tokenizer):
+    lm = tiny_model(arch, tokenizer)
+    prompt = build_prompt(tokenizer, "why is the sky blue?", DOCS, lm.prefix, lm.suffix)
+    if arch == "gemma3":
+        assert len(prompt.input_ids) > 24 * 4  # well past the sliding window
+    ours = head_token_scores(lm, prompt.input_ids, prompt.query_span)
+    ref = eager_oracle(lm, prompt)
+    assert ours.shape == ref.shape == (4, 4, len(prompt.input_ids))
+    assert (ours - ref).abs().max() < 1e-5
+    assert torch.allclose(ours.sum(-1), torch.ones(4, 4), atol=1e-5)  # rows are distributions
+    assert ours.std() > 1e-4  # not uniform: the test would catch a wrong mask
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_calibration_reuses_prefix_exactly(arch, tokenizer):
+    lm = tiny_model(arch, tokenizer)
+    q = build_prompt(tokenizer, "why is the sky blue?", DOCS, lm.prefix, lm.suffix)
+    na = build_prompt(tokenizer, CONTENT_FREE_QUERY, DOCS, lm.prefix, lm.suffix)
+    s_q, s_na = calibrated_head_token_scores(lm, q.input_ids, q.query_span, na.input_ids, na.query_span)
+    assert (s_q - head_token_scores(lm, q.input_ids, q.query_span)).abs().max() < 1e-5
+    assert (s_na - head_token_scores(lm, na.input_ids, na.query_span)).abs().max() < 1e-5
+
+
+def test_default_model_matches_eager(default_lm):
+    prompt = build_prompt(default_lm.tokenizer, "why is the sky blue?", DOCS, default_lm.prefix, default_lm.suffix)
+    ours = head_token_scores(default_lm, prompt.input_ids, prompt.query_span)
+    assert (ours - eager_oracle(default_lm, prompt)).abs().max() < 1e-5
+
+
+def test_early_exit_and_pruned_model_keep_scores(default_lm):
+    from corelib.models import load_model
+
+    prompt = build_prompt(default_lm.tokenizer, "why is the sky blue?", DOCS, default_lm.prefix, default_lm.suffix)
+    full = head_token_scores(default_lm, prompt.input_ids, prompt.query_span)
+    early = head_token_scores(default_lm, prompt.input_ids, prompt.query_span, num_layers=10)
+    pruned = load_model("smollm2-135m", num_layers=15)
+    cut = head_token_scores(pruned, prompt.input_ids, prompt.query_span)
+    assert early.shape[0] == 10 and cut.shape[0] == 15
+    assert torch.equal(early, full[:10])
+    assert (cut - full[:15]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gives_finite_scores(dtype, tokenizer):
+    lm = tiny_model("llama", tokenizer, dtype=dtype)
+    # large q/k values: an unscaled fp16 q.k would overflow to inf
+    for name, p in lm.backbone.named_parameters():
+        if "q_proj" in name or "k_proj" in name:
+            p.data.mul_(30.0)
+    prompt = build_prompt(tokenizer, "why is the sky blue?", DOCS)
+    try:
+        s = head_token_scores(lm, prompt.input_ids, prompt.query_span)
+    except RuntimeError as err:  # an op this CPU build lacks for the dtype
+        pytest.skip(f"{dtype} does not run on this CPU: {err}")
+    assert torch.isfinite(s).all() and s.dtype == torch.float32
+    assert torch.allclose(s.sum(-1), torch.ones_like(s.sum(-1)), atol=1e-3)

@@ -1,0 +1,62 @@
+import pytest
+
+from corelib.data import (DataError, first_stage, load_collection, load_detection, positive_positions,
+                          read_trec_run, sample_queries, choose_run_file)
+from corelib.evaluate import evaluate_run
+
+
+@pytest.mark.parametrize("name,expected", [("scifact", 0.6789), ("arguana", 0.3970)])
+def test_bm25_run_files_reproduce_anserini(shared_data, name, expected):
+    c = load_collection(name, shared_data)
+    run = {q: dict(d) for q, d in read_trec_run(choose_run_file(c)).items()}
+    assert round(evaluate_run(run, c.qrels)["ndcg@10"], 4) == expected
+
+
+def test_first_stage_from_run_file(shared_data):
+    c = load_collection("arguana", shared_data)
+    qids = sample_queries(c, 20, seed=1)
+    assert qids == sample_queries(c, 20, seed=1) != sample_queries(c, 20, seed=2)
+    cand = first_stage(c, 20, qids)
+    assert "run file" in cand.source
+    assert all(len(cand.ranking[q]) == 20 and q not in cand.ranking[q] for q in qids)
+
+
+def test_nested_collection_names(shared_data):
+    c = load_collection("xquad-r/de", shared_data)
+    assert len(c.corpus) == 240 and len(c.queries) == 1190
+
+
+def test_tiny_fixture_falls_back_to_bm25(tiny_beir):
+    c = load_collection("tiny", tiny_beir)
+    cand = first_stage(c, 2)
+    assert cand.source.startswith("BM25")
+    assert cand.ranking["q1"][0] == "d1" and cand.ranking["q2"][0] == "d2"
+    assert c.document("d1", 3).text == "Sky\nThe sky is"
+
+
+def test_missing_collection_names_the_directory(tmp_path, monkeypatch):
+    import corelib.data as data
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(data, "_load_ir_datasets", offline)
+    with pytest.raises(DataError, match=f"not found in {tmp_path}/nope.*CORELIB_DATA"):
+        load_collection("nope", tmp_path)
+
+
+def test_collection_without_texts_or_runs(shared_data):
+    c = load_collection("fiqa", shared_data)
+    with pytest.raises(DataError, match="neither a run file"):
+        first_stage(c, 10)
+
+
+def test_detection_set(shared_data):
+    samples = load_detection(shared_data, num_samples=3, num_negatives=9, positions=3, words=50)
+    assert len(samples) == 9
+    assert [s.positive for s in samples[:3]] == positive_positions(10, 3) == [0, 4, 9]
+    for s in samples:
+        assert len(s.docs) == 10 and s.docs[s.positive].doc_id.startswith("nqopen-gold")
+        assert len({d.doc_id for d in s.docs}) == 10
+    with pytest.raises(ValueError, match="positions=11"):
+        positive_positions(10, 11)

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+
+from corelib.heads import HeadSet, core_scores, detect_heads, qr_scores, released_heads
+from corelib.scoring import QueryRecord, RecordStore, cumulative_doc_scores, doc_scores, filtered_doc_sum
+
+
+def make_record(token_scores, bounds, mass=None, positive=None, calibrated=True):
+    L, H, _ = token_scores.shape
+    n = len(bounds) - 1
+    mass = mass if mass is not None else torch.zeros(L, H, n)
+    return QueryRecord("q", [f"d{i}" for i in range(n)], torch.tensor(bounds), token_scores, mass,
+                       torch.zeros_like(mass), calibrated, 10, positive)
+
+
+def test_filter_drops_outlier_tokens_and_sums_the_rest():
+    # doc 0: 20 tokens of 1.0 and one of -100 -> the -100 is below mean - 2 std and is dropped
+    c = torch.tensor([1.0] * 20 + [-100.0] + [0.5, 0.5])
+    out = filtered_doc_sum(c, torch.tensor([0, 21, 23]))
+    assert out.tolist() == pytest.approx([20.0, 1.0])
+
+
+def test_no_length_normalisation_and_empty_docs():
+    c = torch.ones(7)
+    assert filtered_doc_sum(c, torch.tensor([0, 2, 2, 7])).tolist() == [2.0, 0.0, 5.0]
+    assert filtered_doc_sum(torch.tensor([3.0]), torch.tensor([0, 1])).tolist() == [3.0]
+
+
+def test_heads_are_summed_before_the_filter():
+    ts = torch.zeros(2, 2, 4)
+    ts[0, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ts[1, 1] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    rec = make_record(ts, [0, 2, 4])
+    assert doc_scores(rec).tolist() == [10.0, 10.0]
+    assert doc_scores(rec, [(0, 0)]).tolist() == [3.0, 7.0]
+    cum = cumulative_doc_scores(rec, [(1, 1), (0, 0), (0, 1)])
+    assert cum.tolist() == [[7.0, 3.0], [10.0, 10.0], [10.0, 10.0]]
+
+
+def test_core_score_limits():
+    # two samples, one head prefers the positive in both, one in neither, one equal everywhere
+    mass = torch.tensor([[[[0.9, 0.1, 0.0], [0.0, 0.5, 0.4], [0.3, 0.3, 0.3]]],
+                         [[[0.2, 0.7, 0.1], [0.0, 0.1, 0.9], [0.3, 0.3, 0.3]]]], dtype=torch.float64)  # [S=2, L=1, H=3, N=3]
+    pos = torch.tensor([0, 1])
+    sharp = core_scores(mass, pos, 1e-4)[0].tolist()
+    assert sharp == pytest.approx([1.0, 0.0, 1 / 3], abs=1e-6)  # t -> 0: share of wins (ties split)
+    assert core_scores(mass, pos, 1e4)[0].tolist() == pytest.approx([1 / 3] * 3, abs=1e-4)  # t -> inf: 1/(M+1)
+    assert qr_scores(mass, pos)[0].tolist() == pytest.approx([0.8, 0.05, 0.3])
+    with pytest.raises(ValueError, match="temperature"):
+        core_scores(mass, pos, 0)
+
+
+def test_detect_heads_ranks_and_records_provenance():
+    L, H, N = 3, 2, 4
+    recs = []
+    for i in range(6):
+        mass = torch.rand(L, H, N, generator=torch.Generator().manual_seed(i)) * 0.1
+        p = i % N
+        mass[1, 0, p] = 0.5  # head (1,0) always attends most to the positive
+        mass[2, 1, :] = 0.0
+        mass[2, 1, p] = 0.2
+        mass[2, 1, (p + 1) % N] = 0.9  # more absolute mass on the positive than most, but never the top
+        recs.append(make_record(torch.zeros(L, H, 1), [0] + [1] * N, mass, positive=p))
+    core = detect_heads(recs, "core", temperature=0.001, model_id="m")
+    qr = detect_heads(recs, "qr", model_id="m")
+    assert core.order()[0] == (1, 0) and qr.order()[0] == (1, 0)
+    assert core.table().loc[lambda d: (d["layer"] == 2) & (d["head"] == 1), "score"].item() < 0.01
+    assert qr.order()[1] == (2, 1)  # QR rewards absolute mass, CoRe does not
+    assert core.provenance["samples"] == 6 and core.provenance["negatives"] == 3
+    with pytest.raises(ValueError, match="unknown method"):
+        detect_heads(recs, "bogus")
+
+
+def test_head_sets_roundtrip_and_checks(tmp_path):
+    hs = HeadSet([(1, 2), (0, 1)], "smollm2-135m", "core", {"temperature": 0.01})
+    path = hs.save(tmp_path / "h.json")
+    back = HeadSet.load(path)
+    assert back.heads == [(1, 2), (0, 1)] and back.deepest_layer == 1
+    assert json.loads(path.read_text())["heads"] == [[1, 2], [0, 1]]
+    with pytest.raises(ValueError, match="detected on smollm2-135m, not on other"):
+        back.check("other", 30, 9)
+    with pytest.raises(ValueError, match="outside"):
+        HeadSet([(30, 0)], "smollm2-135m").check("smollm2-135m", 30, 9)
+    assert released_heads("meta-llama/Llama-3.1-8B-Instruct").heads[0] == (13, 18)
+    assert len(released_heads("Mistral-7B-Instruct-v0.2")) == 8
+    assert len(released_heads("Llama-3.1-8B-Instruct", "qr")) == 16
+
+
+def test_store_is_atomic_and_reused(tmp_path):
+    store = RecordStore(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return make_record(torch.ones(1, 1, 2), [0, 1, 2])
+
+    a = store.get_or_compute("m", "c/x", {"q": 1}, compute)
+    b = store.get_or_compute("m", "c/x", {"q": 1}, compute)
+    assert len(calls) == 1 and torch.equal(a.token_scores, b.token_scores)
+    store.get_or_compute("m", "c/x", {"q": 2}, compute)
+    assert len(calls) == 2
+    assert not list(tmp_path.rglob("*.tmp"))
