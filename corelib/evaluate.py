@@ -51,3 +51,9 @@ def significance(runs: dict[str, dict], qrels, metric: str = "ndcg@10", test: st
     qrels_c = Qrels({q: qrels[q] for q in sorted(common)})
     ranx_runs = [Run({q: trec_order(run[q]) for q in sorted(common)}, name=name) for name, run in runs.items()]
     return compare(qrels_c, ranx_runs, metrics=[metric], stat_test=test, max_p=0.05, make_comparable=True)
+
+
+def p_values(runs: dict[str, dict], qrels, against: str, metric: str = "ndcg@10", test: str = "student") -> dict[str, float]:
+    """Paired-test p-value of run ``against`` versus each other run (ranx)."""
+    report = significance(runs, qrels, metric, test)
+    return {name: float(report.comparisons[against, name][metric]["p_value"]) for name in runs if name != against}

@@ -1,0 +1,172 @@
+"""The reproduction study's settings (profiles) and the steps the notebooks share.
+
+Every step caches its attention records on disk (RecordStore), so a notebook that is stopped
+resumes where it was, and sweeps over heads or temperatures never run the model again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data import first_stage, load_collection, load_detection, sample_queries
+from .evaluate import evaluate_run
+from .heads import HeadScores, detect_heads
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .rerank import Reranker, detection_records
+from .scoring import QueryRecord, RecordStore, cumulative_doc_scores, record_run
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one reproduction run. Fixed before any test number was looked at."""
+
+    name: str
+    models: tuple[str, ...]
+    collections: tuple[str, ...]
+    top_k: int
+    words: int
+    queries: int | None  # per collection and model (None = all judged test queries)
+    queries_default_model: int | None
+    detection_samples: int
+    negatives: int
+    positions: int
+    temperature: float  # CoRe temperature used for head selection
+    num_heads: int = 8
+    prune_levels: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
+    multilingual: tuple[str, ...] = ()
+    seed: int = 0
+
+    def queries_for(self, model: str) -> int | None:
+        return self.queries_default_model if model == DEFAULT_MODEL else self.queries
+
+    def sizes(self, model: str | None = None) -> str:
+        q = self.queries_for(model) if model else self.queries
+        return (f"top-{self.top_k} BM25 candidates, {self.words} words/doc, {q or 'all'} queries/collection; "
+                f"detection {self.detection_samples} NQ queries x {self.positions} positions, {self.negatives} negatives, "
+                f"t={self.temperature}")
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", (DEFAULT_MODEL,), ("scifact", "cranfield"), top_k=8, words=40, queries=4,
+                     queries_default_model=4, detection_samples=4, negatives=7, positions=2, temperature=0.001,
+                     prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",)),
+    "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b"),
+                   ("scifact", "arguana", "cranfield", "cisi", "med", "npl", "lisa"), top_k=20, words=100,
+                   queries=30, queries_default_model=50, detection_samples=100, negatives=19, positions=2,
+                   temperature=0.001, multilingual=("xquad-r/de", "xquad-r/en", "xquad-r/es")),
+    "paper": Profile("paper", ("mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-3.1-8B-Instruct",
+                               "ibm-granite/granite-3.2-8b-instruct", "microsoft/phi-4"),
+                     ("trec-covid", "nfcorpus", "dbpedia-entity", "scifact", "scidocs", "fiqa", "nq", "fever",
+                      "climate-fever", "hotpotqa", "webis-touche2020", "msmarco", "quora", "arguana", "cqadupstack"),
+                     top_k=40, words=300, queries=None, queries_default_model=None, detection_samples=1000,
+                     negatives=49, positions=5, temperature=0.001,
+                     multilingual=tuple(f"mldr/{l}" for l in ("de", "en", "es", "fr", "it", "pt"))),
+}
+
+
+def profile(name: str, **overrides) -> Profile:
+    try:
+        return replace(PROFILES[name], **overrides)
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}: use one of {sorted(PROFILES)}") from None
+
+
+def output_dirs(p: Profile) -> tuple[Path, Path]:
+    """results/<profile>/tables and figures/<profile>, created."""
+    tables, figures = REPO / "results" / p.name / "tables", REPO / "figures" / p.name
+    tables.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    return tables, figures
+
+
+def heads_dir(p: Profile) -> Path:
+    """Where detected head sets go: results/heads (the CLI's default) for cpu, else results/<profile>/heads."""
+    return REPO / "results" / ("heads" if p.name == "cpu" else f"{p.name}/heads")
+
+
+@lru_cache(maxsize=1)
+def model(name: str, num_layers: int | None = None) -> LoadedModel:
+    """The loaded model (one kept in memory at a time)."""
+    return load_model(name, num_layers=num_layers)
+
+
+def store() -> RecordStore:
+    return RecordStore()
+
+
+def collection_records(model_name: str, collection: str, p: Profile, data=None, calibrate: bool = True) -> list[QueryRecord]:
+    """All-head records of the profile's query sample of a collection (cached on disk)."""
+    coll = load_collection(collection, data)
+    qids = sample_queries(coll, p.queries_for(model_name), p.seed)
+    cand = first_stage(coll, p.top_k, qids)
+    rr = Reranker(model(model_name), calibrate=calibrate, top_k=p.top_k, words=p.words, store=store())
+    return rr.records(coll, cand, qids)
+
+
+def first_stage_run(collection: str, p: Profile, model_name: str, data=None):
+    coll = load_collection(collection, data)
+    qids = sample_queries(coll, p.queries_for(model_name), p.seed)
+    return first_stage(coll, p.top_k, qids), coll
+
+
+def detection(model_name: str, p: Profile, data=None, calibrate: bool = False) -> list[QueryRecord]:
+    samples = load_detection(data, p.detection_samples, p.negatives, p.positions, words=p.words, seed=p.seed)
+    return detection_records(model(model_name), samples, calibrate=calibrate, store=store())
+
+
+def head_scores(records, method: str, p: Profile, model_name: str, temperature: float | None = None,
+                calibrated: bool = False) -> HeadScores:
+    t = p.temperature if temperature is None else temperature
+    return detect_heads(records, method, temperature=t, calibrated=calibrated, model_id=model_name,
+                        provenance={"data": "nq-open-detection", "words": p.words, "profile": p.name})
+
+
+def restrict_layers(scores: HeadScores, num_layers: int) -> HeadScores:
+    """Head scores with layers >= num_layers excluded (heads re-selected among kept layers)."""
+    s = scores.scores.clone()
+    s[num_layers:] = float("-inf")
+    return HeadScores(s, scores.model_id, scores.method, {**scores.provenance, "kept_layers": num_layers})
+
+
+def kept_layers(total: int, prune: float) -> int:
+    return max(1, math.ceil(round(total * (1 - prune), 6)))
+
+
+def ndcg(run, qrels) -> float:
+    return evaluate_run(run, qrels)["ndcg@10"]
+
+
+def sweep(records: list[QueryRecord], order, qrels, max_heads: int | None = None) -> pd.Series:
+    """nDCG@10 using the first k heads of ``order``, for k = 1..K (one pass over cached records)."""
+    order = order[:max_heads] if max_heads else order
+    per_k = {k: {} for k in range(1, len(order) + 1)}
+    for r in records:
+        cum = cumulative_doc_scores(r, order)
+        for k in range(len(order)):
+            per_k[k + 1][r.query_id] = dict(zip(r.doc_ids, cum[k].tolist()))
+    return pd.Series({k: ndcg(run, qrels) for k, run in per_k.items()}, name="ndcg@10")
+
+
+def time_extraction(lm: LoadedModel, records_prompt, repeats: int = 3) -> float:
+    """Median seconds of one calibrated extraction on a prompt (query, docs)."""
+    from .scoring import build_record
+
+    query, docs = records_prompt
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        build_record(lm, query, docs, calibrate=True)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
