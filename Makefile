@@ -37,7 +37,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 bench: setup
-	$(BIN)/python -m corelib.bench
+	$(BIN)/python -m corelib.bench --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) results/smoke .pytest_cache

@@ -225,6 +225,15 @@ def _truncated_config(config, num_layers: int | None):
     return config, total
 
 
+def total_layers(name_or_path: str) -> int:
+    """Decoder layers of a model, read from its config without loading weights."""
+    from transformers import AutoConfig
+
+    source = str(_converted_dir(name_or_path)) if name_or_path in BUILTIN_MODELS else name_or_path
+    config = AutoConfig.from_pretrained(source)
+    return (getattr(config, "text_config", None) or config).num_hidden_layers
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,

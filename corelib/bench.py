@@ -1,0 +1,177 @@
+"""``make bench``: cost of attention extraction against a plain forward and the naive eager way.
+
+Each configuration runs in its own process (so its peak RSS is its own) on the same real prompt;
+times are medians of several runs and are reported as ratios to (a), the plain SDPA forward,
+measured in the same invocation. Writes results/bench.json and results/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS = {
+    "a": "plain backbone forward (SDPA, no LM head): the floor",
+    "b": "all-head query-span extraction",
+    "c": "(b) + N/A calibration reusing the prefix KV cache",
+    "d": "naive: eager attention with output_attentions=True",
+    "e50": "(b) on the model pruned by 50%",
+    "eexit": "(b) with automatic exit at the deepest top-8 CoRe head",
+}
+TARGETS = {"b": (1.15, None), "c": (1.2, None), "e50": (0.55, 0.6)}
+TARGET_MEMORY_B = 1.3
+
+
+def real_prompt(lm, tokens: int, data: str | None):
+    """A real ICR prompt of about ``tokens`` tokens: SciFact BM25 candidates of one query, 100 words each."""
+    from .data import first_stage, load_collection, sample_queries
+    from .prompts import CONTENT_FREE_QUERY, build_prompt, prompt_order
+
+    coll = load_collection("scifact", data)
+    q = sample_queries(coll, 1, seed=0)[0]
+    cand = first_stage(coll, 100, [q])
+    docs = [coll.document(d, 100) for d in cand.ranking[q]]
+    n = 1
+    while n < len(docs):
+        p = build_prompt(lm.tokenizer, coll.queries[q], prompt_order(docs[: n + 1]), lm.prefix, lm.suffix)
+        if len(p.input_ids) > tokens:
+            break
+        n += 1
+    ordered = prompt_order(docs[:n])
+    return (build_prompt(lm.tokenizer, coll.queries[q], ordered, lm.prefix, lm.suffix),
+            build_prompt(lm.tokenizer, CONTENT_FREE_QUERY, ordered, lm.prefix, lm.suffix))
+
+
+NAIVE_LIMIT_GB = 8
+
+
+def naive_attention_gb(model: str, tokens: int) -> float:
+    """Memory that output_attentions holds: every layer's [H, T, T] fp32 map."""
+    from transformers import AutoConfig
+
+    from .models import BUILTIN_MODELS, _converted_dir
+
+    src = str(_converted_dir(model)) if model in BUILTIN_MODELS else model
+    cfg = AutoConfig.from_pretrained(src)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return cfg.num_hidden_layers * cfg.num_attention_heads * tokens * tokens * 4 / 2**30
+
+
+def deepest_top8(model: str, total: int) -> int:
+    from .heads import HeadSet
+
+    path = Path("results/heads") / f"{model}.core.json"
+    return HeadSet.load(path).top(8).deepest_layer + 1 if path.is_file() else total
+
+
+def worker(model: str, config: str, tokens: int, repeats: int, data: str | None) -> dict:
+    """Run one configuration in this process; report the median time and this process's peak RSS."""
+    from .attention import calibrated_head_token_scores, head_token_scores
+    from .models import load_model, total_layers
+
+    total = total_layers(model)
+    lm = load_model(model, num_layers=total // 2 if config == "e50" else None)
+    p, na = real_prompt(lm, tokens, data)
+    ids = torch.tensor([p.input_ids])
+    layers = deepest_top8(model, total) if config == "eexit" else None
+
+    def run():
+        with torch.inference_mode():
+            if config == "a":
+                lm.backbone.set_attn_implementation("sdpa")
+                lm.backbone(input_ids=ids)
+            elif config == "d":
+                lm.backbone.set_attn_implementation("eager")
+                out = lm.backbone(input_ids=ids, output_attentions=True)
+                s, e = p.query_span
+                torch.stack([a[0, :, s:e].float().mean(1) for a in out.attentions])
+            elif config == "c":
+                calibrated_head_token_scores(lm, p.input_ids, p.query_span, na.input_ids, na.query_span)
+            else:
+                head_token_scores(lm, p.input_ids, p.query_span, layers)
+
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return {"model": model, "config": config, "tokens": len(p.input_ids), "seconds": statistics.median(times),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "layers": layers}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--tokens", nargs="+", type=int, default=[1000, 2000, 4000, 8000])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--worker", nargs=3, metavar=("MODEL", "CONFIG", "TOKENS"))
+    args = ap.parse_args(argv)
+    if args.worker:
+        m, c, t = args.worker
+        print(json.dumps(worker(m, c, int(t), args.repeats, args.data)))
+        return
+    rows = []
+    for m in args.models:
+        for t in args.tokens:
+            for c in args.configs:
+                if c == "d" and naive_attention_gb(m, t) > NAIVE_LIMIT_GB:
+                    rows.append({"model": m, "config": c, "target_tokens": t,
+                                 "error": f"skipped: eager output_attentions keeps ~{naive_attention_gb(m, t):.0f} GB of "
+                                          f"attention maps (limit {NAIVE_LIMIT_GB} GB on this machine)"})
+                    continue
+                cmd = [sys.executable, "-m", "corelib.bench", "--worker", m, c, str(t), "--repeats", str(args.repeats)]
+                if args.data:
+                    cmd += ["--data", args.data]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    rows.append({"model": m, "config": c, "target_tokens": t, "error": out.stderr.strip().splitlines()[-1]})
+                    continue
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["target_tokens"] = t
+                rows.append(row)
+                print(row, flush=True)
+    write_report(rows, Path(args.out), torch.__version__)
+
+
+def write_report(rows: list[dict], out: Path, torch_version: str) -> None:
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(rows, indent=1))
+    df = pd.DataFrame([r for r in rows if "error" not in r])
+    base = df[df.config == "a"].set_index(["model", "target_tokens"])
+    df["time_ratio"] = [r.seconds / base.loc[(r.model, r.target_tokens), "seconds"] for r in df.itertuples()]
+    df["memory_ratio"] = [r.max_rss_mb / base.loc[(r.model, r.target_tokens), "max_rss_mb"] for r in df.itertuples()]
+    df["target"] = [("time <= %s" % TARGETS[c][0] + (", memory <= %s" % TARGETS[c][1] if TARGETS[c][1] else "")
+                     + (f", memory <= {TARGET_MEMORY_B} at 8k" if c == "b" else "")) if c in TARGETS else ""
+                    for c in df.config]
+    lines = ["# Benchmark: extraction cost against a plain forward", "",
+             f"CPU ({torch.get_num_threads()} threads), torch {torch_version}, fp32; real SciFact prompts "
+             "(BM25 candidates, 100 words each). Ratios are to (a) in the same run; memory is each configuration's "
+             "own process peak RSS (model weights included).", "",
+             *[f"- ({k}) {v}" for k, v in CONFIGS.items()], "",
+             "| model | tokens | config | seconds | time ratio | peak RSS MB | memory ratio | target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in df.itertuples():
+        lines.append(f"| {r.model} | {r.tokens} | {r.config} | {r.seconds:.3f} | {r.time_ratio:.2f} | "
+                     f"{r.max_rss_mb:.0f} | {r.memory_ratio:.2f} | {r.target} |")
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines += ["", "Failed configurations:", *[f"- {e['model']} {e['config']} {e['target_tokens']}: {e['error']}" for e in errors]]
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
