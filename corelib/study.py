@@ -46,7 +46,12 @@ class Profile:
     num_heads: int = 8
     prune_levels: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
     multilingual: tuple[str, ...] = ()
+    ablation_models: tuple[str, ...] | None = None  # None = all models
     seed: int = 0
+
+    @property
+    def models_for_ablations(self) -> tuple[str, ...]:
+        return self.ablation_models or self.models
 
     def queries_for(self, model: str) -> int | None:
         return self.queries_default_model if model == DEFAULT_MODEL else self.queries
@@ -65,7 +70,8 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b"),
                    ("scifact", "arguana", "cranfield", "cisi", "med", "npl", "lisa"), top_k=20, words=100,
                    queries=30, queries_default_model=50, detection_samples=100, negatives=19, positions=2,
-                   temperature=0.001, multilingual=("xquad-r/de", "xquad-r/en", "xquad-r/es")),
+                   temperature=0.001, multilingual=("xquad-r/de", "xquad-r/en", "xquad-r/es"),
+                   ablation_models=(DEFAULT_MODEL,)),
     "paper": Profile("paper", ("mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-3.1-8B-Instruct",
                                "ibm-granite/granite-3.2-8b-instruct", "microsoft/phi-4"),
                      ("trec-covid", "nfcorpus", "dbpedia-entity", "scifact", "scidocs", "fiqa", "nq", "fever",

@@ -1,0 +1,73 @@
+import pandas as pd
+import pytest
+import torch
+
+from corelib import report, study
+from corelib.heads import HeadScores
+from corelib.scoring import QueryRecord, record_run
+
+
+def rec(qid, token_scores, bounds, mass=None, positive=None):
+    L, H, _ = token_scores.shape
+    n = len(bounds) - 1
+    mass = mass if mass is not None else torch.zeros(L, H, n)
+    return QueryRecord(qid, [f"d{i}" for i in range(n)], torch.tensor(bounds), token_scores, mass, None, True, 5, positive)
+
+
+def test_profiles_are_fixed_and_named():
+    cpu = study.profile("cpu")
+    assert cpu.queries_for("smollm2-135m") == 50 and cpu.queries_for("gemma3-270m") == 30
+    assert (cpu.top_k, cpu.words, cpu.negatives, cpu.positions, cpu.detection_samples) == (20, 100, 19, 2, 100)
+    assert cpu.models_for_ablations == ("smollm2-135m",)
+    assert study.profile("smoke", queries=2).queries == 2
+    with pytest.raises(ValueError, match="unknown profile"):
+        study.profile("huge")
+
+
+def test_kept_layers_and_restriction():
+    assert [study.kept_layers(30, p) for p in (0.0, 0.3, 0.5, 0.7)] == [30, 21, 15, 9]
+    assert study.kept_layers(18, 0.5) == 9 and study.kept_layers(24, 0.7) == 8
+    hs = HeadScores(torch.tensor([[0.1, 0.2], [0.9, 0.3], [0.8, 0.0]]), "m", "core", {})
+    assert hs.order()[0] == (1, 0)
+    assert study.restrict_layers(hs, 1).order()[:2] == [(0, 1), (0, 0)]
+
+
+def test_sweep_equals_scoring_each_prefix():
+    g = torch.Generator().manual_seed(0)
+    recs = [rec(f"q{i}", torch.randn(2, 2, 9, generator=g), [0, 3, 6, 9]) for i in range(3)]
+    qrels = {f"q{i}": {"d1": 1} for i in range(3)}
+    order = [(1, 1), (0, 0), (1, 0), (0, 1)]
+    curve = study.sweep(recs, order, qrels)
+    for k in range(1, 5):
+        assert curve[k] == pytest.approx(study.ndcg(record_run(recs, order[:k]), qrels))
+
+
+def test_with_negatives_keeps_the_positive_first():
+    mass = torch.arange(5.0).view(1, 1, 5)
+    r = rec("q", torch.zeros(1, 1, 1), [0, 0, 0, 0, 0, 1], mass=mass, positive=3)
+    cut = study.with_negatives([r], 2)[0]
+    assert cut.positive == 0 and cut.doc_ids == ["d3", "d0", "d1"]
+    assert cut.doc_mass.flatten().tolist() == [3.0, 0.0, 1.0]
+
+
+def test_length_bias_detects_a_length_preference():
+    ts = torch.ones(1, 1, 10)  # every token equal: scores grow with length
+    r = rec("q", ts, [0, 1, 3, 10])
+    out = study.length_bias([r])
+    assert out["spearman(score, length)"] == pytest.approx(1.0)
+    assert out["top-1 length / mean length"] == pytest.approx(7 / (10 / 3))
+
+
+def test_verdicts_from_tables(tmp_path):
+    pd.DataFrame({"query": ["a", "b", "c"], "model": "m", "collection": "x", "BM25": 0.1,
+                  "ICR": [0.2, 0.3, 0.4], "QR-R": [0.5, 0.6, 0.7], "CoRe-R": [0.31, 0.42, 0.49]}).to_csv(tmp_path / "03_per_query.csv")
+    pd.DataFrame({"model": ["m"], "median relative depth": [0.5], "top heads": [8], "in middle third": [6]}).to_csv(tmp_path / "05_depth.csv")
+    pd.DataFrame({"model": ["m", "m"], "pruned_share": [0.0, 0.5], "ndcg@10": [0.50, 0.492], "latency_ratio": [1.0, 0.5]}).to_csv(tmp_path / "06_pruning.csv")
+    pd.DataFrame({"model": ["m"], "collection": ["x"], "order": ["core"], "peak nDCG@10": [0.5], "heads at peak": [12],
+                  "1 head": [0.3], "ICR": [0.4]}).to_csv(tmp_path / "04_peaks.csv")
+    v = report.verdicts(tmp_path).set_index(["claim", "model"])["verdict"]
+    assert v["CoRe-R >= ICR", "m"] == "holds"  # +10.3 points, p < 0.05
+    assert v["CoRe-R >= QR-R", "m"].startswith("does not hold")
+    assert v["top heads in middle layers", "m"] == "holds"
+    assert v["50% pruning within 0.5 point", "m"] == "does not hold"  # -0.8 points
+    assert v["peak below 10 heads", "m"] == "does not hold"
