@@ -130,13 +130,18 @@ def _load_local(name: str, root: Path, split: str) -> Collection:
 def _load_ir_datasets(name: str, split: str) -> Collection:
     import ir_datasets
 
-    ds = ir_datasets.load(f"beir/{name}/{split}" if name not in ("arguana", "scifact", "nfcorpus", "quora") or split != "test" else f"beir/{name}/test")
+    try:  # most BEIR sets have per-split ids; a few (trec-covid, touche, arguana) have none
+        ds_id = f"beir/{name}/{split}"
+        ds = ir_datasets.load(ds_id)
+    except KeyError:
+        ds_id = f"beir/{name}"
+        ds = ir_datasets.load(ds_id)
     queries = {q.query_id: q.text for q in ds.queries_iter()}
     qrels: dict[str, dict[str, int]] = {}
     for r in ds.qrels_iter():
         qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
     corpus = {d.doc_id: (getattr(d, "title", "") or "", d.text) for d in ds.docs_iter()}
-    return Collection(name, queries, qrels, corpus, [], source=f"ir_datasets:beir/{name}/{split}")
+    return Collection(name, queries, qrels, corpus, [], source=f"ir_datasets:{ds_id}")
 
 
 def _load_mldr(lang: str, split: str) -> Collection:

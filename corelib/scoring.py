@@ -96,12 +96,9 @@ def build_record(
 # ----------------------------------------------------------------------------- scoring
 
 
-def head_index(record_or_layers, heads) -> torch.Tensor | None:
-    """[K, 2] long tensor of (layer, head) pairs; None means every head."""
-    if heads is None:
-        return None
-    h = torch.as_tensor([tuple(x) for x in heads], dtype=torch.long).reshape(-1, 2)
-    return h
+def head_index(heads) -> torch.Tensor:
+    """[K, 2] long tensor of (layer, head) pairs."""
+    return torch.as_tensor([tuple(x) for x in heads], dtype=torch.long).reshape(-1, 2)
 
 
 def filtered_doc_sum(c: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
@@ -126,7 +123,7 @@ def summed_token_scores(record: QueryRecord, heads=None) -> torch.Tensor:
     """c_j: token scores summed over a head set (all heads when None) -> [T_doc]."""
     if heads is None:
         return record.token_scores.sum((0, 1))
-    h = head_index(record, heads)
+    h = head_index(heads)
     if h.numel() and int(h[:, 0].max()) >= record.num_layers:
         raise ValueError(f"head layer {int(h[:, 0].max())} is beyond the {record.num_layers} layers this record holds")
     return record.token_scores[h[:, 0], h[:, 1]].sum(0)
@@ -139,7 +136,7 @@ def doc_scores(record: QueryRecord, heads=None) -> torch.Tensor:
 
 def cumulative_doc_scores(record: QueryRecord, head_order) -> torch.Tensor:
     """Document scores using the first k heads of ``head_order``, for every k: [K, N]."""
-    h = head_index(record, head_order)
+    h = head_index(head_order)
     c = record.token_scores[h[:, 0], h[:, 1]].cumsum(0)
     return filtered_doc_sum(c, record.bounds)
 

@@ -82,6 +82,11 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# The cpu profile restricted to the default model: its results are complete on their own and come
+# first (the larger models take most of the cpu profile's time).
+PROFILES["cpu-default"] = replace(PROFILES["cpu"], name="cpu-default", models=(DEFAULT_MODEL,))
+
+
 def profile(name: str, **overrides) -> Profile:
     try:
         return replace(PROFILES[name], **overrides)
@@ -98,8 +103,8 @@ def output_dirs(p: Profile) -> tuple[Path, Path]:
 
 
 def heads_dir(p: Profile) -> Path:
-    """Where detected head sets go: results/heads (the CLI's default) for cpu, else results/<profile>/heads."""
-    return REPO / "results" / ("heads" if p.name == "cpu" else f"{p.name}/heads")
+    """Where detected head sets go: results/heads (the CLI's default) for the cpu profiles, else results/<profile>/heads."""
+    return REPO / "results" / ("heads" if p.name.startswith("cpu") else f"{p.name}/heads")
 
 
 @lru_cache(maxsize=1)
