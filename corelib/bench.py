@@ -77,6 +77,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None)
     from .attention import calibrated_head_token_scores, head_token_scores
     from .models import load_model, total_layers
 
+    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch + transformers, no model yet
     total = total_layers(model)
     lm = load_model(model, num_layers=total // 2 if config == "e50" else None)
     p, na = real_prompt(lm, tokens, data)
@@ -104,8 +105,40 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None)
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"model": model, "config": config, "tokens": len(p.input_ids), "seconds": statistics.median(times),
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "layers": layers}
+            "max_rss_mb": peak, "model_and_run_mb": peak - rss_imports, "layers": layers}
+
+
+def sweep_seconds(data: str | None, queries: int = 100) -> dict:
+    """(f): a head-count sweep over every head (CoRe order) and a 5-temperature sweep of CoRe-R top-8,
+    on ``queries`` cached records of the default model (cpu-default profile; computed once if missing)."""
+    from . import study
+    from .data import load_collection
+    from .scoring import record_run
+
+    p = study.profile("cpu-default")
+    m = p.models[0]
+    recs, qrels = [], {}
+    for name in p.collections:
+        if len(recs) >= queries:
+            break
+        recs += study.collection_records(m, name, p, data)[: queries - len(recs)]
+        qrels.update({f"{name}:{q}": rel for q, rel in load_collection(name, data).qrels.items()})
+        for r in recs:
+            if ":" not in r.query_id:
+                r.query_id = f"{name}:{r.query_id}"
+    det = study.detection(m, p, data)
+    t0 = time.perf_counter()
+    order = study.head_scores(det, "core", p, m).order()
+    curve = study.sweep(recs, order, qrels)
+    t_sweep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for t in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
+        study.ndcg(record_run(recs, study.head_scores(det, "core", p, m, temperature=t).head_set(8).heads), qrels)
+    t_temp = time.perf_counter() - t0
+    return {"model": m, "config": "f", "queries": len(recs), "heads": len(order), "sweep_seconds": t_sweep,
+            "temperature_sweep_seconds": t_temp, "seconds": t_sweep + t_temp, "peak_heads": int(curve.idxmax())}
 
 
 def main(argv=None) -> None:
@@ -116,6 +149,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="results")
+    ap.add_argument("--no-sweep", action="store_true", help="skip (f), the cached-record sweeps")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "CONFIG", "TOKENS"))
     args = ap.parse_args(argv)
     if args.worker:
@@ -142,31 +176,39 @@ def main(argv=None) -> None:
                 row["target_tokens"] = t
                 rows.append(row)
                 print(row, flush=True)
-    write_report(rows, Path(args.out), torch.__version__)
+    sweep = None if args.no_sweep else sweep_seconds(args.data)
+    write_report(rows, sweep, Path(args.out), torch.__version__, " ".join(sys.argv[1:]))
 
 
-def write_report(rows: list[dict], out: Path, torch_version: str) -> None:
+def write_report(rows: list[dict], sweep: dict | None, out: Path, torch_version: str, command: str = "") -> None:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(rows, indent=1))
+    (out / "bench.json").write_text(json.dumps({"command": f"python -m corelib.bench {command}", "rows": rows,
+                                                "sweep": sweep}, indent=1))
     df = pd.DataFrame([r for r in rows if "error" not in r])
     base = df[df.config == "a"].set_index(["model", "target_tokens"])
     df["time_ratio"] = [r.seconds / base.loc[(r.model, r.target_tokens), "seconds"] for r in df.itertuples()]
-    df["memory_ratio"] = [r.max_rss_mb / base.loc[(r.model, r.target_tokens), "max_rss_mb"] for r in df.itertuples()]
+    df["memory_ratio"] = [r.model_and_run_mb / base.loc[(r.model, r.target_tokens), "model_and_run_mb"] for r in df.itertuples()]
     df["target"] = [("time <= %s" % TARGETS[c][0] + (", memory <= %s" % TARGETS[c][1] if TARGETS[c][1] else "")
                      + (f", memory <= {TARGET_MEMORY_B} at 8k" if c == "b" else "")) if c in TARGETS else ""
                     for c in df.config]
     lines = ["# Benchmark: extraction cost against a plain forward", "",
-             f"CPU ({torch.get_num_threads()} threads), torch {torch_version}, fp32; real SciFact prompts "
-             "(BM25 candidates, 100 words each). Ratios are to (a) in the same run; memory is each configuration's "
-             "own process peak RSS (model weights included).", "",
+             f"Command: `python -m corelib.bench {command}`. CPU ({torch.get_num_threads()} threads), torch {torch_version}, "
+             "fp32; real SciFact prompts (BM25 candidates, 100 words each). Times are medians; ratios are to (a) at "
+             "the same model and length, in the same run. Memory: each configuration runs in its own process; "
+             "'model+run MB' is its peak RSS minus the RSS after importing torch and transformers (weights, "
+             "activations, caches), and the memory ratio compares that.", "",
              *[f"- ({k}) {v}" for k, v in CONFIGS.items()], "",
-             "| model | tokens | config | seconds | time ratio | peak RSS MB | memory ratio | target |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | tokens | config | seconds | time ratio | peak RSS MB | model+run MB | memory ratio | target |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
         lines.append(f"| {r.model} | {r.tokens} | {r.config} | {r.seconds:.3f} | {r.time_ratio:.2f} | "
-                     f"{r.max_rss_mb:.0f} | {r.memory_ratio:.2f} | {r.target} |")
+                     f"{r.max_rss_mb:.0f} | {r.model_and_run_mb:.0f} | {r.memory_ratio:.2f} | {r.target} |")
+    if sweep:
+        lines += ["", f"(f) cached-record sweeps, {sweep['model']}, {sweep['queries']} queries: head-count sweep over all "
+                      f"{sweep['heads']} heads {sweep['sweep_seconds']:.2f} s, 5-temperature CoRe-R sweep "
+                      f"{sweep['temperature_sweep_seconds']:.2f} s, total {sweep['seconds']:.2f} s (target < 10 s)."]
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["", "Failed configurations:", *[f"- {e['model']} {e['config']} {e['target_tokens']}: {e['error']}" for e in errors]]
