@@ -247,10 +247,12 @@ class DetectionSample:
 
 
 def positive_positions(num_docs: int, count: int) -> list[int]:
-    """``count`` evenly spaced prompt positions (0 = first) among ``num_docs`` slots."""
+    """``count`` prompt positions (0 = first) for the positive among ``num_docs`` slots: the centres of
+    ``count`` equal slices of the prompt. The first and last slots are avoided on purpose: a head
+    that always attends to the first (or last) document would otherwise win every sample placed there."""
     if not 1 <= count <= num_docs:
         raise ValueError(f"positions={count}: choose between 1 and {num_docs}, the documents per prompt")
-    return sorted({int(round(x)) for x in np.linspace(0, num_docs - 1, count)})
+    return sorted({min(num_docs - 1, int((i + 0.5) * num_docs / count)) for i in range(count)})
 
 
 def load_detection(
@@ -265,7 +267,7 @@ def load_detection(
     """Detection prompts from ``nq-open-detection/detection.jsonl`` (query, positive, hard negatives).
 
     The first ``num_samples`` queries, each with its ``num_negatives`` hardest negatives (stored
-    order) and the positive at ``positions`` evenly spaced places: num_samples * positions prompts.
+    order) and the positive at ``positions`` places (``positive_positions``): num_samples * positions prompts.
     Negatives keep a seeded random order around the positive.
     """
     if path is None:

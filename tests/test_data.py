@@ -54,7 +54,7 @@ def test_collection_without_texts_or_runs(shared_data):
 def test_detection_set(shared_data):
     samples = load_detection(shared_data, num_samples=3, num_negatives=9, positions=3, words=50)
     assert len(samples) == 9
-    assert [s.positive for s in samples[:3]] == positive_positions(10, 3) == [0, 4, 9]
+    assert [s.positive for s in samples[:3]] == positive_positions(10, 3) == [1, 5, 8]
     for s in samples:
         assert len(s.docs) == 10 and s.docs[s.positive].doc_id.startswith("nqopen-gold")
         assert len({d.doc_id for d in s.docs}) == 10
