@@ -107,6 +107,10 @@ class Reranker:
         fields = _record_fields(self.lm, self.num_layers, self.calibrate, self.words, self.rank1_last,
                                 [d.doc_id for d in ordered], query)
         fields["texts"] = RecordStore.key(texts=[d.text for d in ordered])
+        if self.num_layers < self.lm.total_layers:  # an all-layer record already cached holds these layers exactly
+            full = self.store.get(self.lm.model_id, group, {**fields, "layers": self.lm.total_layers})
+            if full is not None:
+                return full.first_layers(self.num_layers)
         return self.store.get_or_compute(self.lm.model_id, group, fields, compute)
 
     def rank(self, query: str, docs: Sequence) -> list[RankedDoc]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +42,11 @@ class QueryRecord:
     @property
     def doc_lengths(self) -> torch.Tensor:
         return self.bounds[1:] - self.bounds[:-1]
+
+    def first_layers(self, n: int) -> "QueryRecord":
+        """The same record restricted to layers 0..n-1 (exactly what a run stopped after layer n-1 gives)."""
+        cut = lambda t: None if t is None else t[:n]  # noqa: E731
+        return replace(self, token_scores=cut(self.token_scores), doc_mass=cut(self.doc_mass), doc_mass_na=cut(self.doc_mass_na))
 
 
 def _doc_token_index(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,13 +172,20 @@ class RecordStore:
     def path(self, model_id: str, group: str, key: str) -> Path:
         return self.root / model_id.replace("/", "__") / group.replace("/", "__") / f"{key}.pt"
 
-    def get_or_compute(self, model_id: str, group: str, fields: dict, compute: Callable[[], QueryRecord]) -> QueryRecord:
+    def get(self, model_id: str, group: str, fields: dict) -> QueryRecord | None:
         path = self.path(model_id, group, self.key(model_id=model_id, group=group, **fields))
         if path.is_file():
             try:
                 return QueryRecord(**torch.load(path, weights_only=False))
-            except Exception:  # a torn or stale file: recompute it
+            except Exception:  # a torn or stale file: it will be recomputed
                 path.unlink(missing_ok=True)
+        return None
+
+    def get_or_compute(self, model_id: str, group: str, fields: dict, compute: Callable[[], QueryRecord]) -> QueryRecord:
+        record = self.get(model_id, group, fields)
+        if record is not None:
+            return record
+        path = self.path(model_id, group, self.key(model_id=model_id, group=group, **fields))
         record = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

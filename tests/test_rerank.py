@@ -7,7 +7,7 @@ import torch
 from corelib.heads import HeadSet
 from corelib.prompts import PromptError
 from corelib.rerank import Reranker
-from corelib.scoring import doc_scores
+from corelib.scoring import RecordStore, doc_scores
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -80,3 +80,13 @@ def test_cli_detect_then_rerank_with_cache(shared_data, tmp_path):
     assert second.stdout == first.stdout  # same numbers, from the record cache
     bad = run_cli("rerank", "--data", str(tmp_path), "--collection", "nope")
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_head_subset_reuses_a_cached_all_layer_record(default_lm, tmp_path):
+    store = RecordStore(tmp_path)
+    docs = ["The sky is blue.", "Cats purr."]
+    full = Reranker(default_lm, words=50, store=store).record("sky?", full_docs(docs), group="g")
+    n_files = len(list(tmp_path.rglob("*.pt")))
+    sub = Reranker(default_lm, [(4, 1)], words=50, store=store).record("sky?", full_docs(docs), group="g")
+    assert len(list(tmp_path.rglob("*.pt"))) == n_files  # nothing new was computed
+    assert torch.equal(sub.token_scores, full.token_scores[:5])
