@@ -33,7 +33,9 @@ def _resolve_heads(spec: str, lm, heads_dir: Path):
             f"error: no {method} head set for {lm.model_id} at {path}: run "
             f"`python -m corelib detect --model {lm.model_id} --method {method} --out {path}` first"
         )
-    return HeadSet.load(spec)
+    path, _, k = spec.rpartition(":") if spec.rsplit(":", 1)[-1].isdigit() else (spec, "", "")
+    hs = HeadSet.load(path)
+    return hs.top(int(k)) if k else hs
 
 
 def cmd_rerank(args) -> None:
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--words", type=int, default=300)
     p.add_argument("--max-queries", type=int, default=None)
-    p.add_argument("--heads", default="all", help="all | core:K | qr:K | FILE.json")
+    p.add_argument("--heads", default="all", help="all | core:K | qr:K | FILE.json[:K] (top K of a ranked head set)")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--out", default=None, help="write the re-ranked run (TREC format)")
     p.set_defaults(func=cmd_rerank)

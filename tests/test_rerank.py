@@ -71,7 +71,7 @@ def test_cli_detect_then_rerank_with_cache(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert len(HeadSet.load(heads)) == 270
     args = ["rerank", "--data", str(shared_data), "--collection", "scifact", "--top-k", "5", "--words", "40",
-            "--max-queries", "2", "--cache", cache, "--heads", str(heads), "--out", str(tmp_path / "run.trec")]
+            "--max-queries", "2", "--cache", cache, "--heads", f"{heads}:8", "--out", str(tmp_path / "run.trec")]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "first stage (run file" in first.stdout and "re-ranked" in first.stdout
