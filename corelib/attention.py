@@ -182,7 +182,6 @@ def calibrated_head_token_scores(
     num_layers = _check_layers(lm, num_layers)
     prepare(lm)
     prefix = min(shared_prefix_length(query_ids, na_ids), query_span[0], na_span[0])
-    results = []
     if prefix == 0:
         return (
             head_token_scores(lm, query_ids, query_span, num_layers),
@@ -190,6 +189,7 @@ def calibrated_head_token_scores(
         )
     cache = DynamicCache(config=lm.backbone.config)
     _run(lm, list(query_ids[:prefix]), _Capture(rows=None, past_len=0, stop_layer=num_layers - 1), cache)
+    results = []
     for ids, (s, e) in ((query_ids, query_span), (na_ids, na_span)):
         cap = _Capture(rows=(s - prefix, e - prefix), past_len=prefix, stop_layer=num_layers - 1)
         _run(lm, list(ids[prefix:e]), cap, copy.deepcopy(cache))

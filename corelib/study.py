@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import first_stage, load_collection, load_detection, sample_queries
+from .data import Collection, first_stage, load_collection, load_detection, sample_queries
 from .evaluate import evaluate_run
 from .heads import HeadScores, detect_heads
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -117,19 +117,24 @@ def store() -> RecordStore:
     return RecordStore()
 
 
-def collection_records(model_name: str, collection: str, p: Profile, data=None, calibrate: bool = True) -> list[QueryRecord]:
-    """All-head records of the profile's query sample of a collection (cached on disk)."""
-    coll = load_collection(collection, data)
-    qids = sample_queries(coll, p.queries_for(model_name), p.seed)
-    cand = first_stage(coll, p.top_k, qids)
-    rr = Reranker(model(model_name), calibrate=calibrate, top_k=p.top_k, words=p.words, store=store())
-    return rr.records(coll, cand, qids)
+@lru_cache(maxsize=16)
+def _collection(name: str, data) -> "Collection":
+    """Each collection is read from disk once per session (notebooks ask for it many times)."""
+    return load_collection(name, data)
 
 
 def first_stage_run(collection: str, p: Profile, model_name: str, data=None):
-    coll = load_collection(collection, data)
+    """The profile's query sample of a collection with its first-stage candidates, and the collection."""
+    coll = _collection(collection, data)
     qids = sample_queries(coll, p.queries_for(model_name), p.seed)
     return first_stage(coll, p.top_k, qids), coll
+
+
+def collection_records(model_name: str, collection: str, p: Profile, data=None, calibrate: bool = True) -> list[QueryRecord]:
+    """All-head records of the profile's query sample of a collection (cached on disk)."""
+    cand, coll = first_stage_run(collection, p, model_name, data)
+    rr = Reranker(model(model_name), calibrate=calibrate, top_k=p.top_k, words=p.words, store=store())
+    return rr.records(coll, cand, list(cand.ranking))
 
 
 def detection(model_name: str, p: Profile, data=None, calibrate: bool = False) -> list[QueryRecord]:
@@ -170,11 +175,11 @@ def sweep(records: list[QueryRecord], order, qrels, max_heads: int | None = None
     return pd.Series({k: ndcg(run, qrels) for k, run in per_k.items()}, name="ndcg@10")
 
 
-def time_extraction(lm: LoadedModel, records_prompt, repeats: int = 3) -> float:
+def time_extraction(lm: LoadedModel, prompt: tuple, repeats: int = 3) -> float:
     """Median seconds of one calibrated extraction on a prompt (query, docs)."""
     from .scoring import build_record
 
-    query, docs = records_prompt
+    query, docs = prompt
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
