@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from ranx import Qrels, Run, compare, evaluate
+from ranx.metrics import ndcg as ranx_ndcg
 
 DEFAULT_METRICS = ("ndcg@10",)
 
@@ -35,6 +37,44 @@ def evaluate_run(run, qrels, metrics=DEFAULT_METRICS) -> dict[str, float]:
     r, q = to_ranx(run, qrels)
     out = evaluate(q, r, list(metrics), make_comparable=True)
     return {metrics[0]: float(out)} if isinstance(out, float) else {k: float(v) for k, v in out.items()}
+
+
+def mean_ndcg_rows(scored, qrels, k: int = 10) -> np.ndarray:
+    """Mean nDCG@k of R alternative scorings of the same candidates, in one ranx kernel call.
+
+    ``scored`` holds ``(query_id, doc_ids, scores)`` with ``scores`` of shape [R, len(doc_ids)]:
+    row r of every query forms run r. Returns the R means over the queries shared with ``qrels``,
+    equal to ``evaluate_run`` of each run (trec_eval tie order) but without building R ranx Runs;
+    head-count and temperature sweeps use it.
+    """
+    runs, judged = [], []
+    for qid, doc_ids, scores in scored:
+        if qid not in qrels:
+            continue
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 2 or scores.shape[1] != len(doc_ids):
+            raise ValueError(f"query {qid}: scores must be [rows, {len(doc_ids)}], got {list(scores.shape)}")
+        ids = {d: i for i, d in enumerate(doc_ids)}
+        for d in qrels[qid]:
+            ids.setdefault(d, len(ids))
+        # trec_eval order: score descending, ties by doc id descending
+        name_rank = np.argsort(np.argsort(np.array(doc_ids, dtype=object)))
+        order = np.lexsort((np.broadcast_to(name_rank, scores.shape), scores), axis=-1)[:, ::-1]
+        run = np.stack([order.astype(np.float64), np.take_along_axis(scores, order, -1)], -1)
+        runs.append(run)
+        rel = sorted(((float(r), float(ids[d])) for d, r in qrels[qid].items()), reverse=True)
+        judged.append(np.array([[i, r] for r, i in rel] or [[-1.0, 0.0]]))
+    if not runs:
+        raise ValueError("the scored queries and the qrels share no query id: check that they belong to the same collection")
+    rows, n = runs[0].shape[0], max(r.shape[1] for r in runs)
+    m = max(j.shape[0] for j in judged)
+    run_arr = np.full((len(runs), rows, n, 2), [-1.0, -np.inf])
+    qrel_arr = np.full((len(runs), m, 2), [-1.0, 0.0])
+    for i, (run, j) in enumerate(zip(runs, judged)):
+        run_arr[i, :, : run.shape[1]] = run
+        qrel_arr[i, : len(j)] = j
+    per_query = ranx_ndcg(np.repeat(qrel_arr, rows, 0), run_arr.reshape(-1, n, 2), k=k)
+    return per_query.reshape(len(runs), rows).mean(0)
 
 
 def per_query(run, qrels, metric: str = "ndcg@10") -> pd.Series:

@@ -111,17 +111,21 @@ def filtered_doc_sum(c: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
 
     c: [..., T] summed token scores; returns [..., N]. A document without tokens scores 0; a
     one-token or constant document keeps all its tokens (with std 0 the strict test would drop all).
+    All documents at once: per-document mean and (unbiased, two-pass) std through segment sums.
     """
-    out = []
-    for i in range(len(bounds) - 1):
-        seg = c[..., bounds[i] : bounds[i + 1]]
-        if seg.shape[-1] == 0:
-            out.append(torch.zeros(c.shape[:-1], dtype=c.dtype))
-            continue
-        std = seg.std(-1, keepdim=True) if seg.shape[-1] > 1 else torch.zeros_like(seg)
-        keep = (seg > seg.mean(-1, keepdim=True) - 2 * std) | (std == 0)  # a constant document keeps all
-        out.append(torch.where(keep, seg, torch.zeros_like(seg)).sum(-1))
-    return torch.stack(out, -1)
+    bounds = torch.as_tensor(bounds, dtype=torch.long)
+    lengths = bounds.diff()
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    c = c[..., int(bounds[0]) : int(bounds[-1])]
+
+    def segment_sum(x):
+        return torch.zeros(*x.shape[:-1], len(lengths), dtype=x.dtype).index_add_(-1, seg, x)
+
+    mean = segment_sum(c) / lengths.clamp(min=1)
+    var = segment_sum((c - mean[..., seg]) ** 2) / (lengths - 1).clamp(min=1)
+    std = var.sqrt()[..., seg]
+    keep = (c > mean[..., seg] - 2 * std) | (std == 0)  # a constant or one-token document keeps all
+    return segment_sum(torch.where(keep, c, torch.zeros_like(c)))
 
 
 def summed_token_scores(record: QueryRecord, heads=None) -> torch.Tensor:

@@ -123,7 +123,7 @@ def _collection(name: str, data) -> "Collection":
     return load_collection(name, data)
 
 
-def first_stage_run(collection: str, p: Profile, model_name: str, data=None):
+def first_stage_run(model_name: str, collection: str, p: Profile, data=None):
     """The profile's query sample of a collection with its first-stage candidates, and the collection."""
     coll = _collection(collection, data)
     qids = sample_queries(coll, p.queries_for(model_name), p.seed)
@@ -132,7 +132,7 @@ def first_stage_run(collection: str, p: Profile, model_name: str, data=None):
 
 def collection_records(model_name: str, collection: str, p: Profile, data=None, calibrate: bool = True) -> list[QueryRecord]:
     """All-head records of the profile's query sample of a collection (cached on disk)."""
-    cand, coll = first_stage_run(collection, p, model_name, data)
+    cand, coll = first_stage_run(model_name, collection, p, data)
     rr = Reranker(model(model_name), calibrate=calibrate, top_k=p.top_k, words=p.words, store=store())
     return rr.records(coll, cand, list(cand.ranking))
 
@@ -140,6 +140,19 @@ def collection_records(model_name: str, collection: str, p: Profile, data=None, 
 def detection(model_name: str, p: Profile, data=None, calibrate: bool = False) -> list[QueryRecord]:
     samples = load_detection(data, p.detection_samples, p.negatives, p.positions, words=p.words, seed=p.seed)
     return detection_records(model(model_name), samples, calibrate=calibrate, store=store())
+
+
+def warm(p: Profile, models=None, data=None, multilingual: bool = True) -> None:
+    """Compute and cache every record a profile's notebooks read, one model at a time: the detection
+    set, then each collection, then the multilingual collections. Stopping and re-running resumes
+    from the record cache; the notebooks then run without long forwards."""
+    for m in models or p.models:
+        steps = [("detection", None)] + [("collection", c) for c in p.collections]
+        steps += [("collection", c) for c in p.multilingual] if multilingual else []
+        for kind, name in steps:
+            t0 = time.perf_counter()
+            n = len(detection(m, p, data) if kind == "detection" else collection_records(m, name, p, data))
+            log.info("%s %s: %d records (%.0f s)", m, name or kind, n, time.perf_counter() - t0)
 
 
 def head_scores(records, method: str, p: Profile, model_name: str, temperature: float | None = None,
@@ -165,14 +178,14 @@ def ndcg(run, qrels) -> float:
 
 
 def sweep(records: list[QueryRecord], order, qrels, max_heads: int | None = None) -> pd.Series:
-    """nDCG@10 using the first k heads of ``order``, for k = 1..K (one pass over cached records)."""
+    """nDCG@10 using the first k heads of ``order``, for k = 1..K (one pass over cached records,
+    one ranx kernel call for all K)."""
+    from .evaluate import mean_ndcg_rows
+
     order = order[:max_heads] if max_heads else order
-    per_k = {k: {} for k in range(1, len(order) + 1)}
-    for r in records:
-        cum = cumulative_doc_scores(r, order)
-        for k in range(len(order)):
-            per_k[k + 1][r.query_id] = dict(zip(r.doc_ids, cum[k].tolist()))
-    return pd.Series({k: ndcg(run, qrels) for k, run in per_k.items()}, name="ndcg@10")
+    scored = [(r.query_id, r.doc_ids, cumulative_doc_scores(r, order).numpy()) for r in records]
+    curve = mean_ndcg_rows(scored, qrels)
+    return pd.Series(curve, index=pd.RangeIndex(1, len(order) + 1, name="heads"), name="ndcg@10")
 
 
 def time_extraction(lm: LoadedModel, prompt: tuple, repeats: int = 3) -> float:
@@ -202,7 +215,7 @@ def rerank_table(p: Profile, collections, data=None, num_heads: int | None = Non
         core = head_scores(det, "core", p, m, temperature=temperature).head_set(k).heads
         qr = head_scores(det, "qr", p, m).head_set(k).heads
         for name in collections:
-            cand, coll = first_stage_run(name, p, m, data)
+            cand, coll = first_stage_run(m, name, p, data)
             recs = collection_records(m, name, p, data)
             runs = {"BM25": cand.run(), "ICR": record_run(recs), "QR-R": record_run(recs, qr),
                     "CoRe-R": record_run(recs, core)}

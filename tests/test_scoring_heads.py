@@ -28,6 +28,24 @@ def test_no_length_normalisation_and_empty_docs():
     assert filtered_doc_sum(torch.tensor([3.0]), torch.tensor([0, 1])).tolist() == [3.0]
 
 
+def test_batched_filter_equals_the_per_document_definition():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([5, 0, 1, 30, 12, 7])
+    bounds = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    c = torch.rand(4, int(bounds[-1]), generator=g, dtype=torch.float64) ** 4
+    c[:, 10:20] = -1.0  # outliers inside document 3
+    expected = torch.zeros(4, len(lengths), dtype=torch.float64)
+    for i in range(len(lengths)):
+        seg = c[:, bounds[i] : bounds[i + 1]]
+        if seg.shape[-1] > 1:
+            keep = seg > seg.mean(-1, keepdim=True) - 2 * seg.std(-1, keepdim=True)
+            expected[:, i] = (seg * keep).sum(-1)
+        else:
+            expected[:, i] = seg.sum(-1)
+    assert torch.allclose(filtered_doc_sum(c, bounds), expected)
+    assert filtered_doc_sum(c, bounds)[:, 3].lt(c[:, 6:36].clamp(min=0).sum(-1)).all()  # outliers dropped
+
+
 def test_heads_are_summed_before_the_filter():
     ts = torch.zeros(2, 2, 4)
     ts[0, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])
