@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from corelib import bench
+
+
+def row(config, tokens, seconds, mb):
+    return {"model": "m", "config": config, "target_tokens": tokens, "tokens": tokens, "seconds": seconds,
+            "max_rss_mb": mb + 500, "model_and_run_mb": mb, "layers": 7 if config == "eexit" else None,
+            "device": "CPU, 2 threads (float32)"}
+
+
+def test_ratios_and_verdicts_against_the_targets(tmp_path):
+    rows = [row("a", 1000, 2.0, 100), row("b", 1000, 2.2, 150), row("e50", 1000, 1.2, 55),
+            row("a", 8000, 10.0, 200), row("b", 8000, 11.0, 250), row("c", 8000, 13.0, 200),
+            {"model": "m", "config": "d", "target_tokens": 8000, "error": "skipped: too large"}]
+    df = bench.ratios(rows).set_index(["config", "target_tokens"])
+    assert df.loc[("b", 1000), "time_ratio"] == pytest.approx(1.1)
+    assert df.loc[("b", 1000), "verdict"] == "met"  # the memory target applies at the longest prompt only
+    assert df.loc[("b", 8000), "verdict"] == "met, met"
+    assert df.loc[("c", 8000), "verdict"] == "MISSED"
+    assert df.loc[("e50", 1000), "verdict"] == "MISSED, met"  # 0.6 time, 0.55 memory
+    bench.write_report(rows, {"model": "m", "queries": 100, "heads": 270, "sweep_seconds": 3.0,
+                              "temperature_sweep_seconds": 0.5, "seconds": 3.5}, tmp_path, "x", "--models m")
+    md = (tmp_path / "bench.md").read_text()
+    assert "| m | 8000 | c | 13.000 | 1.30 |" in md and "target < 10 s: met" in md and "skipped: too large" in md
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["config"] == "a"
+
+
+def test_worker_measures_a_real_prompt(shared_data):
+    out = bench.worker("smollm2-135m", "b", 300, 1, str(shared_data))
+    assert 150 < out["tokens"] <= 300 and out["seconds"] > 0 and out["model_and_run_mb"] > 0
