@@ -10,7 +10,7 @@ export CORELIB_DATA := $(DATA)
 # Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.
 export JUPYTER_DATA_DIR := $(abspath $(VENV))/share/jupyter
 
-.PHONY: setup test reproduce lab bench clean
+.PHONY: setup test reproduce warm lab bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -34,6 +34,10 @@ reproduce: setup
 	  $(BIN)/papermill --cwd notebooks -k core-heads -p PROFILE $(PROFILE) -p DATA "$(DATA)" \
 	    "$$nb" "results/$(PROFILE)/$$(basename $$nb)" || exit 1; \
 	done
+
+# The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
+warm: setup
+	$(BIN)/python -m corelib -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 CONFIGS = {
-    "a": "plain backbone forward (SDPA, no LM head): the floor",
+    "a": "plain backbone forward (SDPA, no KV cache, no LM head): the floor",
     "b": "all-head query-span extraction",
     "c": "(b) + N/A calibration reusing the prefix KV cache",
     "d": "naive: eager attention with output_attentions=True",
@@ -106,10 +106,10 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None)
         with torch.inference_mode():
             if config == "a":
                 lm.backbone.set_attn_implementation("sdpa")
-                lm.backbone(input_ids=ids)
+                lm.backbone(input_ids=ids, use_cache=False)  # a KV cache is not needed to score: not part of the floor
             elif config == "d":
                 lm.backbone.set_attn_implementation("eager")
-                out = lm.backbone(input_ids=ids, output_attentions=True)
+                out = lm.backbone(input_ids=ids, output_attentions=True, use_cache=False)
                 s, e = p.query_span
                 torch.stack([a[0, :, s:e].float().mean(1) for a in out.attentions])
             elif config == "c":
@@ -252,7 +252,7 @@ def write_report(rows: list[dict], sweep: dict | None, out: Path, torch_version:
              "| model | tokens | config | seconds | time ratio | peak RSS MB | model+run MB | memory ratio | target | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
-        config = f"{r.config} ({r.layers} layers)" if r.config == "eexit" else r.config
+        config = f"{r.config} ({int(r.layers)} layers)" if r.config == "eexit" else r.config
         lines.append(f"| {r.model} | {r.tokens} | {config} | {r.seconds:.3f} | {r.time_ratio:.2f} | "
                      f"{r.max_rss_mb:.0f} | {r.model_and_run_mb:.0f} | {r.memory_ratio:.2f} | {r.target} | {r.verdict} |")
     if sweep:
