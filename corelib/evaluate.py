@@ -45,7 +45,7 @@ def mean_ndcg_rows(scored, qrels, k: int = 10) -> np.ndarray:
     ``scored`` holds ``(query_id, doc_ids, scores)`` with ``scores`` of shape [R, len(doc_ids)]:
     row r of every query forms run r. Returns the R means over the queries shared with ``qrels``,
     equal to ``evaluate_run`` of each run (trec_eval tie order) but without building R ranx Runs;
-    head-count and temperature sweeps use it.
+    head-count sweeps use it.
     """
     runs, judged = [], []
     for qid, doc_ids, scores in scored:
