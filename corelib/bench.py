@@ -24,6 +24,7 @@ CONFIGS = {
     "c": "(b) + N/A calibration reusing the prefix KV cache",
     "d": "naive: eager attention with output_attentions=True",
     "e50": "(b) on the model pruned by 50%",
+    "pruned": "(b) on the first `layers` layers only, the later ones not loaded (notebook 6)",
     "eexit": "(b) with automatic exit at the deepest top-8 CoRe head",
 }
 TARGETS = {"b": (1.15, None), "c": (1.2, None), "e50": (0.55, 0.6)}
@@ -72,21 +73,34 @@ def deepest_top8(model: str, total: int) -> int:
     return HeadSet.load(path).top(8).deepest_layer + 1 if path.is_file() else total
 
 
-def current_rss_mb() -> float:
-    """Resident memory now (Linux /proc), else the peak so far."""
+def _proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (Linux), else the peak RSS from getrusage."""
     try:
-        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+        return int(open("/proc/self/status").read().split(f"{field}:")[1].split()[0]) / 1024
     except (OSError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(model: str, config: str, tokens: int, repeats: int, data: str | None) -> dict:
+def current_rss_mb() -> float:
+    """Resident memory now."""
+    return _proc_status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image. Not getrusage's ru_maxrss: Linux carries that
+    across exec from the parent that spawned the process (a notebook kernel holding GBs would set
+    every worker's peak)."""
+    return _proc_status_mb("VmHWM")
+
+
+def worker(model: str, config: str, tokens: int, repeats: int, data: str | None, layers: int | None = None) -> dict:
     """Run one configuration in this process; report the median time and this process's peak RSS.
 
     The prompt is built first with a one-layer copy of the model (tokenizer and chat markers);
     the resident memory after that (libraries, the SciFact corpus, the prompt) is the baseline
     that 'model+run' is measured from, so the data loaded for the prompt is not counted as the
-    model's cost.
+    model's cost. ``layers``: the layers loaded for "pruned", the layers run for "eexit" (default:
+    down to the deepest top-8 CoRe head in results/heads).
     """
     import gc
 
@@ -98,9 +112,12 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None)
     p, na = real_prompt(load_model(model, num_layers=1, device="cpu"), tokens, data)
     gc.collect()
     rss_base = current_rss_mb()
-    lm = load_model(model, num_layers=total // 2 if config == "e50" else None)
+    if config == "pruned" and layers is None:
+        raise ValueError("config 'pruned' needs layers: how many of the first layers to keep")
+    loaded = {"e50": total // 2, "pruned": layers}.get(config)
+    lm = load_model(model, num_layers=loaded)
     ids = torch.tensor([p.input_ids], device=lm.device)
-    layers = deepest_top8(model, total) if config == "eexit" else None
+    layers = (layers or deepest_top8(model, total)) if config == "eexit" else loaded
 
     def run():
         with torch.inference_mode():
@@ -115,7 +132,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None)
             elif config == "c":
                 calibrated_head_token_scores(lm, p.input_ids, p.query_span, na.input_ids, na.query_span)
             else:
-                head_token_scores(lm, p.input_ids, p.query_span, layers)
+                head_token_scores(lm, p.input_ids, p.query_span, None if config == "pruned" else layers)
 
     def timed() -> float:
         if cuda:
@@ -128,7 +145,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None)
 
     timed()  # warm-up
     times = [timed() for _ in range(repeats)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     # on a GPU the model and the run live in GPU memory: its peak allocation is what is compared
     used = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak - rss_base
     device = (f"{torch.cuda.get_device_name()} ({str(lm.dtype).removeprefix('torch.')})" if cuda
@@ -169,20 +186,35 @@ def sweep_seconds(data: str | None, queries: int = 100) -> dict:
             "temperature_sweep_seconds": t_temp, "seconds": t_sweep + t_temp, "peak_heads": int(curve.idxmax())}
 
 
+def measure(model: str, config: str, tokens: int, repeats: int = 3, data: str | None = None,
+            layers: int | None = None) -> dict:
+    """One configuration's worker result, run in a fresh process (so that its peak memory is its own);
+    on failure a row with the error's last line."""
+    cmd = [sys.executable, "-m", "corelib.bench", "--worker", model, config, str(tokens), "--repeats", str(repeats)]
+    cmd += ["--data", str(data)] if data else []
+    cmd += ["--layers", str(layers)] if layers else []
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        return {"model": model, "config": config, "target_tokens": tokens, "error": lines[-1]}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "target_tokens": tokens}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
     ap.add_argument("--tokens", nargs="+", type=int, default=[1000, 2000, 4000, 8000])
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=[c for c in CONFIGS if c != "pruned"], choices=list(CONFIGS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-sweep", action="store_true", help="skip (f), the cached-record sweeps")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "CONFIG", "TOKENS"))
+    ap.add_argument("--layers", type=int, default=None, help="with --worker: layers kept (pruned) or run (eexit)")
     args = ap.parse_args(argv)
     if args.worker:
         m, c, t = args.worker
-        print(json.dumps(worker(m, c, int(t), args.repeats, args.data)))
+        print(json.dumps(worker(m, c, int(t), args.repeats, args.data, args.layers)))
         return
     rows = []
     for m in args.models:
@@ -193,15 +225,7 @@ def main(argv=None) -> None:
                                  "error": f"skipped: eager output_attentions keeps ~{naive_attention_gb(m, t):.0f} GB of "
                                           f"attention maps (limit {NAIVE_LIMIT_GB} GB on this machine)"})
                     continue
-                cmd = [sys.executable, "-m", "corelib.bench", "--worker", m, c, str(t), "--repeats", str(args.repeats)]
-                if args.data:
-                    cmd += ["--data", args.data]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    rows.append({"model": m, "config": c, "target_tokens": t, "error": out.stderr.strip().splitlines()[-1]})
-                    continue
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                row["target_tokens"] = t
+                row = measure(m, c, t, args.repeats, args.data)
                 rows.append(row)
                 print(row, flush=True)
     sweep = None if args.no_sweep else sweep_seconds(args.data)
@@ -248,7 +272,7 @@ def write_report(rows: list[dict], sweep: dict | None, out: Path, torch_version:
              "building the prompt (corpus and prompt in memory, no model): the weights that the forward touches "
              "(transformers maps safetensors files, so only used embedding rows become resident), activations "
              "and caches; on a GPU it is the peak GPU allocation. The memory ratio compares that.", "",
-             *[f"- ({k}) {v}" for k, v in CONFIGS.items()], "",
+             *[f"- ({k}) {v}" for k, v in CONFIGS.items() if k in {r["config"] for r in rows}], "",
              "| model | tokens | config | seconds | time ratio | peak RSS MB | model+run MB | memory ratio | target | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():

@@ -10,11 +10,14 @@ import seaborn as sns
 import torch
 
 
-def save(fig, path_without_suffix: str | Path) -> None:
+def save(fig, path_without_suffix: str | Path) -> list[Path]:
+    """Write ``<path>.png`` and ``<path>.pdf``; dots in the name (``qwen2.5-...``) are kept."""
     path = Path(path_without_suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".png", ".pdf"):
-        fig.savefig(path.with_suffix(suffix), bbox_inches="tight", dpi=150)
+    written = [path.parent / f"{path.name}{suffix}" for suffix in (".png", ".pdf")]
+    for out in written:
+        fig.savefig(out, bbox_inches="tight", dpi=150)
+    return written
 
 
 def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = (), ax=None):
@@ -43,12 +46,19 @@ def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None):
 
 
 def pruning(df: pd.DataFrame, title: str):
-    """nDCG@10 and latency ratio by pruned share (Figure 3/5)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    """nDCG@10 by pruned share (Figure 5), and beside it the measured latency and peak-memory ratios
+    of the pruned forward to the unpruned one when the table has them."""
+    cost = [c for c in ("latency_ratio", "memory_ratio") if c in df]
+    fig, axes = plt.subplots(1, 1 + bool(cost), figsize=(6 + 4.5 * bool(cost), 3.5), squeeze=False)
+    ax = axes[0, 0]
     sns.lineplot(data=df, x="pruned_share", y="ndcg@10", hue="model", marker="o", ax=ax)
     ax.set(title=title, xlabel="share of layers pruned")
-    if "latency_ratio" in df:
-        ax2 = ax.twinx()
-        sns.lineplot(data=df, x="pruned_share", y="latency_ratio", hue="model", ls=":", marker="x", ax=ax2, legend=False)
-        ax2.set(ylabel="latency / unpruned (dotted)")
+    if cost:
+        long = df.melt(id_vars=["model", "pruned_share"], value_vars=cost, var_name="ratio", value_name="pruned / unpruned")
+        long["ratio"] = long["ratio"].str.removesuffix("_ratio")
+        sns.lineplot(data=long, x="pruned_share", y="pruned / unpruned", hue="model", style="ratio", marker="o",
+                     ax=axes[0, 1])
+        axes[0, 1].axhline(1.0, color="grey", lw=0.8)
+        axes[0, 1].set(title="cost of the pruned forward (measured)", xlabel="share of layers pruned")
+    fig.tight_layout()
     return fig

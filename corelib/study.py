@@ -188,17 +188,43 @@ def sweep(records: list[QueryRecord], order, qrels, max_heads: int | None = None
     return pd.Series(curve, index=pd.RangeIndex(1, len(order) + 1, name="heads"), name="ndcg@10")
 
 
-def time_extraction(lm: LoadedModel, prompt: tuple, repeats: int = 3) -> float:
-    """Median seconds of one calibrated extraction on a prompt (query, docs)."""
-    from .scoring import build_record
+def pruning_cost(model_name: str, p: Profile, exit_layers: int, data=None, tokens: int | None = None,
+                 repeats: int = 3) -> pd.DataFrame:
+    """Measured cost of extraction on the pruned model at each of the profile's pruned shares, and of
+    the unpruned model that exits after ``exit_layers`` layers (the deepest selected head).
 
-    query, docs = prompt
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        build_record(lm, query, docs, calibrate=True)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    Each configuration runs in its own process (``corelib.bench.measure``: median of ``repeats``
+    after a warm-up; peak memory above the process's baseline, or peak GPU allocation) on the
+    same real prompt of about ``tokens`` tokens (default: the length of the profile's first
+    prompt). Ratios are to the unpruned model measured in the same call.
+    """
+    from .bench import measure
+    from .prompts import build_prompt, prompt_order
+
+    if tokens is None:
+        cand, coll = first_stage_run(model_name, p.collections[0], p, data)
+        q = next(iter(cand.ranking))
+        lm = model(model_name)
+        docs = prompt_order([coll.document(d, p.words) for d in cand.ranking[q]])
+        tokens = len(build_prompt(lm.tokenizer, coll.queries[q], docs, lm.prefix, lm.suffix).input_ids)
+    total = model(model_name).num_layers
+    rows = []
+    for share in p.prune_levels:
+        kept = kept_layers(total, share)
+        row = measure(model_name, "pruned", tokens, repeats, data, layers=kept) if kept < total else \
+            measure(model_name, "b", tokens, repeats, data)
+        rows.append({**row, "pruned_share": share, "kept layers": kept, "run": "pruned"})
+    rows.append({**measure(model_name, "eexit", tokens, repeats, data, layers=exit_layers),
+                 "pruned_share": 0.0, "kept layers": total, "run": f"early exit after layer {exit_layers - 1}"})
+    errors = [r["error"] for r in rows if "error" in r]
+    if errors:
+        raise RuntimeError(f"pruning cost of {model_name} not measured: {errors[0]}")
+    df = pd.DataFrame(rows)
+    base = df[(df.run == "pruned") & (df["kept layers"] == total)].iloc[0]
+    df["latency_ratio"] = df.seconds / base.seconds
+    df["memory_ratio"] = df.model_and_run_mb / base.model_and_run_mb
+    return df[["model", "run", "pruned_share", "kept layers", "tokens", "seconds", "model_and_run_mb",
+               "latency_ratio", "memory_ratio", "device"]]
 
 
 def rerank_table(p: Profile, collections, data=None, num_heads: int | None = None,

@@ -31,3 +31,29 @@ def test_ratios_and_verdicts_against_the_targets(tmp_path):
 def test_worker_measures_a_real_prompt(shared_data):
     out = bench.worker("smollm2-135m", "b", 300, 1, str(shared_data))
     assert 150 < out["tokens"] <= 300 and out["seconds"] > 0 and out["model_and_run_mb"] > 0
+
+
+def test_pruned_and_exit_configs_run_the_layers_asked_for(shared_data):
+    pruned = bench.worker("smollm2-135m", "pruned", 300, 1, str(shared_data), layers=5)
+    exit_ = bench.worker("smollm2-135m", "eexit", 300, 1, str(shared_data), layers=7)
+    assert (pruned["layers"], exit_["layers"]) == (5, 7)
+    with pytest.raises(ValueError, match="needs layers"):
+        bench.worker("smollm2-135m", "pruned", 300, 1, str(shared_data))
+
+
+def test_measure_reports_a_failed_worker_as_an_error_row(shared_data):
+    row = bench.measure("smollm2-135m", "pruned", 300, 1, str(shared_data))
+    assert "error" in row and "needs layers" in row["error"]
+
+
+def test_peak_memory_of_a_worker_is_its_own_not_its_parents():
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    held = np.ones(1_500 * 2**20, dtype=np.uint8)  # the spawning process (a notebook kernel) holds 1.5 GB
+    code = "from corelib.bench import peak_rss_mb; print(peak_rss_mb())"
+    own = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert held.sum() == held.size
+    assert own < 1_000  # on Linux, getrusage's ru_maxrss here reports > 1,500 MB: the parent's, carried across exec
