@@ -207,8 +207,13 @@ def first_stage(collection: Collection, k: int, query_ids: list[str] | None = No
             "add one of them to the data directory"
         )
     log.info("%s: first stage from %s, top-%d", collection.name, source, k)
-    ranking = {q: d[:k] for q, d in ranking.items()}
-    scores = {q: s[:k] for q, s in scores.items()}
+    empty = [q for q in qids if not ranking.get(q)]
+    if empty:
+        # as trec_eval does, a query the first stage returns nothing for is left out (of every method alike)
+        log.warning("%s: %d of %d queries have no first-stage candidates and are left out: %s",
+                    collection.name, len(empty), len(qids), ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
+    ranking = {q: d[:k] for q, d in ranking.items() if d}
+    scores = {q: s[:k] for q, s in scores.items() if q in ranking}
     return Candidates(ranking, scores, source)
 
 
