@@ -93,6 +93,23 @@ def peak_rss_mb() -> float:
     return _proc_status_mb("VmHWM")
 
 
+def busy_cpu_share(seconds: float = 0.5) -> float:
+    """Share of all cores busy over the next ``seconds`` (Linux /proc/stat; 0 where unknown). Called
+    while this process waits, it tells whether other processes would disturb a timing."""
+    def snapshot():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
 def worker(model: str, config: str, tokens: int, repeats: int, data: str | None, layers: int | None = None) -> dict:
     """Run one configuration in this process; report the median time and this process's peak RSS.
 

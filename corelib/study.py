@@ -198,7 +198,7 @@ def pruning_cost(model_name: str, p: Profile, exit_layers: int, data=None, token
     same real prompt of about ``tokens`` tokens (default: the length of the profile's first
     prompt). Ratios are to the unpruned model measured in the same call.
     """
-    from .bench import measure
+    from .bench import busy_cpu_share, measure
     from .prompts import build_prompt, prompt_order
 
     if tokens is None:
@@ -208,6 +208,10 @@ def pruning_cost(model_name: str, p: Profile, exit_layers: int, data=None, token
         docs = prompt_order([coll.document(d, p.words) for d in cand.ranking[q]])
         tokens = len(build_prompt(lm.tokenizer, coll.queries[q], docs, lm.prefix, lm.suffix).input_ids)
     total = model(model_name).num_layers
+    busy = busy_cpu_share()
+    if not torch.cuda.is_available() and busy > 0.25:
+        log.warning("%.0f%% of the CPU is busy with other processes before timing %s: the latency ratios "
+                    "will be noisy; stop them (e.g. a `make warm` job) for clean numbers", 100 * busy, model_name)
     rows = []
     for share in p.prune_levels:
         kept = kept_layers(total, share)

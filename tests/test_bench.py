@@ -57,3 +57,19 @@ def test_peak_memory_of_a_worker_is_its_own_not_its_parents():
     own = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert held.sum() == held.size
     assert own < 1_000  # on Linux, getrusage's ru_maxrss here reports > 1,500 MB: the parent's, carried across exec
+
+
+def test_busy_cpu_share_sees_a_busy_core():
+    import os
+    import threading
+    import time
+
+    def spin(until):
+        while time.perf_counter() < until:
+            pass
+
+    thread = threading.Thread(target=spin, args=(time.perf_counter() + 1.0,))
+    thread.start()
+    busy = bench.busy_cpu_share(0.5)
+    thread.join()
+    assert 1 / os.cpu_count() - 0.1 <= busy <= 1.0  # at least the one spinning core
