@@ -71,3 +71,32 @@ def test_verdicts_from_tables(tmp_path):
     assert v["top heads in middle layers", "m"] == "holds"
     assert v["50% pruning within 0.5 point", "m"] == "does not hold"  # -0.8 points
     assert v["peak below 10 heads", "m"] == "does not hold"
+
+
+@pytest.mark.shared_data
+def test_warm_caches_every_step_and_resumes_without_forwards(monkeypatch, tmp_path, tokenizer, shared_data):
+    from corelib.scoring import RecordStore
+    from tiny_models import tiny_model
+
+    lm = tiny_model("llama", tokenizer)
+    calls = []
+    lm.backbone.register_forward_pre_hook(lambda *a: calls.append(1))
+    monkeypatch.setattr(study, "model", lambda name, num_layers=None: lm)
+    monkeypatch.setattr(study, "store", lambda: RecordStore(tmp_path))
+    p = study.profile("smoke", models=("tiny-llama",), collections=("scifact",), multilingual=("xquad-r/de",),
+                      queries=2, detection_samples=2, negatives=3)
+    study.warm(p, data=shared_data)
+    # detection: 2 queries x 2 positions, one forward each; each collection: 2 calibrated records,
+    # three backbone calls each (the shared document prefix, then the query and the N/A suffixes)
+    assert len(calls) == 2 * 2 + 2 * (2 * 3)
+    assert len(list(tmp_path.rglob("*.pt"))) == 2 * 2 + 2 + 2
+    calls.clear()
+    study.warm(p, data=shared_data)  # a second run (or a resumed one) reads everything from the cache
+    assert calls == []
+
+
+def test_warm_command_names_a_model_outside_the_profile(capsys):
+    from corelib.__main__ import main
+
+    assert main(["warm", "--profile", "smoke", "--model", "gemma3-270m"]) == 2
+    assert "['gemma3-270m'] not in profile 'smoke' (its models: smollm2-135m)" in capsys.readouterr().err
