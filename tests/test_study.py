@@ -66,11 +66,19 @@ def test_verdicts_from_tables(tmp_path):
     pd.DataFrame({"model": ["m"], "collection": ["x"], "order": ["core"], "peak nDCG@10": [0.5], "heads at peak": [12],
                   "1 head": [0.3], "ICR": [0.4]}).to_csv(tmp_path / "04_peaks.csv")
     v = report.verdicts(tmp_path).set_index(["claim", "model"])["verdict"]
+    assert not any("multilingual" in c for c, _ in v.index)  # notebook 7 not run: no multilingual rows
     assert v["CoRe-R >= ICR", "m"] == "holds"  # +10.3 points, p < 0.05
     assert v["CoRe-R >= QR-R", "m"].startswith("does not hold")
     assert v["top heads in middle layers", "m"] == "holds"
     assert v["50% pruning within 0.5 point", "m"] == "does not hold"  # -0.8 points
     assert v["peak below 10 heads", "m"] == "does not hold"
+    pd.DataFrame({"query": ["a", "b", "c"], "model": "m", "collection": "xquad-r/de", "BM25": 0.1,
+                  "ICR": [0.5, 0.6, 0.7], "QR-R": [0.2, 0.3, 0.4], "CoRe-R": [0.31, 0.42, 0.49]}).to_csv(tmp_path / "07_per_query.csv")
+    out = report.verdicts(tmp_path).set_index(["claim", "model"])
+    assert out.loc[("CoRe-R >= ICR (multilingual)", "m"), "verdict"].startswith("does not hold")
+    assert out.loc[("CoRe-R >= QR-R (multilingual)", "m"), "verdict"] == "holds"
+    assert out.loc[("CoRe-R >= QR-R (multilingual)", "m"), "ours"] == "+10.67 points over 3 queries (xquad-r/de)"
+    assert out.loc[("CoRe-R >= ICR", "m"), "verdict"] == "holds"  # Table 1's rows are unchanged
 
 
 @pytest.mark.shared_data
