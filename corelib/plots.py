@@ -62,3 +62,13 @@ def pruning(df: pd.DataFrame, title: str):
         axes[0, 1].set(title="cost of the pruned forward (measured)", xlabel="share of layers pruned")
     fig.tight_layout()
     return fig
+
+
+def method_bars(table: pd.DataFrame, title: str, methods=("BM25", "ICR", "QR-R", "CoRe-R")):
+    """nDCG@10 of each method per collection, one panel per model (the re-ranking tables as bars)."""
+    long = table.melt(id_vars=["model", "collection"], value_vars=list(methods), var_name="method", value_name="nDCG@10")
+    grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar",
+                       height=3.2, aspect=1.3, hue_order=list(methods))
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle(title, y=1.04)
+    return grid.figure

@@ -259,6 +259,16 @@ def rerank_table(p: Profile, collections, data=None, num_heads: int | None = Non
     return pd.DataFrame(rows), pd.concat(per_q, ignore_index=True)
 
 
+METHODS = ("BM25", "ICR", "QR-R", "CoRe-R")
+
+
+def method_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Per model, the unweighted mean nDCG@10 of each method over the table's collections."""
+    avg = table.groupby("model")[list(METHODS)].mean()
+    avg["collections"] = table.groupby("model").size()
+    return avg
+
+
 def with_negatives(records: list[QueryRecord], m: int) -> list[QueryRecord]:
     """Detection records whose contrast keeps the positive and only the first m negatives (prompt order)."""
     out = []

@@ -13,3 +13,15 @@ def test_save_keeps_dots_in_model_names(tmp_path):
     plt.close(fig)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["04_sweep_qwen2.5-coder-0.5b.pdf", "04_sweep_qwen2.5-coder-0.5b.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_method_bars_draw_every_value_per_model():
+    import pandas as pd
+
+    table = pd.DataFrame({"model": ["a", "a", "b"], "collection": ["x", "y", "x"], "BM25": [0.1, 0.2, 0.3],
+                          "ICR": [0.4, 0.5, 0.6], "QR-R": [0.11, 0.12, 0.13], "CoRe-R": [0.21, 0.22, 0.23]})
+    fig = plots.method_bars(table, "t")
+    heights = sorted(round(b.get_height(), 6) for ax in fig.axes for b in ax.patches if b.get_height() > 0)
+    plt.close(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    assert heights == sorted(table[["BM25", "ICR", "QR-R", "CoRe-R"]].to_numpy().ravel().round(6).tolist())

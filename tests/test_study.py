@@ -108,3 +108,11 @@ def test_warm_command_names_a_model_outside_the_profile(capsys):
 
     assert main(["warm", "--profile", "smoke", "--model", "gemma3-270m"]) == 2
     assert "['gemma3-270m'] not in profile 'smoke' (its models: smollm2-135m)" in capsys.readouterr().err
+
+
+def test_method_means_average_collections_per_model():
+    t = pd.DataFrame({"model": ["a", "a", "b"], "collection": ["x", "y", "x"], "BM25": [0.1, 0.3, 0.5],
+                      "ICR": [0.2, 0.4, 0.6], "QR-R": 0.0, "CoRe-R": [1.0, 0.0, 0.25]})
+    avg = study.method_means(t)
+    assert avg.loc["a", "BM25"] == pytest.approx(0.2) and avg.loc["a", "CoRe-R"] == pytest.approx(0.5)
+    assert avg.loc["b", "ICR"] == pytest.approx(0.6) and avg["collections"].tolist() == [2, 1]
