@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from ranx import Qrels, Run, compare, evaluate
@@ -94,6 +96,14 @@ def significance(runs: dict[str, dict], qrels, metric: str = "ndcg@10", test: st
 
 
 def p_values(runs: dict[str, dict], qrels, against: str, metric: str = "ndcg@10", test: str = "student") -> dict[str, float]:
-    """Paired-test p-value of run ``against`` versus each other run (ranx)."""
+    """Paired-test p-value of run ``against`` versus each other run (ranx). Two runs with the same
+    score on every query get p = 1 (ranx's t-test divides by their zero spread and returns NaN)."""
     report = significance(runs, qrels, metric, test)
-    return {name: float(report.comparisons[against, name][metric]["p_value"]) for name in runs if name != against}
+    out = {}
+    for name in runs:
+        if name != against:
+            p = float(report.comparisons[against, name][metric]["p_value"])
+            if math.isnan(p) and per_query(runs[against], qrels, metric).equals(per_query(runs[name], qrels, metric)):
+                p = 1.0
+            out[name] = p
+    return out

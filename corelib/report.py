@@ -85,7 +85,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        cells = [("-" if v != v else format(v, floatfmt)) if isinstance(v, float) else str(v) for v in row]  # NaN: no test
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -24,3 +24,15 @@ def test_mean_ndcg_rows_rejects_bad_shapes_and_foreign_queries():
         mean_ndcg_rows([("a", ["d"], np.zeros((1, 1)))], {"b": {"d": 1}})
     with pytest.raises(ValueError, match=r"scores must be \[rows, 2\]"):
         mean_ndcg_rows([("a", ["d", "e"], np.zeros((1, 3)))], {"a": {"d": 1}})
+
+
+def test_p_value_of_runs_with_equal_scores_is_one_not_nan():
+    from corelib.evaluate import p_values
+
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"a": 1}}
+    base = {"q1": {"a": 2.0, "b": 1.0}, "q2": {"a": 2.0, "b": 1.0}, "q3": {"a": 1.0, "b": 2.0}}
+    same = {q: {d: s * 10 for d, s in docs.items()} for q, docs in base.items()}  # other scores, same ranking
+    other = {"q1": {"a": 1.0, "b": 2.0}, "q2": {"a": 1.0, "b": 2.0}, "q3": {"a": 2.0, "b": 1.0}}
+    p = p_values({"x": base, "same": same, "other": other}, qrels, against="x")
+    assert p["same"] == 1.0
+    assert 0 <= p["other"] < 1
