@@ -207,8 +207,8 @@ def sweep_seconds(data: str | None, queries: int = 100) -> dict:
 def worker_env() -> dict:
     """The worker's environment: glibc malloc serves blocks of 64 KiB and more with their own mmap
     and unmaps them when freed. By default it keeps freed heap and reuses it, so a process's peak
-    resident memory depends on its allocation history: the same pruned SmolLM2 forward measured
-    460-504 MB in three processes, and 1 MB apart with this setting (results differ by config only)."""
+    resident memory depends on its allocation history, not only on the configuration (the same
+    pruned SmolLM2 forward: 351-371 MB in three processes; ~1 MB apart with this setting)."""
     return {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
 
 
