@@ -4,83 +4,90 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 log = logging.getLogger("corelib")
 
-DEFAULT_HEADS_DIR = Path("results") / "heads"
+def _check_writable(path: str | Path) -> Path:
+    """Fail before any forward when an output file could not be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot write {path}: {probe} is a file, not a directory; choose another --out")
+    if not os.access(probe, os.W_OK):
+        raise ValueError(f"cannot write {path}: {probe} is not writable; choose another --out")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a directory; give a file name for --out")
+    return path
 
 
-def head_set_path(heads_dir: Path, model_id: str, method: str) -> Path:
-    return Path(heads_dir) / f"{model_id.replace('/', '__')}.{method}.json"
-
-
-def _resolve_heads(spec: str, lm, heads_dir: Path):
-    from .heads import HeadSet, released_heads
-
-    if spec == "all":
-        return "all"
-    if ":" in spec and spec.split(":")[0] in ("core", "qr"):
-        method, k = spec.split(":")
-        path = head_set_path(heads_dir, lm.model_id, method)
-        if path.is_file():
-            return HeadSet.load(path).top(int(k))
-        released = released_heads(lm.model_id, method)
-        if released is not None:
-            return released.top(min(int(k), len(released)))
-        raise SystemExit(
-            f"error: no {method} head set for {lm.model_id} at {path}: run "
-            f"`python -m corelib detect --model {lm.model_id} --method {method} --out {path}` first"
-        )
-    path, _, k = spec.rpartition(":") if spec.rsplit(":", 1)[-1].isdigit() else (spec, "", "")
-    hs = HeadSet.load(path)
-    return hs.top(int(k)) if k else hs
+def _check_sizes(args) -> None:
+    for name in ("max_queries", "words", "top_k", "samples", "negatives", "positions"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: it must be at least 1")
 
 
 def cmd_rerank(args) -> None:
     from .data import first_stage, load_collection, sample_queries, write_trec_run
     from .evaluate import evaluate_run
-    from .models import load_model
+    from .heads import parse_heads
+    from .models import model_spec
+    from .records import RecordStore
     from .rerank import Reranker
-    from .scoring import RecordStore
 
+    _check_sizes(args)
+    head_spec = parse_heads(args.heads)
+    out = _check_writable(args.out) if args.out else None
     collection = load_collection(args.collection, args.data)
     if not collection.has_corpus:
         raise SystemExit(f"error: {collection.name} has no corpus.jsonl in {collection.source}: re-ranking needs document texts")
     qids = sample_queries(collection, args.max_queries, args.seed)
     candidates = first_stage(collection, args.top_k, qids)
-    lm = load_model(args.model, dtype=args.dtype, num_layers=args.num_layers)
-    reranker = Reranker(lm, _resolve_heads(args.heads, lm, args.heads_dir), calibrate=not args.no_calibration,
-                        top_k=args.top_k, words=args.words, store=None if args.no_cache else RecordStore(args.cache))
-    run = reranker.rerank(collection, candidates, qids)
-    if args.out:
-        write_trec_run(run, args.out, tag=f"corelib-{lm.model_id}-{args.heads}")
+    depth = max(len(d) for d in candidates.ranking.values())
+    if depth < args.top_k:
+        log.warning("%s: the first stage gives at most %d candidates per query, fewer than --top-k %d",
+                    collection.name, depth, args.top_k)
+    spec = model_spec(args.model, dtype=args.dtype, revision=args.revision, num_layers=args.num_layers)
+    reranker = Reranker(spec, head_spec, calibrate=not args.no_calibration, top_k=args.top_k, words=args.words,
+                        store=None if args.no_cache else RecordStore(args.cache), heads_dir=args.heads_dir)
+    run = reranker.rerank(collection, candidates, list(candidates.ranking))
     first = evaluate_run(candidates.run(), collection.qrels)["ndcg@10"]
     ours = evaluate_run(run, collection.qrels)["ndcg@10"]
-    print(f"{collection.name}: {len(qids)} queries, top-{args.top_k}, {args.words} words, model {lm.model_id}")
+    print(f"{collection.name}: {len(run)} queries, top-{min(depth, args.top_k)} candidates, {args.words} words, model {spec.model_id}")
     print(f"first stage ({candidates.source}) nDCG@10 {first:.4f}")
     print(f"re-ranked (heads {args.heads}) nDCG@10 {ours:.4f}")
+    if out is not None:
+        write_trec_run(run, out, tag=f"corelib-{spec.model_id}-{args.heads.replace(' ', '_')}")
+        print(f"wrote {out}")
 
 
 def cmd_detect(args) -> None:
     from .data import load_detection
-    from .heads import detect_heads
-    from .models import load_model
+    from .heads import default_heads_dir, detect_heads, head_ranking_path
+    from .models import model_spec
+    from .records import RecordStore
     from .rerank import detection_records
-    from .scoring import RecordStore
 
+    _check_sizes(args)
+    if args.temperature <= 0:
+        raise ValueError(f"--temperature {args.temperature}: it must be positive (the paper uses 0.001 or 0.1)")
+    spec = model_spec(args.model, dtype=args.dtype, revision=args.revision, num_layers=args.num_layers)
+    out = _check_writable(args.out or head_ranking_path(args.heads_dir or default_heads_dir(), spec.model_id, args.method))
     samples = load_detection(args.data, args.samples, args.negatives, args.positions, words=args.words, seed=args.seed)
-    lm = load_model(args.model, dtype=args.dtype, num_layers=args.num_layers)
-    records = detection_records(lm, samples, calibrate=args.calibrated,
+    records = detection_records(spec, samples, calibrate=args.calibrated, num_layers=args.num_layers,
                                 store=None if args.no_cache else RecordStore(args.cache))
     scores = detect_heads(records, args.method, temperature=args.temperature, calibrated=args.calibrated,
-                          model_id=lm.model_id, provenance={"data": "nq-open-detection", "words": args.words})
-    out = Path(args.out) if args.out else head_set_path(args.heads_dir, lm.model_id, args.method)
-    hs = scores.head_set(lm.num_total_heads)
+                          model_id=spec.model_id, provenance={"data": "nq-open-detection", "words": args.words})
+    hs = scores.ranking()
     hs.save(out)
     print(scores.table().head(args.show).to_string(index=False))
-    print(f"wrote {len(hs)} ranked heads ({args.method}) to {out}")
+    print(f"wrote the ranking of all {len(hs)} heads ({args.method}) to {out}; re-rank with --heads {out}:8")
 
 
 def cmd_evaluate(args) -> None:
@@ -116,7 +123,9 @@ def main(argv=None) -> int:
             p.add_argument("--model", default="smollm2-135m", help="built-in name, hub id or local directory")
             p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
             p.add_argument("--num-layers", type=int, default=None, help="load only the first N decoder layers")
-            p.add_argument("--heads-dir", type=Path, default=DEFAULT_HEADS_DIR)
+            p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+            p.add_argument("--heads-dir", type=Path, default=None,
+                           help="where core:K / qr:K rankings are read and detect writes (default: $CORELIB_HEADS or results/heads)")
             p.add_argument("--cache", default=None, help="record cache directory (default: $CORELIB_CACHE/records)")
             p.add_argument("--no-cache", action="store_true")
             p.add_argument("--seed", type=int, default=0)
@@ -127,7 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--words", type=int, default=300)
     p.add_argument("--max-queries", type=int, default=None)
-    p.add_argument("--heads", default="all", help="all | core:K | qr:K | FILE.json[:K] (top K of a ranked head set)")
+    p.add_argument("--heads", default="all", help="all | core:K | qr:K | niah:K | FILE.json[:K] (top K of a ranking)")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--out", default=None, help="write the re-ranked run (TREC format)")
     p.set_defaults(func=cmd_rerank)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -11,7 +12,9 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from .scoring import QueryRecord
+from .records import QueryRecord
+
+HEAD_METHODS = ("core", "qr", "niah")  # detection methods whose rankings ``method:K`` names
 
 
 def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +54,7 @@ class HeadSet:
     model_id: str
     method: str = "manual"
     provenance: dict = field(default_factory=dict)
+    ranking: bool = False  # True: every head of the model in score order (take ``top(k)`` to re-rank)
 
     def __post_init__(self):
         self.heads = [(int(l), int(h)) for l, h in self.heads]
@@ -64,18 +68,19 @@ class HeadSet:
 
     def top(self, k: int) -> "HeadSet":
         if not 1 <= k <= len(self.heads):
-            raise ValueError(f"k={k}: this head set has {len(self.heads)} heads")
+            raise ValueError(f"k={k}: this head set has {len(self.heads)} heads; choose k between 1 and {len(self.heads)}")
         return HeadSet(self.heads[:k], self.model_id, self.method, {**self.provenance, "k": k})
 
     def to_json(self) -> dict:
-        return {"model_id": self.model_id, "method": self.method, "heads": [list(h) for h in self.heads],
-                "provenance": self.provenance}
+        return {"model_id": self.model_id, "method": self.method, "kind": "ranking" if self.ranking else "set",
+                "heads": [list(h) for h in self.heads], "provenance": self.provenance}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.to_json(), indent=1))
         os.replace(tmp, path)
         return path
 
@@ -83,7 +88,11 @@ class HeadSet:
     def load(cls, path: str | os.PathLike) -> "HeadSet":
         try:
             data = json.loads(Path(path).read_text())
-            return cls(data["heads"], data["model_id"], data.get("method", "manual"), data.get("provenance", {}))
+            kind = data.get("kind", "set")
+            if kind not in ("set", "ranking"):
+                raise ValueError(kind)
+            return cls(data["heads"], data["model_id"], data.get("method", "manual"), data.get("provenance", {}),
+                       ranking=kind == "ranking")
         except FileNotFoundError:
             raise FileNotFoundError(f"head-set file {path} does not exist: run `python -m corelib detect` first") from None
         except (KeyError, ValueError, TypeError) as err:
@@ -116,6 +125,10 @@ class HeadScores:
 
     def head_set(self, k: int) -> HeadSet:
         return HeadSet(self.order()[:k], self.model_id, self.method, {**self.provenance, "k": k})
+
+    def ranking(self) -> HeadSet:
+        """Every head in score order, marked as a ranking (a file of it needs ``:K`` to re-rank)."""
+        return HeadSet(self.order(), self.model_id, self.method, dict(self.provenance), ranking=True)
 
     def table(self) -> pd.DataFrame:
         L, H = self.scores.shape
@@ -184,3 +197,77 @@ def released_heads(model_id: str, method: str = "core") -> HeadSet | None:
         if key.split("/")[-1].lower() == model_id.split("/")[-1].lower():
             return hs
     return None
+
+
+# ----------------------------------------------------------------------------- naming head sets
+
+
+def default_heads_dir() -> Path:
+    """Where head rankings are looked up by ``method:K``: ``$CORELIB_HEADS``, else ./results/heads."""
+    return Path(os.environ.get("CORELIB_HEADS", Path("results") / "heads"))
+
+
+def head_ranking_path(heads_dir: str | os.PathLike, model_id: str, method: str) -> Path:
+    """The one naming rule for a model's head ranking: ``<dir>/<model id, '/' as '__'>.<method>.json``."""
+    return Path(heads_dir) / f"{model_id.replace('/', '__')}.{method}.json"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A parsed ``--heads`` value: ``all``, ``METHOD:K`` (a detected ranking's top K) or ``FILE[:K]``."""
+
+    method: str | None = None  # core, qr, niah
+    path: Path | None = None
+    k: int | None = None
+
+    @property
+    def is_all(self) -> bool:
+        return self.method is None and self.path is None
+
+
+def parse_heads(spec: str) -> HeadSpec:
+    """Parse ``all | core:K | qr:K | niah:K | FILE[:K]`` (checked before any model loads)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("heads: give all, core:K, qr:K, niah:K or a head-set file FILE[:K]")
+    spec = spec.strip()
+    if spec == "all":
+        return HeadSpec()
+    name, k = spec, None
+    if ":" in spec:
+        name, _, k_text = spec.rpartition(":")
+        if not k_text.isdigit() or int(k_text) < 1:
+            raise ValueError(f"heads {spec!r}: K must be a positive whole number of heads, e.g. {name}:8")
+        k = int(k_text)
+    if name in HEAD_METHODS:
+        if k is None:
+            raise ValueError(f"heads {spec!r}: say how many of the {name} heads to keep, e.g. {name}:8")
+        return HeadSpec(method=name, k=k)
+    if not name.endswith(".json"):
+        raise ValueError(f"heads {spec!r}: use all, {', '.join(m + ':K' for m in HEAD_METHODS)} or a .json head-set file")
+    return HeadSpec(path=Path(name), k=k)
+
+
+def resolve_heads(spec: str | HeadSpec, model_id: str, heads_dir: str | os.PathLike | None = None) -> HeadSet | None:
+    """The head set a spec names for a model (None = all heads). ``METHOD:K`` reads the ranking at
+    ``head_ranking_path`` (or the paper's released heads for the paper's models)."""
+    spec = parse_heads(spec) if isinstance(spec, str) else spec
+    if spec.is_all:
+        return None
+    if spec.method is not None:
+        path = head_ranking_path(heads_dir or default_heads_dir(), model_id, spec.method)
+        if path.is_file():
+            return HeadSet.load(path).top(spec.k)
+        released = released_heads(model_id, spec.method)
+        if released is not None:
+            return released.top(min(spec.k, len(released)))
+        raise FileNotFoundError(
+            f"no {spec.method} head ranking for {model_id} at {path}: run "
+            f"`python -m corelib detect --model {model_id} --method {spec.method}` first"
+        )
+    hs = HeadSet.load(spec.path)
+    if spec.k is not None:
+        return hs.top(spec.k)
+    if hs.ranking:
+        raise ValueError(f"{spec.path} ranks all {len(hs)} heads of {hs.model_id}: take its top K with {spec.path}:K "
+                         "(e.g. :8), or it would score with every head (ICR)")
+    return hs

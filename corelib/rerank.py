@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tqdm.auto import tqdm
-
 from .data import Candidates, Collection, DetectionSample
-from .heads import HeadSet
-from .models import LoadedModel
+from .heads import HeadSet, HeadSpec, resolve_heads
+from .models import LoadedModel, ModelSpec
 from .prompts import Document, PromptError, document_text, prompt_order
-from .scoring import QueryRecord, RecordStore, build_record, doc_scores
+from .records import QueryRecord, RecordRequest, RecordStore, get_records
+from .scoring import doc_scores
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,10 @@ class RankedDoc:
     rank: int  # 1 = best
 
 
-def _as_documents(docs, words: int | None) -> list[Document]:
+def as_documents(docs, words: int | None) -> list[Document]:
+    """Strings, dicts with id/title/text, or Documents -> Documents (texts cut to ``words`` words)."""
+    if isinstance(docs, (str, bytes, dict)):
+        raise PromptError(f"docs is a single {type(docs).__name__}: give a list of documents, e.g. [text1, text2]")
     out = []
     for i, d in enumerate(docs):
         if isinstance(d, Document):
@@ -36,99 +38,106 @@ def _as_documents(docs, words: int | None) -> list[Document]:
         elif isinstance(d, dict):
             if "text" not in d:
                 raise PromptError(f"document {i} has no 'text' field: give dicts with id, title and text")
-            out.append(Document(str(d.get("id", d.get("_id", i))), document_text(d.get("title"), d["text"], words)))
+            title, text = d.get("title"), d["text"]
+            for field_name, value in (("title", title), ("text", text)):
+                if value is not None and not isinstance(value, str):
+                    raise PromptError(f"document {i}: its {field_name} is a {type(value).__name__}, not a string")
+            out.append(Document(str(d.get("id", d.get("_id", i))), document_text(title, text, words)))
         else:
             raise PromptError(f"document {i} is a {type(d).__name__}: give strings or dicts with id/title/text")
     return out
 
 
-def _record_fields(lm: LoadedModel, num_layers: int, calibrate: bool, words, rank1_last, doc_ids, query) -> dict:
-    return {"layers": num_layers, "dtype": str(lm.dtype), "calibrate": calibrate, "words": words,
-            "rank1_last": rank1_last, "doc_ids": list(doc_ids), "query": query}
-
-
 class Reranker:
     """Re-rank documents by query-to-document attention.
 
-    heads: "all" (ICR), a list of (layer, head) pairs, a HeadSet, or a head-set JSON file.
-    With a head subset only the layers up to its deepest head are run (automatic early exit).
+    model: a LoadedModel, or a ModelSpec (loaded only when a record is not in ``store``).
+    heads: "all" (ICR), "core:K" / "qr:K" (a detected ranking's top K), "FILE.json[:K]", a list of
+    (layer, head) pairs or a HeadSet. With a head subset only the layers up to its deepest head
+    are run (automatic early exit).
     """
 
     def __init__(
         self,
-        lm: LoadedModel,
-        heads: str | Sequence | HeadSet | os.PathLike = "all",
+        model: LoadedModel | ModelSpec,
+        heads: str | Sequence | HeadSet | HeadSpec | os.PathLike = "all",
         *,
         calibrate: bool = True,
         top_k: int | None = None,
         words: int | None = 300,
         rank1_last: bool = True,
         store: RecordStore | None = None,
+        heads_dir: str | os.PathLike | None = None,
     ):
-        self.lm = lm
-        self.head_set = self._resolve_heads(heads)
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k={top_k}: re-rank at least one candidate")
+        if words is not None and words < 1:
+            raise ValueError(f"words={words}: documents must keep at least one word")
+        self.model = model
+        # layers a loaded model has (a pruned model has fewer)
+        self.layers_available = model.available_layers if isinstance(model, ModelSpec) else model.num_layers
+        self.total_heads = model.num_heads
+        self.head_set = self._resolve_heads(heads, heads_dir)
         self.calibrate = calibrate
         self.top_k = top_k
         self.words = words
         self.rank1_last = rank1_last
         self.store = store
-        self.num_layers = lm.num_layers if self.head_set is None else self.head_set.deepest_layer + 1
+        self.num_layers = self.layers_available if self.head_set is None else self.head_set.deepest_layer + 1
 
-    def _resolve_heads(self, heads) -> HeadSet | None:
-        lm = self.lm
-        if isinstance(heads, str) and heads == "all":
-            return None
-        if isinstance(heads, (str, Path)):
-            hs = HeadSet.load(heads)
+    def _resolve_heads(self, heads, heads_dir) -> HeadSet | None:
+        m = self.model
+        if isinstance(heads, (str, HeadSpec)):
+            hs = resolve_heads(heads, m.model_id, heads_dir)
+        elif isinstance(heads, Path):
+            hs = resolve_heads(str(heads), m.model_id, heads_dir)
         elif isinstance(heads, HeadSet):
             hs = heads
         else:
-            hs = HeadSet(list(heads), lm.model_id)
+            hs = HeadSet(list(heads), m.model_id)
+        if hs is None:
+            return None
+        if hs.ranking:
+            raise ValueError(f"this head set ranks all {len(hs)} heads: pass hs.top(K) (or 'FILE:K'), not the whole ranking")
         if not hs.heads:
             raise ValueError("the head set is empty: give at least one (layer, head) or heads='all'")
-        hs.check(lm.model_id, lm.num_layers, lm.num_heads)
+        hs.check(m.model_id, self.layers_available, m.num_heads)
         return hs
 
     @property
     def heads(self) -> list[tuple[int, int]] | None:
         return None if self.head_set is None else self.head_set.heads
 
+    def requests(self, query: str, docs: Sequence[Document], query_id: str = "", group: str = "adhoc") -> RecordRequest:
+        docs = list(docs)[: self.top_k] if self.top_k else list(docs)
+        return RecordRequest(str(query_id), query, tuple(prompt_order(docs, self.rank1_last)), group)
+
+    def _records(self, requests: Sequence[RecordRequest], progress: str | None = None) -> list[QueryRecord]:
+        return get_records(self.model, requests, calibrate=self.calibrate, num_layers=self.num_layers,
+                           words=self.words, store=self.store, progress=progress)
+
     def record(self, query: str, docs: Sequence[Document], query_id: str = "", group: str = "adhoc") -> QueryRecord:
         """The attention record of one query over docs given in first-stage order (cached if a store is set)."""
-        docs = list(docs)[: self.top_k] if self.top_k else list(docs)
-        ordered = prompt_order(docs, self.rank1_last)
-
-        def compute():
-            return build_record(self.lm, query, ordered, query_id=query_id, calibrate=self.calibrate,
-                                num_layers=self.num_layers, words=self.words)
-
-        if self.store is None:
-            return compute()
-        fields = _record_fields(self.lm, self.num_layers, self.calibrate, self.words, self.rank1_last,
-                                [d.doc_id for d in ordered], query)
-        fields["texts"] = RecordStore.key(texts=[d.text for d in ordered])
-        if self.num_layers < self.lm.total_layers:  # an all-layer record already cached holds these layers exactly
-            full = self.store.get(self.lm.model_id, group, {**fields, "layers": self.lm.total_layers})
-            if full is not None:
-                return full.first_layers(self.num_layers)
-        return self.store.get_or_compute(self.lm.model_id, group, fields, compute)
+        return self._records([self.requests(query, docs, query_id, group)])[0]
 
     def rank(self, query: str, docs: Sequence) -> list[RankedDoc]:
         """Documents (strings, or dicts with id/title/text) sorted by attention score, best first."""
-        record = self.record(query, _as_documents(docs, self.words))
+        if not isinstance(query, str):
+            raise PromptError(f"the query is a {type(query).__name__}: give the query as a string")
+        record = self.record(query, as_documents(docs, self.words))
         scores = doc_scores(record, self.heads)
         order = sorted(zip(record.doc_ids, scores.tolist()), key=lambda x: -x[1])
         return [RankedDoc(d, s, i) for i, (d, s) in enumerate(order, 1)]
 
     def records(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> list[QueryRecord]:
         qids = list(query_ids) if query_ids is not None else list(candidates.ranking)
-        out = []
-        for q in tqdm(qids, desc=f"{self.lm.model_id} {collection.name}", leave=False):
+        requests = []
+        for q in qids:
             docs = [collection.document(d, self.words) for d in candidates.ranking[q]]
             if not docs:
                 raise PromptError(f"query {q} of {collection.name} has no candidates in {candidates.source}")
-            out.append(self.record(collection.queries[q], docs, query_id=q, group=collection.name))
-        return out
+            requests.append(self.requests(collection.queries[q], docs, query_id=q, group=collection.name))
+        return self._records(requests, progress=f"{self.model.model_id} {collection.name}")
 
     def rerank(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
         """A run (qid -> doc -> score) re-ranking each query's candidates."""
@@ -138,8 +147,12 @@ class Reranker:
         return run
 
 
+def detection_requests(samples: Sequence[DetectionSample], group: str = "nq-open-detection") -> list[RecordRequest]:
+    return [RecordRequest(s.query_id, s.query, tuple(s.docs), group, s.positive) for s in samples]
+
+
 def detection_records(
-    lm: LoadedModel,
+    model: LoadedModel | ModelSpec,
     samples: Sequence[DetectionSample],
     *,
     calibrate: bool = False,
@@ -148,17 +161,5 @@ def detection_records(
     group: str = "nq-open-detection",
 ) -> list[QueryRecord]:
     """Records of detection prompts (documents already in prompt order, positive marked)."""
-    num_layers = num_layers or lm.num_layers
-    out = []
-    for s in tqdm(samples, desc=f"{lm.model_id} detection", leave=False):
-        def compute(s=s):
-            return build_record(lm, s.query, list(s.docs), query_id=s.query_id, calibrate=calibrate,
-                                num_layers=num_layers, positive=s.positive)
-
-        if store is None:
-            out.append(compute())
-            continue
-        fields = _record_fields(lm, num_layers, calibrate, None, None, [d.doc_id for d in s.docs], s.query)
-        fields.update(positive=s.positive, texts=RecordStore.key(texts=[d.text for d in s.docs]))
-        out.append(store.get_or_compute(lm.model_id, group, fields, compute))
-    return out
+    return get_records(model, detection_requests(samples, group), calibrate=calibrate, num_layers=num_layers,
+                       store=store, progress=f"{model.model_id} detection")

@@ -1,102 +1,12 @@
-"""Per-query attention records and the ICR document score computed from them.
-
-A record keeps, for every head, the token scores of the document tokens (calibrated:
-s(q) - s("N/A")) and the uncalibrated attention mass of each document. Every method (ICR, QR-R,
-CoRe-R, a head-count sweep) is a function of records, so no forward pass is repeated.
-"""
+"""The ICR document score, from records and a head set (ICR: all heads; QR-R, CoRe-R: a few)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from .attention import calibrated_head_token_scores, head_token_scores
-from .models import LoadedModel, cache_root
-from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
-
-PROMPT_VERSION = 1  # bump when the prompt or the record layout changes: old cache entries then miss
-
-
-@dataclass
-class QueryRecord:
-    query_id: str
-    doc_ids: list[str]  # prompt order
-    bounds: torch.Tensor  # [N+1] offsets of each document's tokens on the token axis
-    token_scores: torch.Tensor  # [L, H, T_doc]: s(q) - s(N/A) when calibrated, else s(q)
-    doc_mass: torch.Tensor  # [L, H, N]: uncalibrated attention mass on each document (query prompt)
-    doc_mass_na: torch.Tensor | None  # [L, H, N] for the "N/A" prompt (calibrated records only)
-    calibrated: bool
-    num_tokens: int  # tokens run for the query prompt
-    positive: int | None = None  # prompt index of the positive (detection records)
-
-    @property
-    def num_layers(self) -> int:
-        return self.token_scores.shape[0]
-
-    @property
-    def doc_lengths(self) -> torch.Tensor:
-        return self.bounds[1:] - self.bounds[:-1]
-
-    def first_layers(self, n: int) -> "QueryRecord":
-        """The same record restricted to layers 0..n-1 (exactly what a run stopped after layer n-1 gives)."""
-        cut = lambda t: None if t is None else t[:n]  # noqa: E731
-        return replace(self, token_scores=cut(self.token_scores), doc_mass=cut(self.doc_mass), doc_mass_na=cut(self.doc_mass_na))
-
-
-def _doc_token_index(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = [torch.arange(s, e) for s, e in prompt.doc_spans]
-    bounds = torch.tensor([0] + [e - s for s, e in prompt.doc_spans]).cumsum(0)
-    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long), bounds
-
-
-def _segment_sum(x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """Sum over each document's tokens on the last axis: [..., T] -> [..., N]."""
-    csum = torch.nn.functional.pad(x.cumsum(-1), (1, 0))
-    return csum[..., bounds[1:]] - csum[..., bounds[:-1]]
-
-
-def check_context(lm: LoadedModel, prompt: Prompt, words: int | None, num_docs: int) -> None:
-    if lm.max_positions is not None and prompt.full_length > lm.max_positions:
-        raise PromptError(
-            f"the prompt has {prompt.full_length} tokens but {lm.model_id} takes at most {lm.max_positions}: "
-            f"lower words (now {words}) or top_k (now {num_docs})"
-        )
-
-
-def build_record(
-    lm: LoadedModel,
-    query: str,
-    docs: Sequence[Document],
-    *,
-    query_id: str = "",
-    calibrate: bool = True,
-    num_layers: int | None = None,
-    positive: int | None = None,
-    words: int | None = None,
-) -> QueryRecord:
-    """Run the model on one prompt (docs in prompt order) and keep what scoring needs."""
-    prompt = build_prompt(lm.tokenizer, query, docs, lm.prefix, lm.suffix)
-    check_context(lm, prompt, words, len(docs))
-    index, bounds = _doc_token_index(prompt)
-    if calibrate:
-        na = build_prompt(lm.tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix)
-        if na.doc_spans != prompt.doc_spans:
-            raise PromptError("the N/A prompt tokenises the documents differently; calibration needs a shared prefix")
-        s_q, s_na = calibrated_head_token_scores(lm, prompt.input_ids, prompt.query_span, na.input_ids, na.query_span, num_layers)
-        q_tok, na_tok = s_q[..., index], s_na[..., index]
-        return QueryRecord(query_id, list(prompt.doc_ids), bounds, q_tok - na_tok, _segment_sum(q_tok, bounds),
-                           _segment_sum(na_tok, bounds), True, len(prompt.input_ids), positive)
-    s_q = head_token_scores(lm, prompt.input_ids, prompt.query_span, num_layers)
-    q_tok = s_q[..., index]
-    return QueryRecord(query_id, list(prompt.doc_ids), bounds, q_tok, _segment_sum(q_tok, bounds), None, False,
-                       len(prompt.input_ids), positive)
-
+from .records import QueryRecord
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -157,42 +67,3 @@ def record_run(records: Sequence[QueryRecord], heads=None) -> dict[str, dict[str
         s = doc_scores(r, heads)
         run[r.query_id] = {d: float(x) for d, x in zip(r.doc_ids, s)}
     return run
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-class RecordStore:
-    """Records on disk, one file each, keyed by everything that determines them; atomic writes."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else cache_root() / "records"
-
-    @staticmethod
-    def key(**fields) -> str:
-        fields["prompt_version"] = PROMPT_VERSION
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-    def path(self, model_id: str, group: str, key: str) -> Path:
-        return self.root / model_id.replace("/", "__") / group.replace("/", "__") / f"{key}.pt"
-
-    def get(self, model_id: str, group: str, fields: dict) -> QueryRecord | None:
-        path = self.path(model_id, group, self.key(model_id=model_id, group=group, **fields))
-        if path.is_file():
-            try:
-                return QueryRecord(**torch.load(path, weights_only=False))
-            except Exception:  # a torn or stale file: it will be recomputed
-                path.unlink(missing_ok=True)
-        return None
-
-    def get_or_compute(self, model_id: str, group: str, fields: dict, compute: Callable[[], QueryRecord]) -> QueryRecord:
-        record = self.get(model_id, group, fields)
-        if record is not None:
-            return record
-        path = self.path(model_id, group, self.key(model_id=model_id, group=group, **fields))
-        record = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(record.__dict__, tmp)
-        os.replace(tmp, path)
-        return record

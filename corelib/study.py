@@ -19,9 +19,10 @@ import torch
 from .data import Collection, first_stage, load_collection, load_detection, sample_queries
 from .evaluate import evaluate_run
 from .heads import HeadScores, detect_heads
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .models import DEFAULT_MODEL, LoadedModel, ModelSpec, model_spec
+from .records import QueryRecord, RecordStore
 from .rerank import Reranker, detection_records
-from .scoring import QueryRecord, RecordStore, cumulative_doc_scores, record_run
+from .scoring import cumulative_doc_scores, record_run
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ class Profile:
     collections: tuple[str, ...]
     top_k: int
     words: int
-    queries: int | None  # per collection and model (None = all judged test queries)
-    queries_default_model: int | None
+    queries: int | None  # sampled test queries per collection and model (None = all judged test queries)
     detection_samples: int
     negatives: int
     positions: int
@@ -48,13 +48,17 @@ class Profile:
     multilingual: tuple[str, ...] = ()
     ablation_models: tuple[str, ...] | None = None  # None = all models
     seed: int = 0
+    queries_by_model: tuple[tuple[str, int | None], ...] = ()  # (model, queries) overriding ``queries``
+    multilingual_queries: tuple[tuple[str, int | None], ...] = ()  # (model, queries) on the multilingual sets
 
     @property
     def models_for_ablations(self) -> tuple[str, ...]:
         return self.ablation_models or self.models
 
-    def queries_for(self, model: str) -> int | None:
-        return self.queries_default_model if model == DEFAULT_MODEL else self.queries
+    def queries_for(self, model: str, collection: str | None = None) -> int | None:
+        """Sampled queries per collection for a model (the multilingual sets have their own sizes)."""
+        table = self.multilingual_queries if collection in self.multilingual else self.queries_by_model
+        return dict(table).get(model, self.queries)
 
     def sizes(self, model: str | None = None) -> str:
         q = self.queries_for(model) if model else self.queries
@@ -65,18 +69,22 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", (DEFAULT_MODEL,), ("scifact", "cranfield"), top_k=8, words=40, queries=4,
-                     queries_default_model=4, detection_samples=4, negatives=7, positions=2, temperature=0.001,
+                     detection_samples=4, negatives=7, positions=2, temperature=0.001,
                      prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",)),
+    # Issue 11: every judged test query up to 300 per collection (~1,060 per model) for the two
+    # smallest models, so that a 0.75-point difference is detectable; qwen keeps 30 per collection.
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b"),
                    ("scifact", "arguana", "cranfield", "cisi", "med", "npl", "lisa"), top_k=20, words=100,
-                   queries=30, queries_default_model=50, detection_samples=100, negatives=19, positions=2,
+                   queries=30, detection_samples=100, negatives=19, positions=2,
                    temperature=0.001, multilingual=("xquad-r/de", "xquad-r/en", "xquad-r/es"),
-                   ablation_models=(DEFAULT_MODEL,)),
+                   ablation_models=(DEFAULT_MODEL,),
+                   queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300)),
+                   multilingual_queries=((DEFAULT_MODEL, 50),)),
     "paper": Profile("paper", ("mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-3.1-8B-Instruct",
                                "ibm-granite/granite-3.2-8b-instruct", "microsoft/phi-4"),
                      ("trec-covid", "nfcorpus", "dbpedia-entity", "scifact", "scidocs", "fiqa", "nq", "fever",
                       "climate-fever", "hotpotqa", "webis-touche2020", "msmarco", "quora", "arguana", "cqadupstack"),
-                     top_k=40, words=300, queries=None, queries_default_model=None, detection_samples=1000,
+                     top_k=40, words=300, queries=None, detection_samples=1000,
                      negatives=49, positions=5, temperature=0.001,
                      multilingual=tuple(f"mldr/{l}" for l in ("de", "en", "es", "fr", "it", "pt"))),
 }
@@ -107,14 +115,23 @@ def heads_dir(p: Profile) -> Path:
     return REPO / "results" / ("heads" if p.name.startswith("cpu") else f"{p.name}/heads")
 
 
+@lru_cache(maxsize=None)
+def spec(name: str) -> ModelSpec:
+    """A model's identity (record keys need no loaded model); ``spec(name).load()`` loads it once."""
+    return model_spec(name)
+
+
+def model(name: str) -> LoadedModel:
+    """The loaded model (loaded on first use, then kept)."""
+    return spec(name).load()
+
+
 @lru_cache(maxsize=1)
-def model(name: str, num_layers: int | None = None) -> LoadedModel:
-    """The loaded model (one kept in memory at a time)."""
-    return load_model(name, num_layers=num_layers)
-
-
 def store() -> RecordStore:
-    return RecordStore()
+    """The record store, with records kept in memory up to $CORELIB_RECORD_MEMORY_MB (default 4096)."""
+    import os
+
+    return RecordStore(memory_mb=float(os.environ.get("CORELIB_RECORD_MEMORY_MB", 4096)))
 
 
 @lru_cache(maxsize=16)
@@ -126,20 +143,20 @@ def _collection(name: str, data) -> "Collection":
 def first_stage_run(model_name: str, collection: str, p: Profile, data=None):
     """The profile's query sample of a collection with its first-stage candidates, and the collection."""
     coll = _collection(collection, data)
-    qids = sample_queries(coll, p.queries_for(model_name), p.seed)
+    qids = sample_queries(coll, p.queries_for(model_name, collection), p.seed)
     return first_stage(coll, p.top_k, qids), coll
 
 
 def collection_records(model_name: str, collection: str, p: Profile, data=None, calibrate: bool = True) -> list[QueryRecord]:
     """All-head records of the profile's query sample of a collection (cached on disk)."""
     cand, coll = first_stage_run(model_name, collection, p, data)
-    rr = Reranker(model(model_name), calibrate=calibrate, top_k=p.top_k, words=p.words, store=store())
+    rr = Reranker(spec(model_name), calibrate=calibrate, top_k=p.top_k, words=p.words, store=store())
     return rr.records(coll, cand, list(cand.ranking))
 
 
 def detection(model_name: str, p: Profile, data=None, calibrate: bool = False) -> list[QueryRecord]:
     samples = load_detection(data, p.detection_samples, p.negatives, p.positions, words=p.words, seed=p.seed)
-    return detection_records(model(model_name), samples, calibrate=calibrate, store=store())
+    return detection_records(spec(model_name), samples, calibrate=calibrate, store=store())
 
 
 def warm(p: Profile, models=None, data=None, multilingual: bool = True) -> None:
@@ -147,7 +164,9 @@ def warm(p: Profile, models=None, data=None, multilingual: bool = True) -> None:
     set, then each collection, then the multilingual collections. Stopping and re-running resumes
     from the record cache; the notebooks then run without long forwards."""
     for m in models or p.models:
-        steps = [("detection", None)] + [("collection", c) for c in p.collections]
+        # the smallest collections first, so that whole collections are done early
+        sizes = {c: len(first_stage_run(m, c, p, data)[0].ranking) for c in p.collections}
+        steps = [("detection", None)] + [("collection", c) for c in sorted(p.collections, key=sizes.get)]
         steps += [("collection", c) for c in p.multilingual] if multilingual else []
         for kind, name in steps:
             t0 = time.perf_counter()

@@ -7,7 +7,8 @@ import torch
 from corelib.heads import HeadSet
 from corelib.prompts import PromptError
 from corelib.rerank import Reranker
-from corelib.scoring import RecordStore, doc_scores
+from corelib.records import RecordStore
+from corelib.scoring import doc_scores
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,7 @@ def test_head_subset_reuses_a_cached_all_layer_record(default_lm, tmp_path):
     store = RecordStore(tmp_path)
     docs = ["The sky is blue.", "Cats purr."]
     full = Reranker(default_lm, words=50, store=store).record("sky?", full_docs(docs), group="g")
-    n_files = len(list(tmp_path.rglob("*.pt")))
+    n_files = len(list(tmp_path.rglob("*.safetensors")))
     sub = Reranker(default_lm, [(4, 1)], words=50, store=store).record("sky?", full_docs(docs), group="g")
-    assert len(list(tmp_path.rglob("*.pt"))) == n_files  # nothing new was computed
+    assert len(list(tmp_path.rglob("*.safetensors"))) == n_files  # nothing new was computed
     assert torch.equal(sub.token_scores, full.token_scores[:5])

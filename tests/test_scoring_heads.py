@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from corelib.heads import HeadSet, core_scores, detect_heads, qr_scores, released_heads
-from corelib.scoring import QueryRecord, RecordStore, cumulative_doc_scores, doc_scores, filtered_doc_sum
+from corelib.records import QueryRecord, RecordStore
+from corelib.scoring import cumulative_doc_scores, doc_scores, filtered_doc_sum
 
 
 def make_record(token_scores, bounds, mass=None, positive=None, calibrated=True):
@@ -106,17 +107,3 @@ def test_head_sets_roundtrip_and_checks(tmp_path):
     assert len(released_heads("Llama-3.1-8B-Instruct", "qr")) == 16
 
 
-def test_store_is_atomic_and_reused(tmp_path):
-    store = RecordStore(tmp_path)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return make_record(torch.ones(1, 1, 2), [0, 1, 2])
-
-    a = store.get_or_compute("m", "c/x", {"q": 1}, compute)
-    b = store.get_or_compute("m", "c/x", {"q": 1}, compute)
-    assert len(calls) == 1 and torch.equal(a.token_scores, b.token_scores)
-    store.get_or_compute("m", "c/x", {"q": 2}, compute)
-    assert len(calls) == 2
-    assert not list(tmp_path.rglob("*.tmp"))

@@ -4,7 +4,8 @@ import torch
 
 from corelib import report, study
 from corelib.heads import HeadScores
-from corelib.scoring import QueryRecord, record_run
+from corelib.records import QueryRecord
+from corelib.scoring import record_run
 
 
 def rec(qid, token_scores, bounds, mass=None, positive=None):
@@ -16,7 +17,9 @@ def rec(qid, token_scores, bounds, mass=None, positive=None):
 
 def test_profiles_are_fixed_and_named():
     cpu = study.profile("cpu")
-    assert cpu.queries_for("smollm2-135m") == 50 and cpu.queries_for("gemma3-270m") == 30
+    assert cpu.queries_for("smollm2-135m") == 300 and cpu.queries_for("gemma3-270m") == 300
+    assert cpu.queries_for("qwen2.5-coder-0.5b", "scifact") == 30
+    assert cpu.queries_for("smollm2-135m", "xquad-r/de") == 50 and cpu.queries_for("gemma3-270m", "xquad-r/de") == 30
     assert (cpu.top_k, cpu.words, cpu.negatives, cpu.positions, cpu.detection_samples) == (20, 100, 19, 2, 100)
     assert cpu.models_for_ablations == ("smollm2-135m",)
     assert study.profile("smoke", queries=2).queries == 2
@@ -83,13 +86,13 @@ def test_verdicts_from_tables(tmp_path):
 
 @pytest.mark.shared_data
 def test_warm_caches_every_step_and_resumes_without_forwards(monkeypatch, tmp_path, tokenizer, shared_data):
-    from corelib.scoring import RecordStore
+    from corelib.records import RecordStore
     from tiny_models import tiny_model
 
     lm = tiny_model("llama", tokenizer)
     calls = []
     lm.backbone.register_forward_pre_hook(lambda *a: calls.append(1))
-    monkeypatch.setattr(study, "model", lambda name, num_layers=None: lm)
+    monkeypatch.setattr(study, "spec", lambda name: lm)
     monkeypatch.setattr(study, "store", lambda: RecordStore(tmp_path))
     p = study.profile("smoke", models=("tiny-llama",), collections=("scifact",), multilingual=("xquad-r/de",),
                       queries=2, detection_samples=2, negatives=3)
@@ -97,7 +100,7 @@ def test_warm_caches_every_step_and_resumes_without_forwards(monkeypatch, tmp_pa
     # detection: 2 queries x 2 positions, one forward each; each collection: 2 calibrated records,
     # three backbone calls each (the shared document prefix, then the query and the N/A suffixes)
     assert len(calls) == 2 * 2 + 2 * (2 * 3)
-    assert len(list(tmp_path.rglob("*.pt"))) == 2 * 2 + 2 + 2
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2 * 2 + 2 + 2
     calls.clear()
     study.warm(p, data=shared_data)  # a second run (or a resumed one) reads everything from the cache
     assert calls == []

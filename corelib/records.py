@@ -1,0 +1,315 @@
+"""Attention records: what one forward of a prompt leaves for scoring, and the on-disk store.
+
+A record keeps, for every head, the token scores of the document tokens (calibrated:
+s(q) - s("N/A")) and the uncalibrated attention mass of each document. Every method (ICR, QR-R,
+CoRe-R, a head-count sweep, a random-head control) is a function of records, so no forward is
+repeated.
+
+Records are keyed by everything that determines them: the model's fingerprint (its exact weights
+and tokenizer, see ``models.ModelSpec``), dtype, layers run, calibration, the query id and text,
+and the documents' ids and texts in prompt order. The key is computable without loading the
+model, so a warm cache never loads one. Files are safetensors (no pickle) with the key's fields
+in their metadata, written atomically, and checked against the request when read: an entry of
+another format or another request is recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .attention import calibrated_head_token_scores, head_token_scores
+from .models import LoadedModel, ModelSpec, cache_root
+from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # bump when the prompt, the record layout or the key changes: old entries then miss
+
+
+@dataclass
+class QueryRecord:
+    query_id: str
+    doc_ids: list[str]  # prompt order
+    bounds: torch.Tensor  # [N+1] offsets of each document's tokens on the token axis
+    token_scores: torch.Tensor  # [L, H, T_doc]: s(q) - s(N/A) when calibrated, else s(q)
+    doc_mass: torch.Tensor  # [L, H, N]: uncalibrated attention mass on each document (query prompt)
+    doc_mass_na: torch.Tensor | None  # [L, H, N] for the "N/A" prompt (calibrated records only)
+    calibrated: bool
+    num_tokens: int  # tokens run for the query prompt
+    positive: int | None = None  # prompt index of the positive (detection records)
+
+    @property
+    def num_layers(self) -> int:
+        return self.token_scores.shape[0]
+
+    @property
+    def doc_lengths(self) -> torch.Tensor:
+        return self.bounds[1:] - self.bounds[:-1]
+
+    @property
+    def nbytes(self) -> int:
+        ts = [self.token_scores, self.doc_mass, self.doc_mass_na, self.bounds]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+    def first_layers(self, n: int) -> "QueryRecord":
+        """The same record restricted to layers 0..n-1 (exactly what a run stopped after layer n-1 gives)."""
+        cut = lambda t: None if t is None else t[:n]  # noqa: E731
+        return replace(self, token_scores=cut(self.token_scores), doc_mass=cut(self.doc_mass), doc_mass_na=cut(self.doc_mass_na))
+
+
+@dataclass(frozen=True)
+class RecordRequest:
+    """One prompt to record: a query and its documents in prompt order."""
+
+    query_id: str
+    query: str
+    docs: tuple[Document, ...]
+    group: str = "adhoc"  # a folder of the store (the collection's name)
+    positive: int | None = None  # prompt index of the positive (detection prompts)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _doc_token_index(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = [torch.arange(s, e) for s, e in prompt.doc_spans]
+    bounds = torch.tensor([0] + [e - s for s, e in prompt.doc_spans]).cumsum(0)
+    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long), bounds
+
+
+def segment_sum(x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Sum over each document's tokens on the last axis: [..., T] -> [..., N]."""
+    csum = torch.nn.functional.pad(x.cumsum(-1), (1, 0))
+    return csum[..., bounds[1:]] - csum[..., bounds[:-1]]
+
+
+def check_context(lm: LoadedModel, prompt: Prompt, words: int | None, num_docs: int) -> None:
+    if lm.max_positions is not None and prompt.full_length > lm.max_positions:
+        raise PromptError(
+            f"the prompt has {prompt.full_length} tokens but {lm.model_id} takes at most {lm.max_positions}: "
+            f"lower words (now {words}) or top_k (now {num_docs})"
+        )
+
+
+def build_record(
+    lm: LoadedModel,
+    query: str,
+    docs: Sequence[Document],
+    *,
+    query_id: str = "",
+    calibrate: bool = True,
+    num_layers: int | None = None,
+    positive: int | None = None,
+    words: int | None = None,
+) -> QueryRecord:
+    """Run the model on one prompt (docs in prompt order) and keep what scoring needs."""
+    prompt = build_prompt(lm.tokenizer, query, docs, lm.prefix, lm.suffix)
+    check_context(lm, prompt, words, len(docs))
+    index, bounds = _doc_token_index(prompt)
+    if calibrate:
+        na = build_prompt(lm.tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix)
+        if na.doc_spans != prompt.doc_spans:
+            raise PromptError("the N/A prompt tokenises the documents differently; calibration needs a shared prefix")
+        s_q, s_na = calibrated_head_token_scores(lm, prompt.input_ids, prompt.query_span, na.input_ids, na.query_span, num_layers)
+        q_tok, na_tok = s_q[..., index], s_na[..., index]
+        return QueryRecord(query_id, list(prompt.doc_ids), bounds, q_tok - na_tok, segment_sum(q_tok, bounds),
+                           segment_sum(na_tok, bounds), True, len(prompt.input_ids), positive)
+    s_q = head_token_scores(lm, prompt.input_ids, prompt.query_span, num_layers)
+    q_tok = s_q[..., index]
+    return QueryRecord(query_id, list(prompt.doc_ids), bounds, q_tok, segment_sum(q_tok, bounds), None, False,
+                       len(prompt.input_ids), positive)
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request: RecordRequest) -> dict:
+    """Everything a record depends on (and its identity: the query id), as JSON-able fields."""
+    if not fingerprint:
+        raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
+    return {"format": FORMAT_VERSION, "model": fingerprint, "dtype": str(dtype).removeprefix("torch."),
+            "layers": int(layers), "calibrate": bool(calibrate), "group": request.group,
+            "query_id": str(request.query_id), "query": _digest(request.query),
+            "doc_ids": [d.doc_id for d in request.docs], "texts": _digest([d.text for d in request.docs]),
+            "positive": request.positive}
+
+
+def record_key(fields: dict) -> str:
+    return _digest(fields)[:32]
+
+
+# ----------------------------------------------------------------------------- store
+
+
+_TENSORS = ("bounds", "token_scores", "doc_mass", "doc_mass_na")
+
+
+class RecordStore:
+    """Records on disk (safetensors, one file each, named by their key), with an optional
+    in-memory LRU of at most ``memory_mb`` megabytes so that sweeps re-read nothing."""
+
+    def __init__(self, root: str | os.PathLike | None = None, memory_mb: float = 0):
+        self.root = Path(root) if root is not None else cache_root() / "records"
+        self.memory_bytes = int(memory_mb * 2**20)
+        self._memory: OrderedDict[str, QueryRecord] = OrderedDict()
+        self._memory_used = 0
+        self._swept: set[Path] = set()
+
+    def path(self, model_id: str, group: str, key: str) -> Path:
+        safe = lambda s: s.replace("/", "__")  # noqa: E731
+        return self.root / f"v{FORMAT_VERSION}" / safe(model_id) / safe(group) / f"{key}.safetensors"
+
+    # memory --------------------------------------------------------------------------
+    def _remember(self, key: str, record: QueryRecord) -> None:
+        if self.memory_bytes <= 0 or record.nbytes > self.memory_bytes:
+            return
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return
+        self._memory[key] = record
+        self._memory_used += record.nbytes
+        while self._memory_used > self.memory_bytes:
+            _, old = self._memory.popitem(last=False)
+            self._memory_used -= old.nbytes
+
+    # disk ----------------------------------------------------------------------------
+    def read(self, path: Path, fields: dict) -> QueryRecord | None:
+        """The record at ``path`` if it is whole and was made for exactly ``fields``, else None."""
+        from safetensors import safe_open
+
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                stored = json.loads(meta.get("fields", "null"))
+                if stored != fields:
+                    log.warning("%s was made for another request (stored key fields differ): recomputing it", path)
+                    return None
+                tensors = {name: f.get_tensor(name) for name in _TENSORS if name in f.keys()}
+            record = QueryRecord(
+                query_id=fields["query_id"], doc_ids=list(fields["doc_ids"]), bounds=tensors["bounds"],
+                token_scores=tensors["token_scores"], doc_mass=tensors["doc_mass"],
+                doc_mass_na=tensors.get("doc_mass_na"), calibrated=fields["calibrate"],
+                num_tokens=int(meta["num_tokens"]), positive=fields["positive"])
+            n, layers = len(record.doc_ids), fields["layers"]
+            if (record.token_scores.shape[0] != layers or record.doc_mass.shape[0] != layers
+                    or record.doc_mass.shape[-1] != n or len(record.bounds) != n + 1
+                    or record.token_scores.shape[-1] != int(record.bounds[-1])):
+                raise ValueError("tensor shapes do not match the key")
+            return record
+        except Exception as err:  # a torn, foreign or damaged file: recompute it
+            log.warning("%s is unreadable (%s): recomputing it", path, err)
+            return None
+
+    def write(self, path: Path, record: QueryRecord, fields: dict) -> None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep(path.parent)
+        tensors = {name: getattr(record, name).contiguous() for name in _TENSORS if getattr(record, name) is not None}
+        meta = {"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "num_tokens": str(record.num_tokens)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _sweep(self, directory: Path, older_than_s: float = 3600) -> None:
+        """Remove temporary files that killed writers left (once per folder and process)."""
+        if directory in self._swept:
+            return
+        self._swept.add(directory)
+        now = time.time()
+        for tmp in directory.glob("*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    log.info("removed %s, left by an interrupted writer", tmp)
+            except FileNotFoundError:
+                pass
+
+    def get(self, model_id: str, fields: dict) -> QueryRecord | None:
+        key = record_key(fields)
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        record = self.read(self.path(model_id, fields["group"], key), fields)
+        if record is not None:
+            self._remember(key, record)
+        return record
+
+    def get_or_compute(self, model_id: str, fields: dict, compute: Callable[[], QueryRecord]) -> QueryRecord:
+        record = self.get(model_id, fields)
+        if record is None:
+            record = compute()
+            key = record_key(fields)
+            self.write(self.path(model_id, fields["group"], key), record, fields)
+            self._remember(key, record)
+        return record
+
+
+# ----------------------------------------------------------------------------- many records
+
+
+def _identity(model: LoadedModel | ModelSpec) -> tuple[str, str, object, int, Callable[[], LoadedModel]]:
+    """model_id, fingerprint, dtype, layers of the full model, and how to get the loaded model."""
+    if isinstance(model, ModelSpec):
+        return model.model_id, model.fingerprint, model.dtype, model.num_layers, model.load
+    return model.model_id, model.fingerprint, model.dtype, model.total_layers, lambda: model
+
+
+def get_records(
+    model: LoadedModel | ModelSpec,
+    requests: Iterable[RecordRequest],
+    *,
+    calibrate: bool = True,
+    num_layers: int | None = None,
+    words: int | None = None,
+    store: RecordStore | None = None,
+    progress: str | None = None,
+) -> list[QueryRecord]:
+    """The record of every request, from ``store`` when it holds it, else computed (and stored).
+
+    A ModelSpec is loaded only when a record is missing. ``num_layers`` runs only the first layers
+    (a head subset's early exit); a stored all-layer record serves such a request exactly.
+    """
+    model_id, fingerprint, dtype, total, load = _identity(model)
+    layers = total if num_layers is None else num_layers
+    out = []
+    for req in tqdm(list(requests), desc=progress, leave=False, disable=progress is None):
+        def compute(req=req):
+            lm = load()
+            return build_record(lm, req.query, list(req.docs), query_id=req.query_id, calibrate=calibrate,
+                                num_layers=layers, positive=req.positive, words=words)
+
+        if store is None:
+            out.append(compute())
+            continue
+        fields = record_fields(fingerprint, dtype, layers, calibrate, req)
+        if layers < total:
+            full = store.get(model_id, {**fields, "layers": total})
+            if full is not None:
+                out.append(full.first_layers(layers))
+                continue
+        out.append(store.get_or_compute(model_id, fields, compute))
+    return out
