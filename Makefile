@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-PROFILE ?= cpu
+PROFILE ?= quick
 DATA    ?= $(if $(CORELIB_DATA),$(CORELIB_DATA),$(abspath ../shared/data))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export CORELIB_DATA := $(DATA)
@@ -29,21 +29,27 @@ test: setup
 
 reproduce: setup
 	@mkdir -p results/$(PROFILE) figures
+	@$(BIN)/python -c "from corelib.study import profile as p; x = p('$(PROFILE)'); \
+	  print(f'== profile {x.name}: {\", \".join(x.models)}; {x.sizes()}'); \
+	  print(f'== expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes')"
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  $(BIN)/papermill --cwd notebooks -k core-heads -p PROFILE $(PROFILE) -p DATA "$(DATA)" \
+	  CORELIB_PROGRESS=terminal $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar \
+	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results \
 	    "$$nb" "results/$(PROFILE)/$$(basename $$nb)" || exit 1; \
 	done
+	@echo "== done: results/$(PROFILE)/REPORT.md. The full study is 'make warm PROFILE=cpu' (many hours, resumable), then 'make reproduce PROFILE=cpu'."
 
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
 warm: setup
-	$(BIN)/python -m corelib -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
+	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
+# JupyterLab rooted at the project: notebooks/ (runnable, and the explorer) and results/<profile>/ (executed)
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --notebook-dir=. notebooks/explorer.ipynb
 
 bench: setup
-	$(BIN)/python -m corelib.bench --data "$(DATA)"
+	$(BIN)/python -m corelib.study.bench --data "$(DATA)"
 
 clean:
-	rm -rf $(VENV) results/smoke .pytest_cache
+	rm -rf $(VENV) results/smoke figures/smoke .pytest_cache

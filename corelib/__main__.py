@@ -1,4 +1,4 @@
-"""Command line: ``python -m corelib {rerank,detect,evaluate,warm}``."""
+"""Command line: ``python -m corelib {rerank,detect,evaluate}`` (the study's ``warm`` is ``python -m corelib.study warm``)."""
 
 from __future__ import annotations
 
@@ -100,18 +100,6 @@ def cmd_evaluate(args) -> None:
         print(f"{metric} {value:.4f}")
 
 
-def cmd_warm(args) -> None:
-    from . import study
-
-    p = study.profile(args.profile)
-    models = args.model or list(p.models)
-    unknown = sorted(set(models) - set(p.models))
-    if unknown:
-        raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
-    study.warm(p, models, args.data, multilingual=not args.no_multilingual)
-    print(f"records of profile {p.name} cached for {', '.join(models)}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corelib", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -160,13 +148,6 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--metrics", nargs="+", default=["ndcg@10", "recall@100"])
     p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("warm", help="compute and cache all records a profile's notebooks need (resumable)")
-    common(p, model=False)
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
-    p.add_argument("--no-multilingual", action="store_true")
-    p.set_defaults(func=cmd_warm)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -49,10 +49,17 @@ def mean_ndcg_rows(scored, qrels, k: int = 10) -> np.ndarray:
     equal to ``evaluate_run`` of each run (trec_eval tie order) but without building R ranx Runs;
     head-count sweeps use it.
     """
-    runs, judged = [], []
+    return ndcg_rows(scored, qrels, k)[1].mean(0)
+
+
+def ndcg_rows(scored, qrels, k: int = 10) -> tuple[list[str], np.ndarray]:
+    """Per-query nDCG@k of R alternative scorings (see ``mean_ndcg_rows``): the query ids shared
+    with ``qrels`` and an array [queries, R]."""
+    runs, judged, qids = [], [], []
     for qid, doc_ids, scores in scored:
         if qid not in qrels:
             continue
+        qids.append(qid)
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(doc_ids):
             raise ValueError(f"query {qid}: scores must be [rows, {len(doc_ids)}], got {list(scores.shape)}")
@@ -76,7 +83,7 @@ def mean_ndcg_rows(scored, qrels, k: int = 10) -> np.ndarray:
         run_arr[i, :, : run.shape[1]] = run
         qrel_arr[i, : len(j)] = j
     per_query = ranx_ndcg(np.repeat(qrel_arr, rows, 0), run_arr.reshape(-1, n, 2), k=k)
-    return per_query.reshape(len(runs), rows).mean(0)
+    return qids, per_query.reshape(len(runs), rows)
 
 
 def per_query(run, qrels, metric: str = "ndcg@10") -> pd.Series:

@@ -148,22 +148,56 @@ def detect_heads(
     provenance: dict | None = None,
 ) -> HeadScores:
     """Score every head on detection records (uncalibrated mass unless ``calibrated``)."""
+    mass, positives = _stack_mass(records, calibrated)
+    prov = {"samples": len(records), "queries": len({r.query_id for r in records}), "calibrated": calibrated,
+            **(provenance or {})}
+    return scores_from_mass(mass, positives, method, temperature=temperature, model_id=model_id, provenance=prov)
+
+
+def scores_from_mass(mass: torch.Tensor, positives: torch.Tensor, method: str = "core", *, temperature: float = 0.001,
+                     model_id: str = "", provenance: dict | None = None) -> HeadScores:
+    """Head scores from document masses [S, L, H, N] (absent documents: -inf) and the positive of each sample."""
     try:
         detector = DETECTORS[method]
     except KeyError:
         raise ValueError(f"unknown method {method!r}: use one of {sorted(DETECTORS)}") from None
-    mass, positives = _stack_mass(records, calibrated)
     scores = detector(mass, positives, temperature)
-    prov = {
-        "samples": len(records),
-        "queries": len({r.query_id for r in records}),
-        "negatives": int(mass.shape[-1]) - 1,
-        "positions": sorted({int(p) for p in positives}),
-        "temperature": temperature if method == "core" else None,
-        "calibrated": calibrated,
-        **(provenance or {}),
-    }
+    finite = torch.isfinite(mass[:, 0, 0, :]).sum(-1)
+    prov = {"negatives": int(finite.max()) - 1 if len(finite) else 0,
+            "positions": sorted({int(p) for p in positives}) if len(positives) <= 50 else "varied",
+            "temperature": temperature if method == "core" else None, **(provenance or {})}
     return HeadScores(scores, model_id, method, prov)
+
+
+def in_domain_samples(records: Sequence[QueryRecord], qrels: dict[str, dict[str, int]],
+                      nearest: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Detection samples from re-ranking records (in-domain hard negatives at natural positions).
+
+    Each judged-relevant candidate is a positive; its negatives are the prompt's other candidates
+    that are not judged relevant (unjudged ones count as non-relevant; the other relevant ones
+    are left out). ``nearest=m``: only the m negatives in the prompt slots nearest the positive
+    (position-matched). Uses the uncalibrated mass, as detection on NQ does. Returns the mass
+    [S, L, H, N] with the positive at index 0 and absent documents at -inf, the positives (all 0),
+    and each positive's prompt slot.
+    """
+    rows, slots = [], []
+    for r in records:
+        rel = qrels.get(r.query_id, {})
+        relevant = [i for i, d in enumerate(r.doc_ids) if rel.get(d, 0) > 0]
+        negatives = [i for i, d in enumerate(r.doc_ids) if rel.get(d, 0) <= 0]
+        if not relevant or not negatives:
+            continue
+        for i in relevant:
+            negs = sorted(negatives, key=lambda j: (abs(j - i), j))[:nearest] if nearest else negatives
+            rows.append(r.doc_mass[..., [i] + sorted(negs)])
+            slots.append(i)
+    if not rows:
+        raise ValueError("no record has both a judged-relevant and a non-relevant candidate: nothing to contrast")
+    n = max(x.shape[-1] for x in rows)
+    mass = torch.full((len(rows), *rows[0].shape[:2], n), float("-inf"), dtype=torch.float64)
+    for k, x in enumerate(rows):
+        mass[k, ..., : x.shape[-1]] = x.double()
+    return mass, torch.zeros(len(rows), dtype=torch.long), slots
 
 
 def _parse(spec: str) -> list[tuple[int, int]]:

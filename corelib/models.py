@@ -329,6 +329,14 @@ class ModelSpec:
     def num_total_heads(self) -> int:
         return self.num_layers * self.num_heads
 
+    def config(self):
+        """The model's (text) config, read without loading weights."""
+        from transformers import AutoConfig
+
+        source = str(_converted_dir(self.name)) if self.name in BUILTIN_MODELS else self.name
+        config = AutoConfig.from_pretrained(source, revision=self.revision)
+        return getattr(config, "text_config", None) or config
+
     def load(self) -> "LoadedModel":
         if self._loaded is None:
             self._loaded = load_model(self.name, num_layers=self.loaded_layers, spec=self)
@@ -459,7 +467,7 @@ def load_model(
     config, total_layers = _truncated_config(config, num_layers)
     kwargs = {"config": config, "dtype": torch_dtype, "attn_implementation": attn_implementation, "revision": spec.revision}
     if device.startswith("cuda"):
-        kwargs["device_map"] = "auto"
+        kwargs["device_map"] = "auto" if device == "cuda" else {"": device}  # cuda:i: one GPU per process
     backbone = AutoModel.from_pretrained(source, **kwargs)
     backbone = getattr(backbone, "language_model", backbone)
     if not device.startswith("cuda"):

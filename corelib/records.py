@@ -258,17 +258,34 @@ class RecordStore:
             self._remember(key, record)
         return record
 
+    def put(self, model_id: str, fields: dict, record: QueryRecord) -> QueryRecord:
+        key = record_key(fields)
+        self.write(self.path(model_id, fields["group"], key), record, fields)
+        self._remember(key, record)
+        return record
+
     def get_or_compute(self, model_id: str, fields: dict, compute: Callable[[], QueryRecord]) -> QueryRecord:
         record = self.get(model_id, fields)
-        if record is None:
-            record = compute()
-            key = record_key(fields)
-            self.write(self.path(model_id, fields["group"], key), record, fields)
-            self._remember(key, record)
-        return record
+        return record if record is not None else self.put(model_id, fields, compute())
 
 
 # ----------------------------------------------------------------------------- many records
+
+
+def progress_bar(items: list, desc: str | None):
+    """A progress bar over items. With CORELIB_PROGRESS=terminal (set by `make reproduce`) it goes to
+    the process's own stderr, so a notebook executed by papermill shows it live in the terminal but
+    stores none of it; CORELIB_PROGRESS=off hides it."""
+    mode = os.environ.get("CORELIB_PROGRESS", "")
+    if desc is None or mode == "off" or not items:
+        return items
+    if mode == "terminal":
+        import sys
+
+        from tqdm.std import tqdm as plain
+
+        return plain(items, desc=desc, leave=False, file=sys.__stderr__)
+    return tqdm(items, desc=desc, leave=False)
 
 
 def _identity(model: LoadedModel | ModelSpec) -> tuple[str, str, object, int, Callable[[], LoadedModel]]:
@@ -295,21 +312,26 @@ def get_records(
     """
     model_id, fingerprint, dtype, total, load = _identity(model)
     layers = total if num_layers is None else num_layers
-    out = []
-    for req in tqdm(list(requests), desc=progress, leave=False, disable=progress is None):
-        def compute(req=req):
-            lm = load()
-            return build_record(lm, req.query, list(req.docs), query_id=req.query_id, calibrate=calibrate,
-                                num_layers=layers, positive=req.positive, words=words)
+    requests = list(requests)
 
-        if store is None:
-            out.append(compute())
-            continue
+    def compute(req: RecordRequest) -> QueryRecord:
+        lm = load()
+        return build_record(lm, req.query, list(req.docs), query_id=req.query_id, calibrate=calibrate,
+                            num_layers=layers, positive=req.positive, words=words)
+
+    if store is None:
+        return [compute(req) for req in progress_bar(requests, progress)]
+    out: list[QueryRecord | None] = []
+    missing = []
+    for i, req in enumerate(requests):  # first everything the store holds: no progress bar, no model
         fields = record_fields(fingerprint, dtype, layers, calibrate, req)
-        if layers < total:
+        found = store.get(model_id, fields)
+        if found is None and layers < total:  # an all-layer record holds these layers exactly
             full = store.get(model_id, {**fields, "layers": total})
-            if full is not None:
-                out.append(full.first_layers(layers))
-                continue
-        out.append(store.get_or_compute(model_id, fields, compute))
+            found = None if full is None else full.first_layers(layers)
+        out.append(found)
+        if found is None:
+            missing.append((i, fields))
+    for i, fields in progress_bar(missing, progress):
+        out[i] = store.put(model_id, fields, compute(requests[i]))
     return out

@@ -1,0 +1,210 @@
+"""The analysis plan: how every claim of the paper is tested and judged.
+
+Written down (issue 11) before the numbers it judges existed; ``RULES`` is the prose the report
+prints, and the functions below are the only code that computes verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ALPHA = 0.05
+PRUNING_MARGIN = 0.5  # points of nDCG@10: "50% pruning costs at most half a point"
+FEW_HEADS = 10  # "the best head count is below 10"
+N_RESAMPLES = 10_000
+SEED = 0
+
+RULES = f"""\
+**Analysis plan** (fixed in `corelib/study/analysis.py` before the numbers it judges were computed).
+
+- *Unit and average.* The unit is a test query. A model's score for a method is the mean nDCG@10
+  over collections, each collection weighted equally (the mean over its evaluated queries).
+  A difference is the same average of per-query paired differences (points of nDCG@10).
+- *Pooling over models.* A query evaluated by several models counts once: its paired difference is
+  first averaged over the models that evaluated it, then averaged as above.
+- *Confidence interval.* 95% percentile interval of a paired bootstrap stratified by collection
+  ({N_RESAMPLES:,} resamples of queries within each collection, seed {SEED}).
+- *p-value.* Paired randomization (sign-flip) test of the collection-weighted mean difference,
+  {N_RESAMPLES:,} flips, two-sided (ranx's Fisher randomization test on one collection); one-sided for margins.
+- *Families and multiplicity.* A claim's family is its per-model tests plus the pooled test; p is
+  Holm-adjusted within the family and reported beside the raw p. Per-collection p-values are descriptive.
+- *Verdicts, "A beats B".* supported: mean difference > 0 and Holm p < {ALPHA}; contradicted: < 0 and
+  Holm p < {ALPHA}; inconclusive otherwise. Each row also states the smallest difference the test could
+  detect at 80% power (2.80 standard errors).
+- *Verdicts, "within a margin" (50% pruning costs at most {PRUNING_MARGIN} point).* Non-inferiority (TOST,
+  one-sided at {ALPHA}): supported when the test of "loss >= {PRUNING_MARGIN}" rejects (Holm), contradicted
+  when the test of "loss <= {PRUNING_MARGIN}" rejects (Holm), inconclusive otherwise; identical runs are reported
+  as identical (supported).
+- *Peak below {FEW_HEADS} heads.* Queries are split in two halves within each collection (seeded). On the first
+  half the best k < {FEW_HEADS} and the best k >= {FEW_HEADS} (CoRe order) are chosen; on the second half the two are
+  compared as "A beats B". The peak is never chosen on the queries that test it.
+- *Top heads in the middle third of depth.* Binomial test of the top-k heads' count in the middle third
+  against 1/3: supported when more (one-sided, Holm), contradicted when fewer (one-sided, Holm).
+- *Head-set controls.* For random head sets (uniform, and matched to the CoRe top-k's layers) the
+  score of each set on the same queries gives a distribution; a method's percentile and empirical p,
+  (1 + #sets scoring >= method) / (1 + #sets), say whether its heads beat heads drawn by chance
+  (supported when p < {ALPHA}, contradicted when the mirrored p < {ALPHA}). The queries are held fixed: this tests
+  the head choice, not generalisation to new queries. The in-sample oracle (best single heads on
+  the evaluated queries) is an upper bound, never a method.
+"""
+
+
+# ----------------------------------------------------------------------------- estimation
+
+
+def _strata(diffs: pd.DataFrame) -> list[np.ndarray]:
+    return [g["diff"].to_numpy(dtype=float) for _, g in diffs.groupby("collection", sort=True)]
+
+
+def weighted_mean(strata: list[np.ndarray]) -> float:
+    return float(np.mean([s.mean() for s in strata]))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison on the collection-weighted mean (points of nDCG@10)."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p: float  # two-sided randomization p
+    queries: int
+    collections: int
+    se: float
+    identical: bool
+
+    @property
+    def mde(self) -> float:
+        """Smallest true difference detected with 80% power at two-sided alpha 0.05."""
+        return (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(0.8)) * self.se
+
+
+def _flip_stats(strata: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    """Collection-weighted means under random sign flips of every paired difference: [n]."""
+    out = np.zeros(n)
+    for s in strata:
+        signs = rng.integers(0, 2, size=(n, len(s)), dtype=np.int8) * 2 - 1
+        out += (signs * s).mean(axis=1)
+    return out / len(strata)
+
+
+def paired(diffs: pd.DataFrame, n: int = N_RESAMPLES, seed: int = SEED) -> Paired:
+    """``diffs``: one row per query with ``collection`` and ``diff`` (points). Stratified bootstrap
+    CI and two-sided sign-flip randomization p of the collection-weighted mean difference."""
+    strata = _strata(diffs)
+    if not strata:
+        raise ValueError("no paired differences to test")
+    est = weighted_mean(strata)
+    k = len(strata)
+    se = float(np.sqrt(sum(s.var(ddof=1) / len(s) if len(s) > 1 else 0.0 for s in strata)) / k)
+    identical = all(np.all(s == 0) for s in strata)
+    if identical:
+        return Paired(0.0, 0.0, 0.0, 1.0, sum(map(len, strata)), k, 0.0, True)
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(n)
+    for s in strata:
+        idx = rng.integers(0, len(s), size=(n, len(s)))
+        boot += s[idx].mean(axis=1)
+    boot /= k
+    lo, hi = np.percentile(boot, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    null = _flip_stats(strata, rng, n)
+    p = float((1 + np.sum(np.abs(null) >= abs(est) - 1e-12)) / (n + 1))
+    return Paired(est, float(lo), float(hi), p, sum(map(len, strata)), k, se, False)
+
+
+def one_sided_p(diffs: pd.DataFrame, shift: float, greater: bool, n: int = N_RESAMPLES, seed: int = SEED) -> float:
+    """Randomization p of H0: mean difference <= -shift (``greater``) or >= -shift (not ``greater``),
+    by sign flips of the differences moved by ``shift`` (TOST's two one-sided tests)."""
+    strata = [s + shift for s in _strata(diffs)]
+    est = weighted_mean(strata)
+    if all(np.all(s == 0) for s in strata):
+        return 1.0
+    null = _flip_stats(strata, np.random.default_rng(seed), n)
+    hits = np.sum(null >= est - 1e-12) if greater else np.sum(null <= est + 1e-12)
+    return float((1 + hits) / (n + 1))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, (m - i) * p[idx])
+        out[idx] = min(1.0, running)
+    return out
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def superiority_verdict(estimate: float, p_holm: float, identical: bool = False) -> str:
+    if identical:
+        return "inconclusive (identical)"
+    if p_holm < ALPHA:
+        return "supported" if estimate > 0 else "contradicted"
+    return "inconclusive"
+
+
+def margin_verdict(p_noninferior_holm: float, p_inferior_holm: float, identical: bool = False) -> str:
+    if identical:
+        return "supported (identical)"
+    if p_noninferior_holm < ALPHA:
+        return "supported"
+    if p_inferior_holm < ALPHA:
+        return "contradicted"
+    return "inconclusive"
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def paired_differences(per_query: pd.DataFrame, a: str, b: str, pool: bool = False) -> pd.DataFrame:
+    """Per-query differences (points) of method ``a`` minus ``b`` from the long per-query table
+    (model, collection, query_id, method, ndcg@10). ``pool``: one row per (collection, query),
+    averaged over the models that evaluated it, so that no query counts twice."""
+    wide = per_query.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
+    if a not in wide or b not in wide:
+        raise ValueError(f"the per-query table has no {a if a not in wide else b} rows")
+    d = (100 * (wide[a] - wide[b])).dropna().rename("diff").reset_index()
+    if pool:
+        d = d.groupby(["collection", "query_id"], as_index=False)["diff"].mean()
+    return d
+
+
+def split_halves(queries: pd.DataFrame, seed: int = SEED) -> tuple[pd.Index, pd.Index]:
+    """Two halves of the rows of ``queries`` (with a ``collection`` column), split within each collection."""
+    rng = np.random.default_rng(seed)
+    first = []
+    for _, g in queries.groupby("collection", sort=True):
+        idx = g.index.to_numpy()
+        first.extend(rng.permutation(idx)[: len(idx) // 2].tolist())
+    first_index = pd.Index(sorted(first))
+    return first_index, queries.index.difference(first_index)
+
+
+def middle_third_test(relative_depths) -> tuple[int, int, float, float]:
+    """(inside, k, p more than 1/3, p fewer than 1/3) for the top heads' relative depths."""
+    d = np.asarray(relative_depths, dtype=float)
+    inside = int(((d > 1 / 3) & (d <= 2 / 3)).sum())
+    k = len(d)
+    return (inside, k, stats.binomtest(inside, k, 1 / 3, alternative="greater").pvalue,
+            stats.binomtest(inside, k, 1 / 3, alternative="less").pvalue)
+
+
+def control_p(method_score: float, control_scores) -> tuple[float, float, float]:
+    """(percentile of the method in the control distribution, empirical p of 'better than the
+    controls', mirrored p of 'worse than the controls')."""
+    c = np.asarray(control_scores, dtype=float)
+    n = len(c)
+    pct = 100 * float(np.mean(c < method_score) + 0.5 * np.mean(c == method_score))
+    p_better = (1 + int(np.sum(c >= method_score))) / (n + 1)
+    p_worse = (1 + int(np.sum(c <= method_score))) / (n + 1)
+    return pct, p_better, p_worse

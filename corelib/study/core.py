@@ -1,0 +1,176 @@
+"""The Study: one object that the notebooks and the study's command line share.
+
+Built from a profile, a data directory and an output directory. It knows where every input and
+output lives, computes records only on a cache miss (record keys need no loaded model; a model is
+loaded the first time a record is missing), keeps records in memory within a budget, and owns
+every table (``tables.py`` defines their columns once; the report reads them through it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import Candidates, Collection, first_stage, load_collection, load_detection, sample_queries
+from ..heads import HeadScores, HeadSet, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
+from ..models import LoadedModel, ModelSpec, model_spec
+from ..records import QueryRecord, RecordStore
+from ..rerank import Reranker, detection_records
+from .profiles import Profile, profile
+
+log = logging.getLogger(__name__)
+
+HEAD_SOURCES = {
+    "nq": "NQ detection set (the paper's source)",
+    "in-domain": "in-domain BM25 candidates, leave-one-collection-out",
+    "in-domain, position-matched": "in-domain, each positive against its 4 nearest-slot negatives, leave-one-collection-out",
+}
+POSITION_MATCHED_NEGATIVES = 4
+
+
+class Study:
+    """A reproduction run: ``Study("cpu", data="../shared/data", out="../results")``.
+
+    out: the results directory; tables go to ``out/<profile>/tables``, head rankings to
+    ``out/heads`` (cpu profile) or ``out/<profile>/heads``; figures to ``figures/<profile>``
+    (``figures`` defaults to a sibling of ``out``). ``models`` narrows the profile's models.
+    """
+
+    def __init__(self, profile_name: str | Profile = "quick", data: str | os.PathLike | None = None,
+                 out: str | os.PathLike = "results", figures: str | os.PathLike | None = None,
+                 models=None, store: RecordStore | None = None, **overrides):
+        p = profile(profile_name, **overrides)
+        if models:
+            unknown = sorted(set(models) - set(p.models))
+            if unknown:
+                raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
+            p = replace(p, models=tuple(models))
+        self.p = p
+        self.data = data
+        self.out = Path(out)
+        self.tables_dir = self.out / p.name / "tables"
+        self.figures_dir = Path(figures) / p.name if figures else self.out.parent / "figures" / p.name
+        self.heads_dir = self.out / ("heads" if p.name == "cpu" else f"{p.name}/heads")
+        self.store = store or RecordStore(memory_mb=float(os.environ.get("CORELIB_RECORD_MEMORY_MB", 6144)))
+        self._specs: dict[str, ModelSpec | LoadedModel] = {}
+        self._collections: dict[str, Collection] = {}
+        self._scores: dict[tuple, HeadScores] = {}
+        self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
+
+    def __repr__(self) -> str:
+        return f"Study({self.p.name!r}: {', '.join(self.p.models)}; {self.p.sizes()})"
+
+    # ------------------------------------------------------------------ inputs
+    def spec(self, model: str) -> ModelSpec | LoadedModel:
+        """The model's identity; ``.load()`` loads it once (only when a record is missing)."""
+        if model not in self._specs:
+            self._specs[model] = model_spec(model)
+        return self._specs[model]
+
+    def use_model(self, name: str, model: LoadedModel | ModelSpec) -> None:
+        """Use an already built model under ``name`` (e.g. a random-weight stand-in in a test)."""
+        self._specs[name] = model
+
+    def model(self, model: str) -> LoadedModel:
+        s = self.spec(model)
+        return s.load() if isinstance(s, ModelSpec) else s
+
+    def collection(self, name: str) -> Collection:
+        if name not in self._collections:
+            self._collections[name] = load_collection(name, self.data)
+        return self._collections[name]
+
+    def candidates(self, model: str, collection: str) -> Candidates:
+        """The profile's query sample of a collection, with its first-stage top-k."""
+        coll = self.collection(collection)
+        qids = sample_queries(coll, self.p.queries_for(model, collection), self.p.seed)
+        return first_stage(coll, self.p.top_k, qids)
+
+    def records(self, model: str, collection: str, calibrate: bool = True) -> list[QueryRecord]:
+        """All-head records of the profile's query sample of a collection (cached)."""
+        cand = self.candidates(model, collection)
+        rr = Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store)
+        return rr.records(self.collection(collection), cand, self._share(list(cand.ranking)))
+
+    def _share(self, items: list) -> list:
+        return items if self.shard is None else items[self.shard[0]:: self.shard[1]]
+
+    def detection(self, model: str, calibrate: bool = False) -> list[QueryRecord]:
+        samples = load_detection(self.data, self.p.detection_samples, self.p.negatives, self.p.positions,
+                                 words=self.p.words, seed=self.p.seed)
+        return detection_records(self.spec(model), self._share(samples), calibrate=calibrate, store=self.store)
+
+    def warm(self, models=None, multilingual: bool = True) -> None:
+        """Compute and cache every record the notebooks read, one model at a time: detection, then
+        the collections (smallest first), then the multilingual ones. Stop and re-run to resume."""
+        for m in models or self.p.models:
+            sizes = {c: len(self.candidates(m, c).ranking) for c in self.p.collections}
+            steps = [None] + sorted(self.p.collections, key=sizes.get) + (list(self.p.multilingual) if multilingual else [])
+            for name in steps:
+                t0 = time.perf_counter()
+                n = len(self.detection(m) if name is None else self.records(m, name))
+                log.info("%s %s: %d records (%.0f s)", m, name or "detection", n, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ heads
+    def head_scores(self, model: str, method: str, temperature: float | None = None, source: str = "nq",
+                    calibrated: bool = False, exclude: str | None = None) -> HeadScores:
+        """Scores of every head. source 'nq': the NQ detection set; 'in-domain' (and
+        'in-domain, position-matched'): the profile's collection records with their qrels,
+        leaving out collection ``exclude`` (the one the heads will re-rank)."""
+        t = self.p.temperature if temperature is None else temperature
+        key = (model, method, t, source, calibrated, exclude)
+        if key not in self._scores:
+            prov = {"source": HEAD_SOURCES.get(source, source), "words": self.p.words, "profile": self.p.name}
+            if source == "nq":
+                self._scores[key] = detect_heads(self.detection(model, calibrate=calibrated), method, temperature=t,
+                                                 calibrated=calibrated, model_id=model, provenance=prov)
+            elif source in ("in-domain", "in-domain, position-matched"):
+                nearest = POSITION_MATCHED_NEGATIVES if source.endswith("matched") else None
+                mass, pos = self.in_domain_mass(model, exclude, nearest)
+                self._scores[key] = scores_from_mass(mass, pos, method, temperature=t, model_id=model,
+                                                     provenance={**prov, "left out": exclude, "samples": len(pos)})
+            else:
+                raise ValueError(f"unknown head source {source!r}: use one of {sorted(HEAD_SOURCES)}")
+        return self._scores[key]
+
+    def in_domain_mass(self, model: str, exclude: str | None, nearest: int | None = None):
+        masses, positives = [], []
+        for c in self.p.collections:
+            if c == exclude:
+                continue
+            mass, pos, _ = in_domain_samples(self.records(model, c), self.collection(c).qrels, nearest)
+            masses.append(mass)
+            positives.append(pos)
+        import torch
+
+        n = max(m.shape[-1] for m in masses)
+        padded = [torch.nn.functional.pad(m, (0, n - m.shape[-1]), value=float("-inf")) for m in masses]
+        return torch.cat(padded), torch.cat(positives)
+
+    def heads(self, model: str, method: str, k: int | None = None, temperature: float | None = None,
+              source: str = "nq", exclude: str | None = None, max_layers: int | None = None) -> list[tuple[int, int]]:
+        """The top-k heads of a method (among the first ``max_layers`` layers when given)."""
+        s = self.head_scores(model, method, temperature, source, exclude=exclude)
+        order = s.order() if max_layers is None else [h for h in s.order() if h[0] < max_layers]
+        return order[: k or self.p.num_heads]
+
+    def save_head_rankings(self, temperature: float | None = None) -> list[Path]:
+        """Write each model's CoRe and QR rankings (NQ detection) for the CLI (``--heads core:8``).
+        Only rankings at the profile's temperature are canonical; others go to a ``t=<t>`` folder."""
+        t = self.p.temperature if temperature is None else temperature
+        where = self.heads_dir if t == self.p.temperature else self.heads_dir / f"t={t:g}"
+        return [self.head_scores(m, method, t).ranking().save(head_ranking_path(where, m, method))
+                for m in self.p.models for method in ("core", "qr")]
+
+    # ------------------------------------------------------------------ tables (tables.py)
+    @cached_property
+    def tables(self):
+        from .tables import Tables
+
+        return Tables(self)

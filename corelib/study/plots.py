@@ -1,0 +1,124 @@
+"""Figures of the study (seaborn/matplotlib), each saved as PNG and PDF; names follow the paper's numbering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+
+def save(fig, path_without_suffix: str | Path) -> list[Path]:
+    """Write ``<path>.png`` and ``<path>.pdf``; dots in the name (``qwen2.5-...``) are kept."""
+    path = Path(path_without_suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = [path.parent / f"{path.name}{suffix}" for suffix in (".png", ".pdf")]
+    for out in written:
+        fig.savefig(out, bbox_inches="tight", dpi=150)
+    return written
+
+
+def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = (), ax=None):
+    """Layer x head map of a head score (Figure 2); top heads outlined."""
+    ax = ax or plt.subplots(figsize=(max(4, scores.shape[1] * 0.45), max(4, scores.shape[0] * 0.22)))[1]
+    sns.heatmap(scores.numpy(), ax=ax, cmap="viridis", cbar_kws={"label": "score"})
+    for l, h in top:
+        ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="red", lw=1.5))
+    ax.set(xlabel="head", ylabel="layer")
+    ax.set_title(title, fontsize=9, wrap=True)
+    return ax
+
+
+def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None):
+    """nDCG@10 against heads added in score order (Figure 1); peak marked, ICR as a line.
+    ``curves``: one column per order, indexed by the number of heads."""
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for name in curves.columns:
+        s = curves[name].dropna()
+        ax.plot(s.index, s.values, label=name)
+        k = int(s.idxmax())
+        ax.scatter([k], [s.max()], zorder=3)
+        ax.annotate(f"peak {s.max():.3f} @ {k}", (k, s.max()), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(icr, color="grey", ls="--", label="ICR (all heads)")
+    ax.set(xscale="log", xlabel="number of heads (score order)", ylabel="nDCG@10")
+    ax.set_title(title, fontsize=9, wrap=True)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
+    """Figure 1 per collection: one panel per collection (and the mean), CoRe and QR orders, ICR dashed."""
+    sub = sweep[sweep["model"] == model]
+    names = list(dict.fromkeys(sub["collection"]))
+    cols = 4
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharex=True)
+    for ax, name in zip(axes.flat, names):
+        part = sub[sub["collection"] == name].pivot(index="heads", columns="order", values="ndcg@10")
+        icr = peaks[(peaks["model"] == model) & (peaks["collection"] == name)]["ICR"].iloc[0]
+        for order in part.columns:
+            ax.plot(part.index, part[order], label=order, lw=1)
+        ax.axhline(icr, color="grey", ls="--", lw=0.8, label="ICR")
+        ax.set(xscale="log")
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("number of heads (score order)")
+    fig.supylabel("nDCG@10")
+    fig.suptitle(f"Figure 1 analog per collection: {model}", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def pruning(df: pd.DataFrame, cost: pd.DataFrame | None, title: str):
+    """Figure 3: nDCG@10 of CoRe-R and QR-R by pruned share, and the measured latency and
+    peak-memory ratios of the pruned forward when measured."""
+    fig, axes = plt.subplots(1, 1 + (cost is not None), figsize=(6 + 4.5 * (cost is not None), 3.5), squeeze=False)
+    sns.lineplot(data=df, x="pruned share", y="ndcg@10", hue="model", style="method", marker="o", ax=axes[0, 0])
+    axes[0, 0].set_title(title, fontsize=9, wrap=True)
+    axes[0, 0].set(xlabel="share of layers pruned")
+    if cost is not None:
+        pruned = cost[cost["run"] == "pruned"]
+        long = pruned.melt(id_vars=["model", "pruned share"], value_vars=["latency ratio", "memory ratio"],
+                           var_name="ratio", value_name="pruned / unpruned")
+        sns.lineplot(data=long, x="pruned share", y="pruned / unpruned", hue="model", style="ratio", marker="o",
+                     ax=axes[0, 1])
+        axes[0, 1].axhline(1.0, color="grey", lw=0.8)
+        axes[0, 1].set_title("cost of the pruned forward (measured)", fontsize=9)
+        axes[0, 1].set(xlabel="share of layers pruned")
+    fig.tight_layout()
+    return fig
+
+
+def method_bars(table: pd.DataFrame, title: str, methods=("BM25", "ICR", "QR-R", "CoRe-R")):
+    """nDCG@10 of each method per collection, one panel per model; the axis spans the values shown,
+    so that differences of a point or two are visible."""
+    long = table.melt(id_vars=["model", "collection"], value_vars=list(methods), var_name="method", value_name="nDCG@10")
+    grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar",
+                       height=3.2, aspect=1.3, hue_order=list(methods), sharey=True)
+    lo, hi = long["nDCG@10"].min(), long["nDCG@10"].max()
+    pad = max(0.01, (hi - lo) * 0.15)
+    grid.set(ylim=(max(0, lo - pad), min(1, hi + pad)))
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle(title, y=1.04, fontsize=10)
+    return grid.figure
+
+
+def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame, model: str):
+    """The random-head-set distributions of one model, with a line per method (the controls figure)."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.2), squeeze=False, sharey=True)
+    palette = dict(zip(positions["method"].unique(), sns.color_palette("tab10")))
+    for ax, (control, values) in zip(axes.flat, scores.items()):
+        sns.histplot(values, ax=ax, color="lightgrey", bins=40)
+        for _, r in positions[positions["control"] == control].iterrows():
+            ax.axvline(r["ndcg@10"], color=palette[r["method"]], lw=1.5,
+                       label=f"{r['method']} ({r['percentile']:.0f}th pct.)")
+        ax.set_title(f"{model}: {control} ({len(values)} sets)", fontsize=9)
+        ax.set(xlabel="mean nDCG@10 over collections")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

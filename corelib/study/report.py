@@ -1,0 +1,135 @@
+"""Verdicts on the paper's claims from the study's tables, and the report (REPORT.md).
+
+Every verdict comes from ``analysis`` (rules written down before the numbers); this module only
+gathers the rows the tables already hold and lays them out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from . import analysis
+
+if TYPE_CHECKING:
+    from .core import Study
+
+# What the paper reports (METHOD.md section 4), Mistral-7B-Instruct-v0.2 unless noted.
+PAPER = {
+    "CoRe-R beats ICR": "CoRe-R beats ICR on the BEIR average, mostly by about 1 nDCG@10 point (Mistral, Llama, Granite)",
+    "CoRe-R beats QR-R": "CoRe-R beats QR-R on average; top-8 QR heads do worse than ICR on Quora",
+    "ICR beats BM25": "(premise) attention re-ranking improves on the first stage",
+    "multilingual: CoRe-R beats ICR": "MLDR table (de, en, es, fr, it, pt): CoRe-R beats ICR on average",
+    "multilingual: CoRe-R beats QR-R": "MLDR table (de, en, es, fr, it, pt): CoRe-R beats QR-R on average",
+    "top heads in middle layers": "best CoRe heads in layers ~10-20 of 32 (Figure 2)",
+    "50% pruning within 0.5 point": "BEIR average 50.9 -> 50.7 at 50% pruned (0/30/40/50/60/70%: 50.9, 50.9, 50.9, 50.7, "
+                                    "48.9, 47.0); latency 1.01 -> 0.79 s/query, peak memory 25.4 -> 14.6 GB (Figure 3)",
+    "peak below 10 heads": "DBPedia top-40: 1 head ~35.0, peak 38.0 at 9 heads, all 1,024 heads (ICR) ~36.0 (Figure 1)",
+    "heads beat random heads": "(implicit) the contrastive choice of heads, not any small set, is what helps",
+}
+
+
+def _paper(claim: str) -> str:
+    for key, text in PAPER.items():
+        if claim.startswith(key) or key in claim:
+            return text
+    return ""
+
+
+def _fmt_comparison(r) -> str:
+    return (f"{r['difference']:+.2f} points [{r['ci low']:+.2f}, {r['ci high']:+.2f}], p = {r['p']:.3g}, "
+            f"Holm p = {r['p holm']:.3g}, {int(r['queries'])} queries in {int(r['collections'])} collections; "
+            f"detectable at 80% power: {r['detectable (80% power)']:.2f}")
+
+
+def verdicts(study: "Study") -> pd.DataFrame:
+    """One row per claim and model (and pooled), from every comparisons table, the depth test and the controls."""
+    t = study.tables
+    rows = []
+    for path in sorted(study.tables_dir.glob("comparisons_*.csv")):
+        cmp = t.read(path.stem)
+        for _, r in cmp.iterrows():
+            rows.append({"claim": r["claim"], "model": r["model"], "paper": _paper(r["claim"]),
+                         "ours": _fmt_comparison(r), "verdict": r["verdict"]})
+    depth = t.read("depth")
+    if depth is not None:
+        for _, r in depth.iterrows():
+            rows.append({"claim": "top heads in middle layers", "model": r["model"], "paper": PAPER["top heads in middle layers"],
+                         "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth "
+                                 f"(layers {r['top layers']}; median relative depth {r['median relative depth']:.2f}); "
+                                 f"binomial vs 1/3: Holm p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
+                         "verdict": r["verdict"]})
+    controls = t.read("control_positions")
+    if controls is not None:
+        for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R"])].iterrows():
+            rows.append({"claim": f"{r['method']} heads beat random heads ({r['control']})", "model": r["model"],
+                         "paper": PAPER["heads beat random heads"],
+                         "ours": f"nDCG@10 {r['ndcg@10']:.4f}, percentile {r['percentile']:.1f} of the random sets; "
+                                 f"empirical p better {r['p better']:.3g}, worse {r['p worse']:.3g}",
+                         "verdict": r["verdict"]})
+    return t.write("verdicts", pd.DataFrame(rows, columns=["claim", "model", "paper", "ours", "verdict"]))
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [("-" if v != v else format(v, floatfmt)) if isinstance(v, float) else str(v) for v in row]  # NaN: no test
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# The report's sections: (title, table name). Tables not produced yet are listed as missing.
+SECTIONS = [
+    ("Verdicts", "verdicts"),
+    ("Table 1 analog: nDCG@10 per collection (NQ heads)", "table1"),
+    ("Table 1 analog: mean over collections per model", "table1_average"),
+    ("Head-set controls: random 8-head sets", "controls"),
+    ("Head-set controls: where each method falls", "control_positions"),
+    ("Detection sources side by side (NQ vs in-domain, leave-one-collection-out)", "in_domain_sources"),
+    ("Top-8 overlap of CoRe and QR heads", "overlap"),
+    ("Figure 1 analog: head-count sweep peaks", "sweep_peaks"),
+    ("Figure 2 analog: depth of the top CoRe heads", "depth"),
+    ("Figure 3 analog: layer pruning", "pruning"),
+    ("Figure 3 analog: measured cost of the pruned forward and of the early exit", "pruning_cost"),
+    ("Table 2 analog (MLDR; XQuAD-R stand-in offline)", "table2"),
+    ("Table 2 analog: mean over languages", "table2_average"),
+    ("Ablation: temperature", "ablation_temperature"),
+    ("Ablation: calibrated detection", "ablation_calibrated_detection"),
+    ("Ablation: negatives and positive position", "ablation_negatives_positions"),
+    ("Ablation: length bias", "ablation_length_bias"),
+]
+
+
+def write_report(study: "Study", path: Path, notes: str = "") -> Path:
+    p = study.p
+    sizes = "; ".join(f"{m}: {p.sizes(m)}" for m in p.models)
+    def shown(path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(study.out.resolve().parent))
+        except ValueError:
+            return str(path)
+
+    text = [f"# Report: CoRe heads reproduction ({p.name} profile)", "",
+            f"Models: {', '.join(p.models)}. Collections: {', '.join(p.collections)}; multilingual: "
+            f"{', '.join(p.multilingual) or 'none'}.", f"Sizes: {sizes}.", "",
+            f"Produced by `make reproduce PROFILE={p.name}` (tables in `{shown(study.tables_dir)}`, figures in "
+            f"`{shown(study.figures_dir)}`). nDCG@10 via ranx. QR-R is the CoRe paper's QR baseline (uncalibrated "
+            "attention mass on the positive, same detection prompts as CoRe), not QRHead's own procedure.", ""]
+    if notes:
+        text += [notes, ""]
+    text += [analysis.RULES, ""]
+    missing = []
+    for title, name in SECTIONS:
+        df = study.tables.read(name)
+        if df is None:
+            missing.append(name)
+            continue
+        text += [f"## {title}", "", markdown_table(df), ""]
+    if missing:
+        text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in missing), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text))
+    return path
