@@ -127,15 +127,24 @@ def _load_local(name: str, root: Path, split: str) -> Collection:
     return Collection(name, queries, qrels, corpus, runs, source=str(base))
 
 
+# BEIR sets whose evaluation set has an id of its own in ir_datasets (BEIR scores MS MARCO on dev;
+# Touché on its v2 judgements).
+IR_DATASETS_IDS = {"msmarco": "beir/msmarco/dev", "webis-touche2020": "beir/webis-touche2020/v2"}
+
+
 def _load_ir_datasets(name: str, split: str) -> Collection:
     import ir_datasets
 
-    try:  # most BEIR sets have per-split ids; a few (trec-covid, touche, arguana) have none
-        ds_id = f"beir/{name}/{split}"
+    if name in IR_DATASETS_IDS:
+        ds_id = IR_DATASETS_IDS[name]
         ds = ir_datasets.load(ds_id)
-    except KeyError:
-        ds_id = f"beir/{name}"
-        ds = ir_datasets.load(ds_id)
+    else:
+        try:  # most BEIR sets have per-split ids; a few (trec-covid, touche, arguana) have none
+            ds_id = f"beir/{name}/{split}"
+            ds = ir_datasets.load(ds_id)
+        except KeyError:
+            ds_id = f"beir/{name}"
+            ds = ir_datasets.load(ds_id)
     queries = {q.query_id: q.text for q in ds.queries_iter()}
     qrels: dict[str, dict[str, int]] = {}
     for r in ds.qrels_iter():

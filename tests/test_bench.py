@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from corelib import bench
+from corelib.study import bench
 
 
 def row(config, tokens, seconds, mb):
@@ -59,7 +59,7 @@ def test_peak_memory_of_a_worker_is_its_own_not_its_parents():
     import numpy as np
 
     held = np.ones(1_500 * 2**20, dtype=np.uint8)  # the spawning process (a notebook kernel) holds 1.5 GB
-    code = "from corelib.bench import peak_rss_mb; print(peak_rss_mb())"
+    code = "from corelib.study.bench import peak_rss_mb; print(peak_rss_mb())"
     own = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert held.sum() == held.size
     assert own < 1_000  # on Linux, getrusage's ru_maxrss here reports > 1,500 MB: the parent's, carried across exec

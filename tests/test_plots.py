@@ -3,7 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from corelib import plots
+from corelib.study import plots
 
 
 def test_save_keeps_dots_in_model_names(tmp_path):

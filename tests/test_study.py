@@ -1,121 +1,194 @@
+import ast
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from corelib import report, study
-from corelib.heads import HeadScores
-from corelib.records import QueryRecord
+from corelib.heads import HeadScores, in_domain_samples
+from corelib.records import QueryRecord, RecordStore
 from corelib.scoring import record_run
+from corelib.study import Study, kept_layers, profile
+from corelib.study.tables import length_bias, sweep_curve, with_negatives
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def rec(qid, token_scores, bounds, mass=None, positive=None):
+def rec(qid, token_scores, bounds, mass=None, positive=None, doc_ids=None):
     L, H, _ = token_scores.shape
     n = len(bounds) - 1
     mass = mass if mass is not None else torch.zeros(L, H, n)
-    return QueryRecord(qid, [f"d{i}" for i in range(n)], torch.tensor(bounds), token_scores, mass, None, True, 5, positive)
+    return QueryRecord(qid, doc_ids or [f"d{i}" for i in range(n)], torch.tensor(bounds), token_scores, mass, None, True, 5,
+                       positive)
 
 
 def test_profiles_are_fixed_and_named():
-    cpu = study.profile("cpu")
+    cpu = profile("cpu")
     assert cpu.queries_for("smollm2-135m") == 300 and cpu.queries_for("gemma3-270m") == 300
     assert cpu.queries_for("qwen2.5-coder-0.5b", "scifact") == 30
     assert cpu.queries_for("smollm2-135m", "xquad-r/de") == 50 and cpu.queries_for("gemma3-270m", "xquad-r/de") == 30
     assert (cpu.top_k, cpu.words, cpu.negatives, cpu.positions, cpu.detection_samples) == (20, 100, 19, 2, 100)
     assert cpu.models_for_ablations == ("smollm2-135m",)
-    assert study.profile("smoke", queries=2).queries == 2
+    quick = profile("quick")
+    assert quick.models == ("smollm2-135m",) and (quick.top_k, quick.words) == (cpu.top_k, cpu.words)  # shares records
+    assert profile("smoke", queries=2).queries == 2
     with pytest.raises(ValueError, match="unknown profile"):
-        study.profile("huge")
+        profile("huge")
+    with pytest.raises(ValueError, match=r"\['gemma3-270m'\] not in profile 'smoke'"):
+        Study("smoke", models=["gemma3-270m"])
 
 
-def test_kept_layers_and_restriction():
-    assert [study.kept_layers(30, p) for p in (0.0, 0.3, 0.5, 0.7)] == [30, 21, 15, 9]
-    assert study.kept_layers(18, 0.5) == 9 and study.kept_layers(24, 0.7) == 8
-    hs = HeadScores(torch.tensor([[0.1, 0.2], [0.9, 0.3], [0.8, 0.0]]), "m", "core", {})
-    assert hs.order()[0] == (1, 0)
-    assert study.restrict_layers(hs, 1).order()[:2] == [(0, 1), (0, 0)]
+def test_paper_profile_asks_for_what_exists():
+    import ir_datasets
+
+    p = profile("paper")
+    assert p.negatives <= 29  # the shipped NQ detection set has 29 negatives per query
+    from corelib.data import IR_DATASETS_IDS
+
+    for name in p.collections:
+        assert IR_DATASETS_IDS.get(name, f"beir/{name}") in ir_datasets.registry, name
+
+
+def test_kept_layers_follow_the_authors_int():
+    assert [kept_layers(30, p) for p in (0.0, 0.3, 0.5, 0.7)] == [30, 21, 15, 9]
+    assert kept_layers(18, 0.7) == 5 and kept_layers(24, 0.3) == 16  # int(), not ceil()
+    with pytest.raises(ValueError):
+        kept_layers(30, 1.0)
 
 
 def test_sweep_equals_scoring_each_prefix():
+    from corelib.evaluate import evaluate_run
+
     g = torch.Generator().manual_seed(0)
     recs = [rec(f"q{i}", torch.randn(2, 2, 9, generator=g), [0, 3, 6, 9]) for i in range(3)]
     qrels = {f"q{i}": {"d1": 1} for i in range(3)}
     order = [(1, 1), (0, 0), (1, 0), (0, 1)]
-    curve = study.sweep(recs, order, qrels)
+    curve = sweep_curve(recs, order, qrels)
     for k in range(1, 5):
-        assert curve[k] == pytest.approx(study.ndcg(record_run(recs, order[:k]), qrels))
+        assert curve[k - 1] == pytest.approx(evaluate_run(record_run(recs, order[:k]), qrels)["ndcg@10"])
 
 
-def test_with_negatives_keeps_the_positive_first():
-    mass = torch.arange(5.0).view(1, 1, 5)
-    r = rec("q", torch.zeros(1, 1, 1), [0, 0, 0, 0, 0, 1], mass=mass, positive=3)
-    cut = study.with_negatives([r], 2)[0]
-    assert cut.positive == 0 and cut.doc_ids == ["d3", "d0", "d1"]
-    assert cut.doc_mass.flatten().tolist() == [3.0, 0.0, 1.0]
+def test_with_negatives_draws_them_at_random_and_keeps_the_positive_first():
+    mass = torch.arange(20.0).view(1, 1, 20)
+    r = rec("q", torch.zeros(1, 1, 1), [0] * 20 + [1], mass=mass, positive=15)
+    cut = with_negatives([r], 3, seed=0)[0]
+    assert cut.positive == 0 and cut.doc_ids[0] == "d15" and len(cut.doc_ids) == 4
+    assert cut.doc_ids[1:] != ["d0", "d1", "d2"]  # not the first three in prompt order
+    assert with_negatives([r], 3, seed=0)[0].doc_ids == cut.doc_ids  # seeded
 
 
 def test_length_bias_detects_a_length_preference():
     ts = torch.ones(1, 1, 10)  # every token equal: scores grow with length
-    r = rec("q", ts, [0, 1, 3, 10])
-    out = study.length_bias([r])
+    out = length_bias([rec("q", ts, [0, 1, 3, 10])])
     assert out["spearman(score, length)"] == pytest.approx(1.0)
     assert out["top-1 length / mean length"] == pytest.approx(7 / (10 / 3))
 
 
-def test_verdicts_from_tables(tmp_path):
-    pd.DataFrame({"query": ["a", "b", "c"], "model": "m", "collection": "x", "BM25": 0.1,
-                  "ICR": [0.2, 0.3, 0.4], "QR-R": [0.5, 0.6, 0.7], "CoRe-R": [0.31, 0.42, 0.49]}).to_csv(tmp_path / "03_per_query.csv")
-    pd.DataFrame({"model": ["m"], "median relative depth": [0.5], "top heads": [8], "in middle third": [6]}).to_csv(tmp_path / "05_depth.csv")
-    pd.DataFrame({"model": ["m", "m"], "pruned_share": [0.0, 0.5], "ndcg@10": [0.50, 0.492], "latency_ratio": [1.0, 0.5]}).to_csv(tmp_path / "06_pruning.csv")
-    pd.DataFrame({"model": ["m"], "collection": ["x"], "order": ["core"], "peak nDCG@10": [0.5], "heads at peak": [12],
-                  "1 head": [0.3], "ICR": [0.4]}).to_csv(tmp_path / "04_peaks.csv")
-    v = report.verdicts(tmp_path).set_index(["claim", "model"])["verdict"]
-    assert not any("multilingual" in c for c, _ in v.index)  # notebook 7 not run: no multilingual rows
-    assert v["CoRe-R >= ICR", "m"] == "holds"  # +10.3 points, p < 0.05
-    assert v["CoRe-R >= QR-R", "m"].startswith("does not hold")
-    assert v["top heads in middle layers", "m"] == "holds"
-    assert v["50% pruning within 0.5 point", "m"] == "does not hold"  # -0.8 points
-    assert v["peak below 10 heads", "m"] == "does not hold"
-    pd.DataFrame({"query": ["a", "b", "c"], "model": "m", "collection": "xquad-r/de", "BM25": 0.1,
-                  "ICR": [0.5, 0.6, 0.7], "QR-R": [0.2, 0.3, 0.4], "CoRe-R": [0.31, 0.42, 0.49]}).to_csv(tmp_path / "07_per_query.csv")
-    out = report.verdicts(tmp_path).set_index(["claim", "model"])
-    assert out.loc[("CoRe-R >= ICR (multilingual)", "m"), "verdict"].startswith("does not hold")
-    assert out.loc[("CoRe-R >= QR-R (multilingual)", "m"), "verdict"] == "holds"
-    assert out.loc[("CoRe-R >= QR-R (multilingual)", "m"), "ours"] == "+10.67 points over 3 queries (xquad-r/de)"
-    assert out.loc[("CoRe-R >= ICR", "m"), "verdict"] == "holds"  # Table 1's rows are unchanged
+def test_in_domain_samples_contrast_each_relevant_candidate_with_the_non_relevant_ones():
+    mass = torch.arange(6.0).view(1, 1, 6)
+    r = rec("q", torch.zeros(1, 1, 1), [0] * 6 + [1], mass=mass, doc_ids=["a", "b", "c", "d", "e", "f"])
+    qrels = {"q": {"b": 1, "e": 2, "c": 0}}  # c judged non-relevant, a/d/f unjudged (= non-relevant)
+    m, pos, slots = in_domain_samples([r], qrels)
+    assert slots == [1, 4] and pos.tolist() == [0, 0]
+    assert m[0, 0, 0].tolist() == [1.0, 0.0, 2.0, 3.0, 5.0]  # b against a, c, d, f (not e)
+    assert m[1, 0, 0].tolist() == [4.0, 0.0, 2.0, 3.0, 5.0]
+    near, _, _ = in_domain_samples([r], qrels, nearest=2)
+    assert near[0, 0, 0, :3].tolist() == [1.0, 0.0, 2.0] and torch.isinf(near[0, 0, 0, 3:]).all()
+
+
+def test_leave_one_collection_out_never_uses_the_held_out_queries(monkeypatch):
+    S = Study("smoke")
+    seen = []
+
+    def fake_records(model, collection, calibrate=True):
+        seen.append(collection)
+        r = rec(f"{collection}-q", torch.rand(1, 2, 3), [0, 1, 2, 3], mass=torch.rand(1, 2, 3), doc_ids=["x", "y", "z"])
+        return [r]
+
+    class Coll:
+        def __init__(self, name):
+            self.qrels = {f"{name}-q": {"y": 1}}
+
+    monkeypatch.setattr(S, "records", fake_records)
+    monkeypatch.setattr(S, "collection", lambda name: Coll(name))
+    monkeypatch.setattr(S, "spec", lambda m: None)
+    S.head_scores("smollm2-135m", "core", source="in-domain", exclude="scifact")
+    assert seen == ["cranfield"]  # scifact's records never enter its own detection
+    seen.clear()
+    S.head_scores("smollm2-135m", "core", source="in-domain", exclude="cranfield")
+    assert seen == ["scifact"]
+
+
+def test_control_sets_are_uniform_and_layer_matched(monkeypatch):
+    S = Study("smoke")
+
+    class Spec:
+        num_layers, num_heads = 6, 4
+
+    monkeypatch.setattr(S, "spec", lambda m: Spec())
+    monkeypatch.setattr(S, "heads", lambda m, method, k=None, *a, **kw: [(2, 0), (2, 1), (4, 3)])
+    sets = S.tables.control_sets("m", n=100, k=3)
+    uniform, matched = sets["random (uniform)"], sets["random (layer-matched to CoRe)"]
+    assert len(uniform) == 100 and all(len(set(s)) == 3 for s in uniform)
+    assert len({l for s in uniform for l, _ in s}) == 6  # every layer drawn somewhere
+    # C(4,2) * C(4,1) = 24 distinct layer-matched sets: all enumerated
+    assert len(matched) == 24 and len({tuple(sorted(s)) for s in matched}) == 24
+    assert all(sorted(l for l, _ in s) == [2, 2, 4] for s in matched)
+
+
+def test_the_library_imports_nothing_from_the_study():
+    for path in (REPO / "corelib").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                assert "study" not in mod, f"{path.name} imports {mod}"
+            elif isinstance(node, ast.Import):
+                assert not any("study" in a.name for a in node.names), path.name
 
 
 @pytest.mark.shared_data
-def test_warm_caches_every_step_and_resumes_without_forwards(monkeypatch, tmp_path, tokenizer, shared_data):
-    from corelib.records import RecordStore
+def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer, shared_data):
     from tiny_models import tiny_model
 
     lm = tiny_model("llama", tokenizer)
     calls = []
     lm.backbone.register_forward_pre_hook(lambda *a: calls.append(1))
-    monkeypatch.setattr(study, "spec", lambda name: lm)
-    monkeypatch.setattr(study, "store", lambda: RecordStore(tmp_path))
-    p = study.profile("smoke", models=("tiny-llama",), collections=("scifact",), multilingual=("xquad-r/de",),
-                      queries=2, detection_samples=2, negatives=3)
-    study.warm(p, data=shared_data)
+    p = profile("smoke", models=("tiny-llama",), collections=("scifact",), multilingual=("xquad-r/de",), queries=2,
+                detection_samples=2, negatives=3)
+
+    def study():
+        S = Study(p, data=shared_data, out=tmp_path / "results", store=RecordStore(tmp_path / "records"))
+        S.use_model("tiny-llama", lm)
+        return S
+
+    study().warm()
     # detection: 2 queries x 2 positions, one forward each; each collection: 2 calibrated records,
     # three backbone calls each (the shared document prefix, then the query and the N/A suffixes)
     assert len(calls) == 2 * 2 + 2 * (2 * 3)
-    assert len(list(tmp_path.rglob("*.safetensors"))) == 2 * 2 + 2 + 2
+    assert len(list((tmp_path / "records").rglob("*.safetensors"))) == 2 * 2 + 2 + 2
     calls.clear()
-    study.warm(p, data=shared_data)  # a second run (or a resumed one) reads everything from the cache
+    study().warm()  # a second run (or a resumed one) reads everything from the cache
     assert calls == []
 
 
 def test_warm_command_names_a_model_outside_the_profile(capsys):
-    from corelib.__main__ import main
+    from corelib.study.__main__ import main
 
     assert main(["warm", "--profile", "smoke", "--model", "gemma3-270m"]) == 2
     assert "['gemma3-270m'] not in profile 'smoke' (its models: smollm2-135m)" in capsys.readouterr().err
 
 
-def test_method_means_average_collections_per_model():
-    t = pd.DataFrame({"model": ["a", "a", "b"], "collection": ["x", "y", "x"], "BM25": [0.1, 0.3, 0.5],
-                      "ICR": [0.2, 0.4, 0.6], "QR-R": 0.0, "CoRe-R": [1.0, 0.0, 0.25]})
-    avg = study.method_means(t)
-    assert avg.loc["a", "BM25"] == pytest.approx(0.2) and avg.loc["a", "CoRe-R"] == pytest.approx(0.5)
-    assert avg.loc["b", "ICR"] == pytest.approx(0.6) and avg["collections"].tolist() == [2, 1]
+def test_table1_averages_collections_equally(tmp_path):
+    S = Study("smoke", out=tmp_path)
+    rows = []
+    for c, n in (("x", 1), ("y", 3)):
+        for q in range(n):
+            for method, v in (("BM25", 0.1), ("ICR", 0.2), ("QR-R", 0.3), ("CoRe-R", 0.4 if c == "x" else 0.0)):
+                rows.append({"model": "m", "first stage": "bm25", "collection": c, "query_id": str(q), "method": method,
+                             "head source": {"BM25": "", "ICR": "all"}.get(method, "nq"), "k": 8, "ndcg@10": v})
+    table, avg = S.tables.table1(pd.DataFrame(rows))
+    assert avg.set_index("model").loc["m", "CoRe-R"] == pytest.approx(0.2)  # (0.4 + 0.0) / 2, not weighted by queries
+    assert (tmp_path / "smoke" / "tables" / "table1_average.csv").is_file()
+    assert list(S.tables.read("table1").columns) == S.tables.columns("table1")

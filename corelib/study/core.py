@@ -61,6 +61,7 @@ class Study:
         self._specs: dict[str, ModelSpec | LoadedModel] = {}
         self._collections: dict[str, Collection] = {}
         self._scores: dict[tuple, HeadScores] = {}
+        self._candidates: dict[tuple, Candidates] = {}
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
 
     def __repr__(self) -> str:
@@ -88,9 +89,11 @@ class Study:
 
     def candidates(self, model: str, collection: str) -> Candidates:
         """The profile's query sample of a collection, with its first-stage top-k."""
-        coll = self.collection(collection)
-        qids = sample_queries(coll, self.p.queries_for(model, collection), self.p.seed)
-        return first_stage(coll, self.p.top_k, qids)
+        n = self.p.queries_for(model, collection)
+        if (collection, n) not in self._candidates:
+            coll = self.collection(collection)
+            self._candidates[collection, n] = first_stage(coll, self.p.top_k, sample_queries(coll, n, self.p.seed))
+        return self._candidates[collection, n]
 
     def records(self, model: str, collection: str, calibrate: bool = True) -> list[QueryRecord]:
         """All-head records of the profile's query sample of a collection (cached)."""
@@ -129,11 +132,11 @@ class Study:
             prov = {"source": HEAD_SOURCES.get(source, source), "words": self.p.words, "profile": self.p.name}
             if source == "nq":
                 self._scores[key] = detect_heads(self.detection(model, calibrate=calibrated), method, temperature=t,
-                                                 calibrated=calibrated, model_id=model, provenance=prov)
+                                                 calibrated=calibrated, model_id=self.spec(model).model_id, provenance=prov)
             elif source in ("in-domain", "in-domain, position-matched"):
                 nearest = POSITION_MATCHED_NEGATIVES if source.endswith("matched") else None
                 mass, pos = self.in_domain_mass(model, exclude, nearest)
-                self._scores[key] = scores_from_mass(mass, pos, method, temperature=t, model_id=model,
+                self._scores[key] = scores_from_mass(mass, pos, method, temperature=t, model_id=self.spec(model).model_id,
                                                      provenance={**prov, "left out": exclude, "samples": len(pos)})
             else:
                 raise ValueError(f"unknown head source {source!r}: use one of {sorted(HEAD_SOURCES)}")
@@ -149,6 +152,9 @@ class Study:
             positives.append(pos)
         import torch
 
+        if not masses:
+            raise ValueError(f"in-domain detection leaves out the collection it re-ranks ({exclude}), and the profile "
+                             "has no other collection: give it at least two collections, or use the NQ heads")
         n = max(m.shape[-1] for m in masses)
         padded = [torch.nn.functional.pad(m, (0, n - m.shape[-1]), value=float("-inf")) for m in masses]
         return torch.cat(padded), torch.cat(positives)
@@ -165,7 +171,7 @@ class Study:
         Only rankings at the profile's temperature are canonical; others go to a ``t=<t>`` folder."""
         t = self.p.temperature if temperature is None else temperature
         where = self.heads_dir if t == self.p.temperature else self.heads_dir / f"t={t:g}"
-        return [self.head_scores(m, method, t).ranking().save(head_ranking_path(where, m, method))
+        return [self.head_scores(m, method, t).ranking().save(head_ranking_path(where, self.spec(m).model_id, method))
                 for m in self.p.models for method in ("core", "qr")]
 
     # ------------------------------------------------------------------ tables (tables.py)

@@ -21,9 +21,10 @@ def shard(study):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield ""
         return
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     study.shard = (state.process_index, state.num_processes)
     if state.device.type == "cuda":
         for m in study.p.models:

@@ -1,0 +1,77 @@
+"""Code paths that this machine cannot run at full size: the paper profile (a tiny random-weight
+model from a local directory, a collection without a run file) and sharded record computation."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from corelib.records import RecordStore
+from corelib.study import Study, profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.shared_data
+def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokenizer, shared_data):
+    from tiny_models import tiny_model
+
+    model_dir = tmp_path / "tiny-mistral"
+    lm = tiny_model("mistral", tokenizer)
+    lm.backbone.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (tiny_beir / "nq-open-detection").symlink_to(shared_data / "nq-open-detection")
+    import shutil
+
+    shutil.copytree(tiny_beir / "tiny", tiny_beir / "tiny2")  # leave-one-collection-out needs two
+    p = profile("paper", models=(str(model_dir),), collections=("tiny", "tiny2"), multilingual=(), queries=2, top_k=3,
+                words=20, detection_samples=2, negatives=3, positions=2, prune_levels=(0.0, 0.5), control_sets=20)
+    S = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"))
+    m = str(model_dir)
+    assert S.candidates(m, "tiny").source == "BM25 (bm25s) over the corpus"  # no run file
+    t = S.tables
+    t.collections(), t.prompt_lengths(), t.top_heads(), t.overlap(), t.detection_temperature()
+    S.save_head_rankings()
+    pq = t.per_query(sources=("nq", "in-domain", "in-domain, position-matched"))
+    t.table1(pq)
+    t.comparisons("table1", [t.compare(pq, [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "in-domain")])])
+    t.controls()
+    t.in_domain_sources(pq)
+    t.sweep()
+    t.depth()
+    prune, ppq = t.pruning()
+    t.comparisons("pruning", [t.pruning_margin(ppq)])
+    t.ablations.temperature(), t.ablations.calibrated_detection(), t.ablations.negatives_positions(negatives=(1, 3))
+    t.ablations.length_bias()
+    from corelib.study import report
+
+    v = report.verdicts(S)
+    assert set(v["claim"]) >= {"CoRe-R beats ICR", "top heads in middle layers", "50% pruning within 0.5 point"}
+    out = report.write_report(S, S.out / p.name / "REPORT.md")
+    assert "## Verdicts" in out.read_text()
+    assert (S.heads_dir / "tiny-mistral.core.json").is_file()
+
+
+@pytest.mark.shared_data
+def test_two_processes_make_the_same_records_as_one(tmp_path, shared_data):
+    env = {**os.environ, "CORELIB_DATA": str(shared_data), "OMP_NUM_THREADS": "1", "CORELIB_PROGRESS": "off"}
+    args = ["-m", "corelib.study", "warm", "--profile", "smoke", "--no-multilingual"]
+    one = subprocess.run([sys.executable, *args], env={**env, "CORELIB_CACHE": str(tmp_path / "one")},
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                          *args], env={**env, "CORELIB_CACHE": str(tmp_path / "two")},
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert two.returncode == 0, two.stderr
+    assert "shard 1 of 2" in two.stdout and "shard 2 of 2" in two.stdout
+    files = {p.relative_to(tmp_path / "one" / "records"): p for p in (tmp_path / "one" / "records").rglob("*.safetensors")}
+    others = {p.relative_to(tmp_path / "two" / "records"): p for p in (tmp_path / "two" / "records").rglob("*.safetensors")}
+    assert len(files) == 4 * 2 + 4 + 4 and set(files) == set(others)
+    from safetensors.torch import load_file
+
+    for rel, path in files.items():
+        a, b = load_file(path), load_file(others[rel])
+        assert all(torch.equal(a[k], b[k]) for k in a), rel
