@@ -87,3 +87,25 @@ def test_larger_model_loads_and_extracts_exactly():
     s, e = p.query_span
     ref = torch.stack([a[0, :, s:e].float().mean(1) for a in out.attentions])
     assert (ours - ref).abs().max() < 1e-5
+
+
+def test_two_first_loads_at_once_share_one_conversion(tmp_path):
+    """Before: the second process died with a SafetensorError and left a 538 MB orphan; a directory
+    with only config.json was trusted."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "models" / "smollm2-135m.tmp-killed").mkdir(parents=True)  # left by a killed converter
+    (tmp_path / "models" / "smollm2-135m").mkdir()
+    (tmp_path / "models" / "smollm2-135m" / "config.json").write_text("{}")  # an incomplete earlier conversion
+    code = "from corelib.models import _converted_dir; print(_converted_dir('smollm2-135m'))"
+    env = {**os.environ, "CORELIB_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for _, e in outs]
+    names = sorted(x.name for x in (tmp_path / "models").iterdir())
+    assert names == ["smollm2-135m", "smollm2-135m.lock"]
+    assert (tmp_path / "models" / "smollm2-135m" / "corelib.json").is_file()
+    assert (tmp_path / "models" / "smollm2-135m" / "model.safetensors").stat().st_size > 100_000_000
