@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--words", type=int, default=300)
     p.add_argument("--max-queries", type=int, default=None)
-    p.add_argument("--heads", default="all", help="all | core:K | qr:K | niah:K | FILE.json[:K] (top K of a ranking)")
+    p.add_argument("--heads", default="all", help="all | core:K | qr:K | FILE.json[:K] (top K of a ranking)")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--out", default=None, help="write the re-ranked run (TREC format)")
     p.set_defaults(func=cmd_rerank)

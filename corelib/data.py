@@ -331,10 +331,12 @@ def load_detection(
     seed: int = 0,
     path: str | os.PathLike | None = None,
 ) -> list[DetectionSample]:
-    """Detection prompts from ``nq-open-detection/detection.jsonl`` (query, positive, hard negatives).
+    """Detection prompts from ``nq-open-detection/detection.jsonl``: a query, its positive, and negatives
+    that are other questions' gold passages retrieved by BM25 (topical at best; easier than the paper's
+    dense-retrieved hard negatives).
 
-    The first ``num_samples`` queries, each with its ``num_negatives`` hardest negatives (stored
-    order) and the positive at ``positions`` places (``positive_positions``): num_samples * positions prompts.
+    The first ``num_samples`` queries, each with its first ``num_negatives`` negatives (stored BM25 order)
+    and the positive at ``positions`` places (``positive_positions``): num_samples * positions prompts.
     Negatives keep a seeded random order around the positive.
     """
     if path is None:

@@ -14,7 +14,7 @@ import torch
 
 from .records import QueryRecord
 
-HEAD_METHODS = ("core", "qr", "niah")  # detection methods whose rankings ``method:K`` names
+HEAD_METHODS = ("core", "qr")  # detection methods whose rankings ``method:K`` names
 
 
 def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +250,7 @@ def head_ranking_path(heads_dir: str | os.PathLike, model_id: str, method: str) 
 class HeadSpec:
     """A parsed ``--heads`` value: ``all``, ``METHOD:K`` (a detected ranking's top K) or ``FILE[:K]``."""
 
-    method: str | None = None  # core, qr, niah
+    method: str | None = None  # core, qr
     path: Path | None = None
     k: int | None = None
 
@@ -260,9 +260,9 @@ class HeadSpec:
 
 
 def parse_heads(spec: str) -> HeadSpec:
-    """Parse ``all | core:K | qr:K | niah:K | FILE[:K]`` (checked before any model loads)."""
+    """Parse ``all | core:K | qr:K | FILE[:K]`` (checked before any model loads)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("heads: give all, core:K, qr:K, niah:K or a head-set file FILE[:K]")
+        raise ValueError("heads: give all, core:K, qr:K or a head-set file FILE[:K]")
     spec = spec.strip()
     if spec == "all":
         return HeadSpec()

@@ -235,11 +235,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
     ap.add_argument("--tokens", nargs="+", type=int, default=[1000, 2000, 4000, 8000])
-    ap.add_argument("--configs", nargs="+", default=[c for c in CONFIGS if c != "pruned"], choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="*", default=[c for c in CONFIGS if c != "pruned"], choices=list(CONFIGS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-sweep", action="store_true", help="skip (f), the cached-record sweeps")
+    ap.add_argument("--sweep-profile", default="quick", help="profile whose default-model records (f) uses")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "CONFIG", "TOKENS"))
     ap.add_argument("--layers", type=int, default=None, help="with --worker: layers kept (pruned) or run (eexit)")
     args = ap.parse_args(argv)
@@ -259,7 +260,7 @@ def main(argv=None) -> None:
                 row = measure(m, c, t, args.repeats, args.data)
                 rows.append(row)
                 print(row, flush=True)
-    sweep = None if args.no_sweep else sweep_seconds(args.data)
+    sweep = None if args.no_sweep else sweep_seconds(args.data, args.sweep_profile)
     write_report(rows, sweep, Path(args.out), torch.__version__, " ".join(sys.argv[1:]))
 
 
