@@ -151,16 +151,9 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .data import DataError
-    from .models import ModelLoadError
-    from .prompts import PromptError
+    from .errors import run_command
 
-    try:
-        args.func(args)
-    except (DataError, ModelLoadError, PromptError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -22,21 +22,17 @@ def main(argv=None) -> int:
     p.add_argument("--no-multilingual", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ..data import DataError
-    from ..models import ModelLoadError
-    from ..prompts import PromptError
+    from ..errors import run_command
     from .core import Study
     from .sharding import shard
 
-    try:
+    def warm():
         S = Study(args.profile, data=args.data, models=args.model)
         with shard(S) as part:
             S.warm(multilingual=not args.no_multilingual)
         print(f"records of profile {S.p.name} cached for {', '.join(S.p.models)}" + (f" ({part})" if part else ""))
-    except (DataError, ModelLoadError, PromptError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(warm)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,17 @@ def busy_cpu_share(seconds: float = 0.5) -> float:
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
+def timed(fn, cuda: bool) -> float:
+    """Seconds one call of ``fn`` takes (synchronised on CUDA)."""
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def worker(model: str, config: str, tokens: int, repeats: int, data: str | None, layers: int | None = None) -> dict:
     """Run one configuration in this process; report the median time and this process's peak RSS.
 
@@ -155,17 +166,8 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
             else:
                 head_token_scores(lm, p.input_ids, p.query_span, None if config == "pruned" else layers)
 
-    def timed() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    timed()  # warm-up
-    times = [timed() for _ in range(repeats)]
+    timed(run, cuda)  # warm-up
+    times = [timed(run, cuda) for _ in range(repeats)]
     peak = peak_rss_mb()
     # on a GPU the model and the run live in GPU memory: its peak allocation is what is compared
     used = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak - rss_base

@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -86,17 +85,11 @@ def _doc_scores(lm, prompt, na):
 
 
 def _timed(fn, repeats: int, cuda: bool) -> float:
-    times = []
-    for i in range(repeats + 1):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median of ``repeats`` timings after a warm-up."""
+    from .bench import timed
+
+    timed(fn, cuda)
+    return statistics.median(timed(fn, cuda) for _ in range(repeats))
 
 
 def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None = None) -> list[dict]:
