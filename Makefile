@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # make reproduce  -> sets up .venv (first time) and executes every notebook into results/
 # make test       -> sets up .venv (first time) and runs the test suite
 PY      ?= python3
@@ -34,9 +35,11 @@ reproduce: setup $(NEEDS_LARGE)
 	  print(f'== expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes')"
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  CORELIB_PROGRESS=terminal $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar \
+	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \
 	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results \
-	    "$$nb" "results/$(PROFILE)/$$(basename $$nb)" || exit 1; \
+	    "$$nb" "results/$(PROFILE)/$$(basename $$nb)" 2>&1 | grep -v "Kernel is running over TCP" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	  $(BIN)/python -m corelib.study clean-outputs "results/$(PROFILE)/$$(basename $$nb)" || exit 1; \
 	done
 	@echo "== done: results/$(PROFILE)/REPORT.md. The full study is 'make warm PROFILE=cpu' (many hours, resumable), then 'make reproduce PROFILE=cpu'."
 

@@ -273,18 +273,10 @@ class RecordStore:
 
 
 def progress_bar(items: list, desc: str | None):
-    """A progress bar over items. With CORELIB_PROGRESS=terminal (set by `make reproduce`) it goes to
-    the process's own stderr, so a notebook executed by papermill shows it live in the terminal but
-    stores none of it; CORELIB_PROGRESS=off hides it."""
-    mode = os.environ.get("CORELIB_PROGRESS", "")
-    if desc is None or mode == "off" or not items:
+    """A progress bar over items (none for nothing to do; CORELIB_PROGRESS=off hides it). `make reproduce`
+    shows bars live (papermill --log-output) and drops them from the stored notebooks."""
+    if desc is None or os.environ.get("CORELIB_PROGRESS") == "off" or not items:
         return items
-    if mode == "terminal":
-        import sys
-
-        from tqdm.std import tqdm as plain
-
-        return plain(items, desc=desc, leave=False, file=sys.__stderr__)
     return tqdm(items, desc=desc, leave=False)
 
 

@@ -210,3 +210,23 @@ def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_d
     assert list(table.index) == ["scifact", "cranfield", "mean"] and "core top-3" in table.columns
     assert len(curve) == 16 and calls == []
     assert table.loc["mean", "ICR"] == pytest.approx(table.loc[["scifact", "cranfield"], "ICR"].mean())
+
+
+def test_clean_outputs_drops_progress_bars_only(tmp_path):
+    import nbformat
+
+    from corelib.study.__main__ import clean_outputs
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rbar: 10%|#   | 1/10\rbar: 100%"),
+                    nbformat.v4.new_output("stream", name="stderr", text="WARNING something real\n"),
+                    nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "a"},
+                                                                 "text/plain": "HBox()"}),
+                    nbformat.v4.new_output("execute_result", data={"text/plain": "42"}, execution_count=1)]
+    nb.cells.append(cell)
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert clean_outputs(path) == 2
+    kept = nbformat.read(path, as_version=4).cells[0].outputs
+    assert [o.get("text", o.get("data", {}).get("text/plain")) for o in kept] == ["WARNING something real\n", "42"]

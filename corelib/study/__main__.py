@@ -11,6 +11,29 @@ import logging
 import sys
 
 
+def clean_outputs(path) -> int:
+    """Remove progress bars (stderr text redrawn with carriage returns, or tqdm's widgets) from an
+    executed notebook; returns how many outputs were dropped."""
+    import nbformat
+
+    def progress(o) -> bool:
+        if o.get("output_type") == "stream":
+            return o.get("name") == "stderr" and "\r" in "".join(o.get("text", ""))
+        return "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)
+    dropped = 0
+    for cell in nb.cells:
+        keep = [o for o in cell.get("outputs", []) if not progress(o)]
+        dropped += len(cell.get("outputs", [])) - len(keep)
+        if "outputs" in cell:
+            cell["outputs"] = keep
+    if dropped:
+        nbformat.write(nb, path)
+    return dropped
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corelib.study", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -20,7 +43,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
     p.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
     p.add_argument("--no-multilingual", action="store_true")
+    c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
+    c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "clean-outputs":
+        for path in args.notebooks:
+            clean_outputs(path)
+        return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ..errors import run_command
     from .core import Study
