@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import publish
 from .prompts import Document, document_text
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def write_trec_run(run: dict[str, dict[str, float]], path: str | os.PathLike, ta
         for q, docs in run.items():
             for rank, (d, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
                 f.write(f"{q} Q0 {d} {rank} {s:.8g} {tag}\n")
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def _load_local(name: str, root: Path, split: str) -> Collection:

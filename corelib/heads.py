@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
+from .models import publish
 from .records import QueryRecord
 
 HEAD_METHODS = ("core", "qr")  # detection methods whose rankings ``method:K`` names
@@ -81,7 +82,7 @@ class HeadSet:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        publish(tmp, path)
         return path
 
     @classmethod

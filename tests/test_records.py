@@ -144,3 +144,13 @@ def test_memory_budget_serves_repeated_reads(tiny, tmp_path):
     for f in tmp_path.rglob("*.safetensors"):
         f.unlink()  # still served from memory
     assert get_records(tiny, [req()], store=store)[0] is a
+
+
+def test_stored_files_are_readable_by_others_as_the_umask_allows(tiny, tmp_path):
+    old = os.umask(0o022)
+    try:
+        get_records(tiny, [req("q-perm")], store=RecordStore(tmp_path))
+    finally:
+        os.umask(old)
+    (path,) = list(tmp_path.rglob("*.safetensors"))
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone would leave 0600
