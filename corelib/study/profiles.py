@@ -61,7 +61,7 @@ PROFILES: dict[str, Profile] = {
     # Its records are a subset of the cpu profile's (same prompts), so they count towards it.
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
                      detection_samples=60, negatives=19, positions=2, temperature=0.001,
-                     multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), hours="about 1 hour"),
+                     multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), hours="about 1 h 20 min (measured)"),
     # Issue 11: every judged test query up to 300 per collection (~1,060 per model) for the two
     # smallest models, so that a 0.75-point difference is detectable; qwen keeps 30 per collection.
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b"), COLLECTIONS_CPU, top_k=20, words=100,

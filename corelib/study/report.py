@@ -32,14 +32,15 @@ PAPER = {
 
 
 def _paper(claim: str) -> str:
-    for key, text in PAPER.items():
-        if claim.startswith(key) or key in claim:
-            return text
+    for key in sorted(PAPER, key=len, reverse=True):  # the most specific claim first ("multilingual: ...")
+        if key in claim:
+            return PAPER[key]
     return ""
 
 
 def _fmt_comparison(r) -> str:
-    return (f"{r['difference']:+.2f} points [{r['ci low']:+.2f}, {r['ci high']:+.2f}], p = {r['p']:.3g}, "
+    p_name = f"p (loss >= {analysis.PRUNING_MARGIN})" if "within" in r["claim"] else "p"
+    return (f"{r['difference']:+.2f} points [{r['ci low']:+.2f}, {r['ci high']:+.2f}], {p_name} = {r['p']:.3g}, "
             f"Holm p = {r['p holm']:.3g}, {int(r['queries'])} queries in {int(r['collections'])} collections; "
             f"detectable at 80% power: {r['detectable (80% power)']:.2f}")
 
