@@ -1,7 +1,6 @@
 """Bad or unusual inputs: each gives a clear error naming the problem and the fix, never a silently
 wrong result (issue 15). Each test fails on the code before its fix."""
 
-import json
 import os
 import subprocess
 import sys

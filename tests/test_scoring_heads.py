@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from corelib.heads import HeadSet, core_scores, detect_heads, qr_scores, released_heads
-from corelib.records import QueryRecord, RecordStore
+from corelib.records import QueryRecord
 from corelib.scoring import cumulative_doc_scores, doc_scores, filtered_doc_sum
 
 

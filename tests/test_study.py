@@ -1,12 +1,11 @@
 import ast
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from corelib.heads import HeadScores, in_domain_samples
+from corelib.heads import in_domain_samples
 from corelib.records import QueryRecord, RecordStore
 from corelib.scoring import record_run
 from corelib.study import Study, kept_layers, profile

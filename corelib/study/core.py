@@ -15,10 +15,8 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
-import pandas as pd
-
 from ..data import Candidates, Collection, first_stage, load_collection, load_detection, sample_queries
-from ..heads import HeadScores, HeadSet, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
+from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..models import LoadedModel, ModelSpec, model_spec
 from ..records import QueryRecord, RecordStore
 from ..rerank import Reranker, detection_records
@@ -62,6 +60,7 @@ class Study:
         self._collections: dict[str, Collection] = {}
         self._scores: dict[tuple, HeadScores] = {}
         self._candidates: dict[tuple, Candidates] = {}
+        self._in_domain: dict[tuple, tuple] = {}
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
 
     def __repr__(self) -> str:
@@ -147,7 +146,10 @@ class Study:
         for c in self.p.collections:
             if c == exclude:
                 continue
-            mass, pos, _ = in_domain_samples(self.records(model, c), self.collection(c).qrels, nearest)
+            key = (model, c, nearest)
+            if key not in self._in_domain:  # each collection's samples serve every held-out collection but itself
+                self._in_domain[key] = in_domain_samples(self.records(model, c), self.collection(c).qrels, nearest)[:2]
+            mass, pos = self._in_domain[key]
             masses.append(mass)
             positives.append(pos)
         import torch
