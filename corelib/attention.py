@@ -4,6 +4,11 @@ A function registered as ``corelib_sdpa`` receives each layer's post-RoPE query 
 computes the softmax rows of the query-span tokens only (fp32, scaled before the product, GQA
 keys shared rather than copied) and then hands the layer to the stock SDPA implementation.
 No [H, T, T] tensor is ever built, and the forward stops after the deepest layer needed.
+
+The calibrated score (query prompt and content-free prompt, which share their document prefix)
+is one forward over ``[prefix | query suffix | N/A suffix]``: both suffixes carry the positions
+that follow the prefix, and the registered function lets each suffix attend to the prefix and to
+itself only. No KV cache is kept, so the memory is that of one forward a few tokens longer.
 """
 
 from __future__ import annotations
@@ -31,7 +36,24 @@ class _Capture:
     out: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-_capture: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar("corelib_capture", default=None)
+@dataclass
+class _Suffix:
+    span: tuple[int, int]  # where the suffix sits in the packed sequence
+    rows: tuple[int, int]  # query-span rows within the suffix
+    out: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _PackedCapture:
+    """One forward over ``[prefix | suffix 1 | suffix 2 ...]``, each suffix seeing the prefix and itself."""
+
+    prefix: int
+    suffixes: list[_Suffix]
+    stop_layer: int
+    masks: dict = field(default_factory=dict)  # per (length, window): built once per forward, not per layer
+
+
+_capture: contextvars.ContextVar[_Capture | _PackedCapture | None] = contextvars.ContextVar("corelib_capture", default=None)
 
 
 def query_rows_attention(query, key, mask, scaling, rows, past_len, softcap=None) -> torch.Tensor:
@@ -67,11 +89,64 @@ def query_rows_attention(query, key, mask, scaling, rows, past_len, softcap=None
     return probs.mean(dim=1)
 
 
+def _causal_mask(q_len: int, k_len: int, window: int | None, device) -> torch.Tensor | None:
+    """Allowed keys [1, 1, q, k] for queries at positions k_len - q_len .. k_len - 1 over keys 0 .. k_len - 1
+    (causal; within ``window`` positions for a sliding-window layer, as transformers masks them).
+    None for a plain causal square, which SDPA runs as ``is_causal``."""
+    if window is None and q_len == k_len:
+        return None
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed &= q_pos - k_pos < window
+    return allowed[None, None]
+
+
+def _packed_attention(module, query, key, value, cap: _PackedCapture, layer, sdpa, dropout, scaling, kwargs):
+    """A layer of the packed forward: the prefix rows causally over the prefix, each suffix's rows over
+    the prefix and that suffix. The suffixes' query-span rows are recorded as in a cached forward."""
+    window = kwargs.get("sliding_window")
+    p = cap.prefix
+
+    def mask(q_len, k_len):
+        k = (q_len, k_len, window)
+        if k not in cap.masks:
+            cap.masks[k] = _causal_mask(q_len, k_len, window, query.device)
+        return cap.masks[k]
+
+    def attend(q, k, v, m):
+        return sdpa(module, q, k, v, m, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+    pk, pv = key[:, :, :p], value[:, :, :p]
+    outs = [attend(query[:, :, :p], pk, pv, mask(p, p))]
+    for suffix in cap.suffixes:
+        s0, s1 = suffix.span
+        k = torch.cat([pk, key[:, :, s0:s1]], dim=2)
+        v = torch.cat([pv, value[:, :, s0:s1]], dim=2)
+        m = mask(s1 - s0, p + s1 - s0)
+        if layer is not None and layer <= cap.stop_layer:
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            suffix.out[layer] = query_rows_attention(
+                query[:, :, s0:s1], k, m, scale, suffix.rows, p, kwargs.get("softcap"))
+        outs.append(attend(query[:, :, s0:s1], k, v, m))
+    return torch.cat(outs, dim=1), None
+
+
 def _attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cap = _capture.get()
     layer = getattr(module, "layer_idx", None)
+    if isinstance(cap, _PackedCapture):
+        if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+            raise NotImplementedError("attention sinks are not supported by corelib's extraction")
+        softcap = kwargs.pop("softcap", None)
+        out = _packed_attention(module, query, key, value, cap, layer, sdpa_attention_forward, dropout, scaling,
+                                {**kwargs, "softcap": softcap} if softcap is not None else kwargs)
+        if layer == cap.stop_layer:
+            raise _StopForward
+        return out
     if cap is not None and layer is not None and layer <= cap.stop_layer:
         if cap.rows is not None:
             if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
@@ -86,13 +161,23 @@ def _attention_forward(module, query, key, value, attention_mask, dropout=0.0, s
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
+def _mask(*args, **kwargs):
+    """transformers' SDPA mask, except in a packed forward, whose masks ``_packed_attention`` builds
+    from the positions (transformers would read the restarted positions as separate sequences)."""
+    from transformers.masking_utils import sdpa_mask
+
+    if isinstance(_capture.get(), _PackedCapture):
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     if ATTN_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         AttentionInterface.register(ATTN_NAME, _attention_forward)
-        AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+        AttentionMaskInterface.register(ATTN_NAME, _mask)
 
 
 def prepare(lm: LoadedModel) -> None:
@@ -114,12 +199,14 @@ def _check_layers(lm: LoadedModel, num_layers: int | None) -> int:
     return num_layers
 
 
-def _run(lm: LoadedModel, ids: list[int], capture: _Capture, cache=None) -> None:
+def _run(lm: LoadedModel, ids: list[int], capture, cache=None, positions: list[int] | None = None) -> None:
     backbone = lm.backbone
     input_ids = torch.tensor([ids], device=lm.device)
     kwargs = {"use_cache": cache is not None}
     if cache is not None:
         kwargs[_cache_kwarg(backbone)] = cache
+    if positions is not None:
+        kwargs["position_ids"] = torch.tensor([positions], device=lm.device)
     token = _capture.set(capture)
     try:
         backbone(input_ids=input_ids, **kwargs)
@@ -129,7 +216,7 @@ def _run(lm: LoadedModel, ids: list[int], capture: _Capture, cache=None) -> None
         _capture.reset(token)
 
 
-def _stack(capture: _Capture, num_layers: int, total_len: int, heads: int) -> torch.Tensor:
+def _stack(capture: _Capture | _Suffix, num_layers: int, total_len: int, heads: int) -> torch.Tensor:
     out = torch.zeros(num_layers, heads, total_len, dtype=torch.float32)
     for layer, rows in capture.out.items():
         out[layer, :, total_len - rows.shape[-1] :] = rows.cpu()  # sliding-window layers see fewer keys
@@ -173,13 +260,10 @@ def calibrated_head_token_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token scores for the query prompt and the content-free ("N/A") prompt.
 
-    The document prefix the two prompts share is run once into a KV cache; the query suffix runs
-    on it, the cache is cropped back to the prefix, and the N/A suffix runs on it. The cost is
-    about one forward plus two suffixes, and the memory one prefix cache (not two copies).
-    Sliding-window layers (gemma3) record the suffix so that cropping restores their window.
+    The document prefix the two prompts share runs once, in one forward with both suffixes packed
+    after it (each at the positions following the prefix, each attending to the prefix and itself).
+    The cost is about one forward plus the two suffixes; the memory that of one forward (no cache).
     """
-    from transformers import DynamicCache
-
     num_layers = _check_layers(lm, num_layers)
     prepare(lm)
     prefix = min(shared_prefix_length(query_ids, na_ids), query_span[0], na_span[0])
@@ -188,16 +272,10 @@ def calibrated_head_token_scores(
             head_token_scores(lm, query_ids, query_span, num_layers),
             head_token_scores(lm, na_ids, na_span, num_layers),
         )
-    cache = DynamicCache(config=lm.backbone.config)
-    _run(lm, list(query_ids[:prefix]), _Capture(rows=None, past_len=0, stop_layer=num_layers - 1), cache)
-    for layer in getattr(cache, "layers", []):
-        if hasattr(layer, "activate_past_recording"):
-            layer.activate_past_recording()
-    results = []
-    for n, (ids, (s, e)) in enumerate(((query_ids, query_span), (na_ids, na_span))):
-        if n:
-            cache.crop(-(query_span[1] - prefix))  # back to the shared prefix
-        cap = _Capture(rows=(s - prefix, e - prefix), past_len=prefix, stop_layer=num_layers - 1)
-        _run(lm, list(ids[prefix:e]), cap, cache)
-        results.append(_stack(cap, num_layers, e, lm.num_heads))
-    return results[0], results[1]
+    ids, positions, suffixes = list(query_ids[:prefix]), list(range(prefix)), []
+    for full, (s, e) in ((query_ids, query_span), (na_ids, na_span)):
+        suffixes.append(_Suffix(span=(len(ids), len(ids) + e - prefix), rows=(s - prefix, e - prefix)))
+        ids += full[prefix:e]
+        positions += range(prefix, e)
+    _run(lm, ids, _PackedCapture(prefix, suffixes, num_layers - 1), positions=positions)
+    return tuple(_stack(x, num_layers, e, lm.num_heads) for x, (_, e) in zip(suffixes, (query_span, na_span)))
