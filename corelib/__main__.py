@@ -68,26 +68,52 @@ def cmd_rerank(args) -> None:
 
 
 def cmd_detect(args) -> None:
-    from .data import load_detection
-    from .heads import default_heads_dir, detect_heads, head_ranking_path
+    from .heads import default_heads_dir, head_ranking_path
     from .models import model_spec
-    from .records import RecordStore
-    from .rerank import detection_records
 
     _check_sizes(args)
     if args.temperature <= 0:
         raise ValueError(f"--temperature {args.temperature}: it must be positive (the paper uses 0.001 or 0.1)")
     spec = model_spec(args.model, dtype=args.dtype, revision=args.revision, num_layers=args.num_layers)
     out = _check_writable(args.out or head_ranking_path(args.heads_dir or default_heads_dir(), spec.model_id, args.method))
-    samples = load_detection(args.data, args.samples, args.negatives, args.positions, words=args.words, seed=args.seed)
-    records = detection_records(spec, samples, calibrate=args.calibrated, num_layers=args.num_layers,
-                                store=None if args.no_cache else RecordStore(args.cache))
-    scores = detect_heads(records, args.method, temperature=args.temperature, calibrated=args.calibrated,
-                          model_id=spec.model_id, provenance={"data": "nq-open-detection", "words": args.words})
+    if args.method == "niah":
+        scores = _niah_scores(args, spec)
+    else:
+        scores = _detection_scores(args, spec)
     hs = scores.ranking()
     hs.save(out)
     print(scores.table().head(args.show).to_string(index=False))
     print(f"wrote the ranking of all {len(hs)} heads ({args.method}) to {out}; re-rank with --heads {out}:8")
+
+
+def _niah_scores(args, spec):
+    from .data import load_collection
+    from .niah import NEEDLES, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
+
+    if not 1 <= args.needles <= len(NEEDLES):
+        raise ValueError(f"--needles {args.needles}: choose 1 to {len(NEEDLES)} (corelib.niah.NEEDLES)")
+    grid = trial_grid(NEEDLES[: args.needles], args.lengths, args.depths)
+    haystack = collection_haystack(load_collection(args.haystack, args.data))
+    results = run_trials(spec, grid, haystack, store=None if args.no_cache else TrialStore(args.cache),
+                         progress="NIAH trials")
+    counted = sum(r.counted() for r in results)
+    print(f"NIAH: {len(results)} trials ({args.needles} needles x lengths {args.lengths} x depths {args.depths} in "
+          f"{args.haystack}); {counted} retrieved the needle and count")
+    return niah_scores(results, model_id=spec.model_id,
+                       provenance={"haystack": args.haystack, "lengths": args.lengths, "depths": args.depths})
+
+
+def _detection_scores(args, spec):
+    from .data import load_detection
+    from .heads import detect_heads
+    from .records import RecordStore
+    from .rerank import detection_records
+
+    samples = load_detection(args.data, args.samples, args.negatives, args.positions, words=args.words, seed=args.seed)
+    records = detection_records(spec, samples, calibrate=args.calibrated, num_layers=args.num_layers,
+                                store=None if args.no_cache else RecordStore(args.cache))
+    return detect_heads(records, args.method, temperature=args.temperature, calibrated=args.calibrated,
+                        model_id=spec.model_id, provenance={"data": "nq-open-detection", "words": args.words})
 
 
 def cmd_evaluate(args) -> None:
@@ -124,20 +150,25 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--words", type=int, default=300)
     p.add_argument("--max-queries", type=int, default=None)
-    p.add_argument("--heads", default="all", help="all | core:K | qr:K | FILE.json[:K] (top K of a ranking)")
+    p.add_argument("--heads", default="all", help="all | core:K | qr:K | niah:K | FILE.json[:K] (top K of a ranking)")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--out", default=None, help="write the re-ranked run (TREC format)")
     p.set_defaults(func=cmd_rerank)
 
-    p = sub.add_parser("detect", help="score every head on the NQ detection set and save the ranking")
+    p = sub.add_parser("detect", help="score every head (NQ detection set, or NIAH needle trials) and save the ranking")
     common(p)
-    p.add_argument("--method", choices=["core", "qr"], default="core")
+    p.add_argument("--method", choices=["core", "qr", "niah"], default="core",
+                   help="core, qr (NQ detection set) or niah (Wu et al.'s needle-in-a-haystack retrieval heads)")
     p.add_argument("--temperature", type=float, default=0.001)
     p.add_argument("--samples", type=int, default=100, help="detection queries")
     p.add_argument("--negatives", type=int, default=19)
     p.add_argument("--positions", type=int, default=2, help="positions of the positive per query")
     p.add_argument("--words", type=int, default=100)
     p.add_argument("--calibrated", action="store_true", help="use calibrated mass (an ablation)")
+    p.add_argument("--needles", type=int, default=4, help="niah: the first N built-in needles")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000], help="niah: context lengths in tokens")
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="niah: needle depths in [0, 1]")
+    p.add_argument("--haystack", default="adi", help="niah: collection whose corpus is the haystack")
     p.add_argument("--show", type=int, default=10)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_detect)

@@ -34,6 +34,7 @@ class _Capture:
     past_len: int  # tokens already in the cache before this forward
     stop_layer: int  # raise after recording this layer
     out: dict[int, torch.Tensor] = field(default_factory=dict)
+    stop: bool = True  # False: record up to stop_layer, then finish the forward (decoding needs the output)
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _attention_forward(module, query, key, value, attention_mask, dropout=0.0, s
             cap.out[layer] = query_rows_attention(
                 query, key, attention_mask, scale, cap.rows, cap.past_len, kwargs.get("softcap")
             )
-        if layer == cap.stop_layer:
+        if layer == cap.stop_layer and cap.stop:
             raise _StopForward
     kwargs.pop("softcap", None)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -199,7 +200,7 @@ def _check_layers(lm: LoadedModel, num_layers: int | None) -> int:
     return num_layers
 
 
-def _run(lm: LoadedModel, ids: list[int], capture, cache=None, positions: list[int] | None = None) -> None:
+def _run(lm: LoadedModel, ids: list[int], capture, cache=None, positions: list[int] | None = None):
     backbone = lm.backbone
     input_ids = torch.tensor([ids], device=lm.device)
     kwargs = {"use_cache": cache is not None}
@@ -209,9 +210,9 @@ def _run(lm: LoadedModel, ids: list[int], capture, cache=None, positions: list[i
         kwargs["position_ids"] = torch.tensor([positions], device=lm.device)
     token = _capture.set(capture)
     try:
-        backbone(input_ids=input_ids, **kwargs)
+        return backbone(input_ids=input_ids, **kwargs)
     except _StopForward:
-        pass
+        return None
     finally:
         _capture.reset(token)
 
@@ -279,3 +280,30 @@ def calibrated_head_token_scores(
         positions += range(prefix, e)
     _run(lm, ids, _PackedCapture(prefix, suffixes, num_layers - 1), positions=positions)
     return tuple(_stack(x, num_layers, e, lm.num_heads) for x, (_, e) in zip(suffixes, (query_span, na_span)))
+
+
+# ----------------------------------------------------------------------------- decoding (NIAH detection)
+
+
+def new_cache(lm: LoadedModel):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=lm.backbone.config)
+
+
+@torch.inference_mode()
+def prefill(lm: LoadedModel, ids: list[int], cache) -> None:
+    """Run ``ids`` into ``cache`` (every layer's keys and values; nothing recorded, no output)."""
+    prepare(lm)
+    _run(lm, list(ids), _Capture(rows=None, past_len=0, stop_layer=lm.num_layers - 1), cache)
+
+
+@torch.inference_mode()
+def step_attention(lm: LoadedModel, token: int, cache, past_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step on ``cache`` (holding ``past_len`` tokens): the new token's last hidden
+    state [d] and every head's attention row from it over all ``past_len + 1`` positions [L, H, K].
+    Only that one row is computed per head (no [H, T, T] tensor)."""
+    prepare(lm)
+    cap = _Capture(rows=(0, 1), past_len=past_len, stop_layer=lm.num_layers - 1, stop=False)
+    out = _run(lm, [token], cap, cache)
+    return out.last_hidden_state[0, -1], _stack(cap, lm.num_layers, past_len + 1, lm.num_heads)

@@ -15,7 +15,7 @@ import torch
 from .models import publish
 from .records import QueryRecord
 
-HEAD_METHODS = ("core", "qr")  # detection methods whose rankings ``method:K`` names
+HEAD_METHODS = ("core", "qr", "niah")  # detection methods whose rankings ``method:K`` names
 
 
 def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,12 +116,14 @@ class HeadScores:
     model_id: str
     method: str
     provenance: dict
+    tiebreak: torch.Tensor | None = None  # [L, H]: orders heads of equal score (higher first), e.g. NIAH's zeros
 
     def order(self) -> list[tuple[int, int]]:
-        """All heads, best first (ties broken by layer, then head)."""
+        """All heads, best first (ties broken by ``tiebreak`` where given, then by layer and head)."""
         L, H = self.scores.shape
         flat = self.scores.flatten().tolist()
-        idx = sorted(range(L * H), key=lambda i: (-flat[i], i))
+        second = self.tiebreak.flatten().tolist() if self.tiebreak is not None else [0.0] * (L * H)
+        idx = sorted(range(L * H), key=lambda i: (-flat[i], -second[i], i))
         return [(i // H, i % H) for i in idx]
 
     def head_set(self, k: int) -> HeadSet:
@@ -227,7 +229,7 @@ RELEASED_QR_HEADS: dict[str, HeadSet] = {
 
 
 def released_heads(model_id: str, method: str = "core") -> HeadSet | None:
-    table = RELEASED_HEADS if method == "core" else RELEASED_QR_HEADS
+    table = {"core": RELEASED_HEADS, "qr": RELEASED_QR_HEADS}.get(method, {})
     for key, hs in table.items():
         if key.split("/")[-1].lower() == model_id.split("/")[-1].lower():
             return hs
@@ -251,7 +253,7 @@ def head_ranking_path(heads_dir: str | os.PathLike, model_id: str, method: str) 
 class HeadSpec:
     """A parsed ``--heads`` value: ``all``, ``METHOD:K`` (a detected ranking's top K) or ``FILE[:K]``."""
 
-    method: str | None = None  # core, qr
+    method: str | None = None  # core, qr, niah
     path: Path | None = None
     k: int | None = None
 
@@ -261,9 +263,9 @@ class HeadSpec:
 
 
 def parse_heads(spec: str) -> HeadSpec:
-    """Parse ``all | core:K | qr:K | FILE[:K]`` (checked before any model loads)."""
+    """Parse ``all | core:K | qr:K | niah:K | FILE[:K]`` (checked before any model loads)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("heads: give all, core:K, qr:K or a head-set file FILE[:K]")
+        raise ValueError("heads: give all, core:K, qr:K, niah:K or a head-set file FILE[:K]")
     spec = spec.strip()
     if spec == "all":
         return HeadSpec()

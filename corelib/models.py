@@ -7,6 +7,7 @@ re-ranking never needs the LM head.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import importlib.util
@@ -505,6 +506,40 @@ def load_model(
         max_positions=max_pos,
         fingerprint=spec.fingerprint,
     )
+
+
+def output_embeddings(name_or_path: str, lm: LoadedModel, revision: str | None = None) -> torch.Tensor:
+    """The LM head's weight [vocab, hidden] for a loaded backbone, loaded only for decoding (NIAH detection).
+
+    Built-in models read it from their GGUF file: its ``output.weight`` where the file has one (the
+    Qwen files: an untied head, not the embeddings), else the token embeddings (tied). Other models
+    load it through transformers with one decoder layer, tied or not as their config says.
+    """
+    embeddings = lm.backbone.get_input_embeddings().weight
+    if name_or_path in BUILTIN_MODELS:
+        import gguf
+
+        reader = gguf.GGUFReader(str(gguf_path(name_or_path)))
+        t = next((t for t in reader.tensors if t.name == "output.weight"), None)
+        w = embeddings if t is None else torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())
+    elif getattr(lm.backbone.config, "tie_word_embeddings", False):
+        w = embeddings
+    else:
+        from transformers import AutoModelForCausalLM
+
+        config, _ = _truncated_config(copy.deepcopy(lm.backbone.config), 1)
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, revision=revision,
+                                                               dtype=lm.dtype, output_loading_info=True)
+        except OSError as err:
+            raise ModelLoadError(f"could not load the LM head of {name_or_path!r}: {err}") from err
+        if any("lm_head" in k for k in info.get("missing_keys", ())):
+            raise ModelLoadError(f"{name_or_path} has no LM head weights (it was saved as a bare backbone); decoding "
+                                 "(NIAH detection) needs the causal-LM checkpoint")
+        w = model.get_output_embeddings().weight
+    if w.ndim != 2 or w.shape[1] != embeddings.shape[1]:
+        raise ModelLoadError(f"the LM head of {name_or_path} has shape {tuple(w.shape)}, expected [vocab, {embeddings.shape[1]}]")
+    return w.detach().to(device=lm.device, dtype=lm.dtype)
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

@@ -19,21 +19,29 @@ REPO = Path(__file__).resolve().parents[1]
 def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokenizer, shared_data):
     from tiny_models import tiny_model
 
+    from transformers import MistralForCausalLM
+
     model_dir = tmp_path / "tiny-mistral"
     lm = tiny_model("mistral", tokenizer)
-    lm.backbone.save_pretrained(model_dir)
+    causal = MistralForCausalLM(lm.backbone.config)  # saved with its (untied) LM head: NIAH decodes with it
+    causal.model = lm.backbone
+    causal.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    (tiny_beir / "nq-open-detection").symlink_to(shared_data / "nq-open-detection")
+    for name in ("nq-open-detection", "adi"):
+        (tiny_beir / name).symlink_to(shared_data / name)
     import shutil
 
     shutil.copytree(tiny_beir / "tiny", tiny_beir / "tiny2")  # leave-one-collection-out needs two
     p = profile("paper", models=(str(model_dir),), collections=("tiny", "tiny2"), multilingual=(), queries=2, top_k=3,
-                words=20, detection_samples=2, negatives=3, positions=2, prune_levels=(0.0, 0.5), control_sets=20)
+                words=20, detection_samples=2, negatives=3, positions=2, prune_levels=(0.0, 0.5), control_sets=20,
+                niah_needles=1, niah_lengths=(100,), niah_depths=(0.5,))
     S = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"))
     m = str(model_dir)
     assert S.candidates(m, "tiny").source == "BM25 (bm25s) over the corpus"  # no run file
     t = S.tables
     t.collections(), t.prompt_lengths(), t.top_heads(), t.overlap(), t.detection_temperature()
+    niah = t.niah_detection()  # a random-weight model copies no needle: NIAH-R is left out, said with the counts
+    assert niah["trials"].tolist() == [1] and niah["counted"].tolist() == [0] and "NIAH-R" not in S.head_methods(m)
     S.save_head_rankings()
     pq = t.per_query(sources=("nq", "in-domain", "in-domain, position-matched"))
     t.table1(pq)
@@ -69,7 +77,8 @@ def test_two_processes_make_the_same_records_as_one(tmp_path, shared_data):
     assert "shard 1 of 2" in two.stdout and "shard 2 of 2" in two.stdout
     files = {p.relative_to(tmp_path / "one" / "records"): p for p in (tmp_path / "one" / "records").rglob("*.safetensors")}
     others = {p.relative_to(tmp_path / "two" / "records"): p for p in (tmp_path / "two" / "records").rglob("*.safetensors")}
-    assert len(files) == 4 * 2 + 4 + 4 and set(files) == set(others)
+    # detection 4 x 2 positions, 4 + 4 collection records, 2 NIAH trials (1 needle x 1 length x 2 depths)
+    assert len(files) == 4 * 2 + 4 + 4 + 2 and set(files) == set(others)
     from safetensors.torch import load_file
 
     for rel, path in files.items():

@@ -153,7 +153,7 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
     lm = tiny_model("llama", tokenizer)
     calls = []
     lm.backbone.register_forward_pre_hook(lambda *a: calls.append(1))
-    p = profile("smoke", models=("tiny-llama",), collections=("scifact",), multilingual=("xquad-r/de",), queries=2,
+    p = profile("smoke", niah_needles=None, models=("tiny-llama",), collections=("scifact",), multilingual=("xquad-r/de",), queries=2,
                 detection_samples=2, negatives=3)
 
     def study():
@@ -163,8 +163,8 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
 
     study().warm()
     # detection: 2 queries x 2 positions, one forward each; each collection: 2 calibrated records,
-    # three backbone calls each (the shared document prefix, then the query and the N/A suffixes)
-    assert len(calls) == 2 * 2 + 2 * (2 * 3)
+    # one packed forward each (the shared document prefix, then the query and the N/A suffixes)
+    assert len(calls) == 2 * 2 + 2 * 2
     assert len(list((tmp_path / "records").rglob("*.safetensors"))) == 2 * 2 + 2 + 2
     calls.clear()
     study().warm()  # a second run (or a resumed one) reads everything from the cache
@@ -199,7 +199,7 @@ def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_d
     from corelib.study.tables import explore
 
     lm = tiny_model("llama", tokenizer)
-    p = profile("smoke", models=("tiny-llama",), queries=2, detection_samples=2, negatives=3)
+    p = profile("smoke", niah_needles=None, models=("tiny-llama",), queries=2, detection_samples=2, negatives=3)
     S = Study(p, data=shared_data, out=tmp_path, store=RecordStore(tmp_path / "records", memory_mb=256))
     S.use_model("tiny-llama", lm)
     S.warm(multilingual=False)

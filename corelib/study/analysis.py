@@ -21,6 +21,11 @@ SEED = 0
 RULES = f"""\
 **Analysis plan** (fixed in `corelib/study/analysis.py` before the numbers it judges were computed).
 
+- *Claim families.* "CoRe-R beats ICR", "CoRe-R beats QR-R", "CoRe-R beats NIAH-R", "ICR beats BM25" and
+  "CoRe-R beats BM25" (NQ heads; CoRe and QR also with in-domain heads), each per model and pooled. NIAH-R
+  (Wu et al.'s retrieval heads, from needle-in-a-haystack decoding) joined this plan before any NIAH number
+  existed; a model whose needle trials retrieve no needle has no NIAH-R row and no NIAH test, and the NIAH
+  detection table says so with its counts.
 - *Unit and average.* The unit is a test query. A model's score for a method is the mean nDCG@10
   over collections, each collection weighted equally (the mean over its evaluated queries).
   A difference is the same average of per-query paired differences (points of nDCG@10).

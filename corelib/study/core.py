@@ -18,6 +18,7 @@ from pathlib import Path
 from ..data import Candidates, Collection, first_stage, load_collection, load_detection, sample_queries
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..models import LoadedModel, ModelSpec, model_spec
+from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
 from ..records import QueryRecord, RecordStore
 from ..rerank import Reranker, detection_records
 from .profiles import Profile, profile
@@ -30,6 +31,8 @@ HEAD_SOURCES = {
     "in-domain, position-matched": "in-domain, each positive against its 4 nearest-slot negatives, leave-one-collection-out",
 }
 POSITION_MATCHED_NEGATIVES = 4
+NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
+DETECTED = {"QR-R": "qr", "CoRe-R": "core"}  # methods whose heads are detected on a source (NQ or in-domain)
 
 
 class Study:
@@ -61,6 +64,7 @@ class Study:
         self._scores: dict[tuple, HeadScores] = {}
         self._candidates: dict[tuple, Candidates] = {}
         self._in_domain: dict[tuple, tuple] = {}
+        self._niah: dict[str, list[TrialResult]] = {}
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
 
     def __repr__(self) -> str:
@@ -118,6 +122,38 @@ class Study:
                 t0 = time.perf_counter()
                 n = len(self.detection(m) if name is None else self.records(m, name))
                 log.info("%s %s: %d records (%.0f s)", m, name or "detection", n, time.perf_counter() - t0)
+            if self.p.niah_needles:
+                t0 = time.perf_counter()
+                log.info("%s NIAH: %d trials (%.0f s)", m, len(self.niah_trials(m)), time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ NIAH
+    def niah_grid(self):
+        if not self.p.niah_needles:
+            raise ValueError(f"profile {self.p.name!r} has no NIAH grid (niah_needles=None)")
+        return trial_grid(NEEDLES[: self.p.niah_needles], self.p.niah_lengths, self.p.niah_depths)
+
+    def niah_trials(self, model: str) -> list[TrialResult]:
+        """The profile's needle trials for a model (cached on disk; decoded only when missing)."""
+        if model not in self._niah:
+            grid = self.niah_grid()
+            if self.shard is not None:
+                grid = self._share(grid)
+            haystack = collection_haystack(self.collection(self.p.niah_haystack))
+            self._niah[model] = run_trials(self.spec(model), grid, haystack, store=TrialStore(self.store.root),
+                                           progress=f"{model} NIAH")
+        return self._niah[model]
+
+    def head_methods(self, model: str) -> dict[str, str]:
+        """The head-selecting methods of the Table 1 analog for a model: QR-R and CoRe-R, and NIAH-R
+        where the profile has a NIAH grid and the model retrieved enough needles to rank its heads."""
+        methods = dict(DETECTED)
+        if self.p.niah_needles:
+            try:
+                self.head_scores(model, "niah")
+                methods["NIAH-R"] = "niah"
+            except NiahError as err:
+                log.warning("no NIAH-R for %s: %s", model, err)
+        return methods
 
     # ------------------------------------------------------------------ heads
     def head_scores(self, model: str, method: str, temperature: float | None = None, source: str = "nq",
@@ -126,10 +162,20 @@ class Study:
         'in-domain, position-matched'): the profile's collection records with their qrels,
         leaving out collection ``exclude`` (the one the heads will re-rank)."""
         t = self.p.temperature if temperature is None else temperature
+        if method == "niah":  # from needle trials: no detection source, no temperature
+            if source != "nq" or calibrated:
+                raise ValueError(f"NIAH heads come from needle trials, not from the {source!r} detection source")
+            t, source, exclude = None, NIAH_SOURCE, None
         key = (model, method, t, source, calibrated, exclude)
         if key not in self._scores:
             prov = {"source": HEAD_SOURCES.get(source, source), "words": self.p.words, "profile": self.p.name}
-            if source == "nq":
+            if method == "niah":
+                p = self.p
+                prov = {"source": NIAH_SOURCE, "haystack": p.niah_haystack, "needles": p.niah_needles,
+                        "lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "profile": p.name}
+                self._scores[key] = niah_scores(self.niah_trials(model), model_id=self.spec(model).model_id,
+                                                provenance=prov)
+            elif source == "nq":
                 self._scores[key] = detect_heads(self.detection(model, calibrate=calibrated), method, temperature=t,
                                                  calibrated=calibrated, model_id=self.spec(model).model_id, provenance=prov)
             elif source in ("in-domain", "in-domain, position-matched"):
@@ -169,12 +215,14 @@ class Study:
         return order[: k or self.p.num_heads]
 
     def save_head_rankings(self, temperature: float | None = None) -> list[Path]:
-        """Write each model's CoRe and QR rankings (NQ detection) for the CLI (``--heads core:8``).
+        """Write each model's CoRe and QR rankings (NQ detection), and NIAH's, for the CLI (``--heads core:8``).
         Only rankings at the profile's temperature are canonical; others go to a ``t=<t>`` folder."""
         t = self.p.temperature if temperature is None else temperature
         where = self.heads_dir if t == self.p.temperature else self.heads_dir / f"t={t:g}"
+        methods = {m: ("core", "qr") + (("niah",) if "NIAH-R" in self.head_methods(m) and t == self.p.temperature else ())
+                   for m in self.p.models}
         return [self.head_scores(m, method, t).ranking().save(head_ranking_path(where, self.spec(m).model_id, method))
-                for m in self.p.models for method in ("core", "qr")]
+                for m in self.p.models for method in methods[m]]
 
     # ------------------------------------------------------------------ tables (tables.py)
     @cached_property

@@ -75,7 +75,7 @@ def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
 
 
 def pruning(df: pd.DataFrame, cost: pd.DataFrame | None, title: str):
-    """Figure 3: nDCG@10 of CoRe-R and QR-R by pruned share, and the measured latency and
+    """Figure 3: nDCG@10 of CoRe-R, QR-R and NIAH-R by pruned share, and the measured latency and
     peak-memory ratios of the pruned forward when measured."""
     fig, axes = plt.subplots(1, 1 + (cost is not None), figsize=(6 + 4.5 * (cost is not None), 3.5), squeeze=False)
     sns.lineplot(data=df, x="pruned share", y="ndcg@10", hue="model", style="method", marker="o", ax=axes[0, 0])
@@ -94,9 +94,10 @@ def pruning(df: pd.DataFrame, cost: pd.DataFrame | None, title: str):
     return fig
 
 
-def method_bars(table: pd.DataFrame, title: str, methods=("BM25", "ICR", "QR-R", "CoRe-R")):
+def method_bars(table: pd.DataFrame, title: str, methods=("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")):
     """nDCG@10 of each method per collection, one panel per model; the axis spans the values shown,
-    so that differences of a point or two are visible."""
+    so that differences of a point or two are visible. A method no model has (all NaN) is left out."""
+    methods = [m for m in methods if m in table and table[m].notna().any()]
     long = table.melt(id_vars=["model", "collection"], value_vars=list(methods), var_name="method", value_name="nDCG@10")
     grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar",
                        height=3.2, aspect=1.3, hue_order=list(methods), sharey=True)

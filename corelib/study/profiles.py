@@ -31,6 +31,12 @@ class Profile:
     multilingual_queries: tuple[tuple[str, int | None], ...] = ()  # (model, queries) on the multilingual sets
     control_sets: int = 1000  # random head sets per control distribution
     first_stage: str = "bm25"
+    # NIAH-R detection (Wu et al.): the first n of niah.NEEDLES, each at every context length (tokens) and
+    # depth, in a haystack of a collection no evaluated set uses; None = no NIAH-R in this profile
+    niah_needles: int | None = 4
+    niah_lengths: tuple[int, ...] = (1000, 2000)
+    niah_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    niah_haystack: str = "adi"
     hours: str = ""  # measured (or estimated) duration of `make reproduce` on a 2-core CPU, for the banner
 
     @property
@@ -44,9 +50,11 @@ class Profile:
 
     def sizes(self, model: str | None = None) -> str:
         q = self.queries_for(model) if model else self.queries
+        niah = (f"; NIAH {self.niah_needles} needles x {len(self.niah_lengths)} lengths {list(self.niah_lengths)} x "
+                f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
         return (f"top-{self.top_k} {self.first_stage.upper()} candidates, {self.words} words/doc, "
                 f"{q or 'all'} queries/collection; detection {self.detection_samples} NQ queries x {self.positions} "
-                f"positions, {self.negatives} negatives, t={self.temperature}")
+                f"positions, {self.negatives} negatives, t={self.temperature}{niah}")
 
 
 COLLECTIONS_CPU = ("scifact", "arguana", "cranfield", "cisi", "med", "npl", "lisa")
@@ -56,7 +64,8 @@ PROFILES: dict[str, Profile] = {
     # CI: every notebook's code path in a few minutes
     "smoke": Profile("smoke", (DEFAULT_MODEL,), ("scifact", "cranfield"), top_k=8, words=40, queries=4,
                      detection_samples=4, negatives=7, positions=2, temperature=0.001,
-                     prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",), control_sets=50, hours="~4 min"),
+                     prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",), control_sets=50,
+                     niah_needles=1, niah_lengths=(300,), niah_depths=(0.0, 1.0), hours="~4 min"),
     # `make reproduce` with no PROFILE: every table and figure for the default model in about an hour.
     # Its records are a subset of the cpu profile's (same prompts), so they count towards it.
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
@@ -80,7 +89,7 @@ PROFILES: dict[str, Profile] = {
                      top_k=40, words=300, queries=None, detection_samples=1000,
                      negatives=29, positions=5, temperature=0.001,
                      multilingual=tuple(f"mldr/{l}" for l in ("de", "en", "es", "fr", "it", "pt")),
-                     hours="GPU hours"),
+                     niah_lengths=(1000, 2000, 4000), hours="GPU hours"),
 }
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PAPER = {
     "CoRe-R beats ICR": "CoRe-R beats ICR on the BEIR average, mostly by about 1 nDCG@10 point (Mistral, Llama, Granite)",
     "CoRe-R beats QR-R": "CoRe-R beats QR-R on average; top-8 QR heads do worse than ICR on Quora",
+    "CoRe-R beats NIAH-R": "CoRe-R beats NIAH-R (Wu et al.'s retrieval heads) on the BEIR average (Table 1)",
     "ICR beats BM25": "(premise) attention re-ranking improves on the first stage",
     "multilingual: CoRe-R beats ICR": "MLDR table (de, en, es, fr, it, pt): CoRe-R beats ICR on average",
     "multilingual: CoRe-R beats QR-R": "MLDR table (de, en, es, fr, it, pt): CoRe-R beats QR-R on average",
@@ -64,7 +65,7 @@ def verdicts(study: "Study") -> pd.DataFrame:
                          "verdict": r["verdict"]})
     controls = t.read("control_positions")
     if controls is not None:
-        for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R"])].iterrows():
+        for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R", "NIAH-R"])].iterrows():
             rows.append({"claim": f"{r['method']} heads beat random heads ({r['control']})", "model": r["model"],
                          "paper": PAPER["heads beat random heads"],
                          "ours": f"nDCG@10 {r['ndcg@10']:.4f}, percentile {r['percentile']:.1f} of the random sets; "
@@ -90,7 +91,8 @@ SECTIONS = [
     ("Head-set controls: random 8-head sets", "controls"),
     ("Head-set controls: where each method falls", "control_positions"),
     ("Detection sources side by side (NQ vs in-domain, leave-one-collection-out)", "in_domain_sources"),
-    ("Top-8 overlap of CoRe and QR heads", "overlap"),
+    ("NIAH-R detection: needle trials per model", "niah_detection"),
+    ("Top-8 overlap of CoRe, QR and NIAH heads", "overlap"),
     ("Figure 1 analog: head-count sweep peaks", "sweep_peaks"),
     ("Figure 2 analog: depth of the top CoRe heads", "depth"),
     ("Figure 3 analog: layer pruning", "pruning"),

@@ -24,6 +24,7 @@ from ..prompts import build_prompt, prompt_order
 from ..records import QueryRecord
 from ..scoring import cumulative_doc_scores, filtered_doc_sum, head_index, record_run
 from . import analysis
+from .core import DETECTED, NIAH_SOURCE
 from .profiles import kept_layers
 
 if TYPE_CHECKING:
@@ -31,21 +32,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHODS = ("BM25", "ICR", "QR-R", "CoRe-R")
-HEAD_METHODS = {"QR-R": "qr", "CoRe-R": "core"}
+METHODS = ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")  # NIAH-R: NaN where a model has none (too few needles)
+HEAD_METHODS = DETECTED  # methods whose heads come from a detection source (NQ or in-domain); NIAH-R's from needles
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "collections": ("collection", "documents", "judged queries", "first stage", "BM25 nDCG@10 (all queries)"),
     "prompt_lengths": ("model", "layers", "heads per layer", "kv heads", "collection", "mean tokens", "max tokens"),
     "top_heads": ("model", "method", "head source", "rank", "layer", "head", "score", "relative depth"),
-    "overlap": ("model", "head source", "k", "CoRe and QR share"),
+    "niah_detection": ("model", "haystack", "needles", "context lengths", "depths", "trials", "counted",
+                       "counted share", "mean recall", "decode tokens (max)", "heads above 0", "ties broken by",
+                       "decode seconds"),
+    "overlap": ("model", "head source", "k", "CoRe and QR share", "CoRe and NIAH share", "QR and NIAH share"),
     "detection_temperature": ("model", "temperature", "top-k shared with the profile's t", "spearman vs the profile's t",
                               "best head"),
     "per_query": ("model", "first stage", "collection", "query_id", "method", "head source", "k", "ndcg@10"),
-    "table1": ("model", "collection", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "CoRe-R - ICR", "CoRe-R - QR-R"),
-    "table1_average": ("model", "collections", "queries", "BM25", "ICR", "QR-R", "CoRe-R"),
-    "table2": ("model", "collection", "data", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "CoRe-R - ICR", "CoRe-R - QR-R"),
-    "table2_average": ("model", "collections", "queries", "BM25", "ICR", "QR-R", "CoRe-R"),
+    "table1": ("model", "collection", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R", "CoRe-R - ICR",
+               "CoRe-R - QR-R", "CoRe-R - NIAH-R"),
+    "table1_average": ("model", "collections", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R"),
+    "table2": ("model", "collection", "data", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R", "CoRe-R - ICR",
+               "CoRe-R - QR-R", "CoRe-R - NIAH-R"),
+    "table2_average": ("model", "collections", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R"),
     "comparisons": ("claim", "model", "a", "b", "head source", "difference", "ci low", "ci high", "p", "p holm",
                     "detectable (80% power)", "queries", "collections", "verdict"),
     "in_domain_sources": ("model", "head source", "CoRe and QR share", "CoRe-R", "QR-R", "ICR", "CoRe-R - QR-R",
@@ -138,22 +144,46 @@ class Tables:
         k = k or self.p.num_heads
         rows = []
         for m in self.p.models:
-            for method in ("core", "qr"):
+            for method in self.s.head_methods(m).values():
                 t = self.s.head_scores(m, method, temperature).table().head(k)
-                rows.append(t.assign(model=m, method=method, **{"head source": "nq"}))
+                rows.append(t.assign(model=m, method=method, **{"head source": NIAH_SOURCE if method == "niah" else "nq"}))
         df = pd.concat(rows).rename(columns={"relative_depth": "relative depth"})
         return self.write("top_heads", df)
 
+    def niah_detection(self) -> pd.DataFrame:
+        """NIAH-R's detection per model: the grid, how many trials retrieved the needle (and so
+        count), how many heads ever copied, and the decoding time the trials took."""
+        from ..niah import MIN_RECALL
+
+        p, rows = self.p, []
+        for m in self.p.models:
+            trials = self.s.niah_trials(m)
+            counted = [r for r in trials if r.counted()]
+            rows.append({"model": m, "haystack": p.niah_haystack, "needles": p.niah_needles,
+                         "context lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "trials": len(trials),
+                         "counted": len(counted), "counted share": len(counted) / len(trials),
+                         "mean recall": float(np.mean([r.recall for r in trials])),
+                         "decode tokens (max)": max(r.steps for r in trials),
+                         "heads above 0": int((torch.stack([r.hits for r in counted]).mean(0) > 0).sum()) if counted else 0,
+                         "ties broken by": f"mean attention on the needle (counted: ROUGE-1 recall > {MIN_RECALL})",
+                         "decode seconds": float(sum(r.seconds for r in trials))})
+        return self.write("niah_detection", pd.DataFrame(rows))
+
     def overlap(self, k: int | None = None, temperature: float | None = None, sources=("nq",)) -> pd.DataFrame:
+        """Top-k heads that CoRe, QR and NIAH share (NIAH: from its needle trials, whatever the source)."""
         k = k or self.p.num_heads
         rows = []
         for m in self.p.models:
+            niah = set(self.s.heads(m, "niah", k)) if "NIAH-R" in self.s.head_methods(m) else None
             for src in sources:
                 excl = [None] if src == "nq" else list(self.p.collections)
-                shared = [len(set(self.s.heads(m, "core", k, temperature, src, e)) & set(self.s.heads(m, "qr", k, temperature, src, e)))
-                          for e in excl]
+                sets = [(set(self.s.heads(m, "core", k, temperature, src, e)), set(self.s.heads(m, "qr", k, temperature, src, e)))
+                        for e in excl]
+                nan = float("nan")
                 rows.append({"model": m, "head source": src if src == "nq" else f"{src} (mean over held-out collections)",
-                             "k": k, "CoRe and QR share": float(np.mean(shared))})
+                             "k": k, "CoRe and QR share": float(np.mean([len(c & q) for c, q in sets])),
+                             "CoRe and NIAH share": float(np.mean([len(c & niah) for c, _ in sets])) if niah else nan,
+                             "QR and NIAH share": float(np.mean([len(q & niah) for _, q in sets])) if niah else nan})
         return self.write("overlap", pd.DataFrame(rows))
 
     def detection_temperature(self, k: int | None = None, temperatures=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> pd.DataFrame:
@@ -180,6 +210,8 @@ class Tables:
             for method, key in HEAD_METHODS.items():
                 heads = self.s.heads(m, key, k, temperature, src, exclude)
                 out.append((method, src, k, record_run(recs, heads)))
+        if "NIAH-R" in self.s.head_methods(m):
+            out.append(("NIAH-R", NIAH_SOURCE, k, record_run(recs, self.s.heads(m, "niah", k))))
         return out
 
     def per_query(self, collections=None, k: int | None = None, temperature: float | None = None,
@@ -202,8 +234,9 @@ class Tables:
 
     @staticmethod
     def _nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
-        sel = pq[pq["head source"].isin(["", "all", "nq"])]
-        return sel.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
+        sel = pq[pq["head source"].isin(["", "all", "nq", NIAH_SOURCE])]
+        wide = sel.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
+        return wide.reindex(columns=list(METHODS))  # a method no model has (NIAH-R without retrieved needles): NaN
 
     def table1(self, pq: pd.DataFrame, name: str = "table1") -> tuple[pd.DataFrame, pd.DataFrame]:
         """nDCG@10 per model and collection (NQ heads), and the per-model mean over collections."""
@@ -213,6 +246,7 @@ class Tables:
         t["queries"] = g.size()
         t["CoRe-R - ICR"] = 100 * (t["CoRe-R"] - t["ICR"])
         t["CoRe-R - QR-R"] = 100 * (t["CoRe-R"] - t["QR-R"])
+        t["CoRe-R - NIAH-R"] = 100 * (t["CoRe-R"] - t["NIAH-R"])
         t = t.reset_index()
         if name == "table2":
             t["data"] = ["MLDR" if c.startswith("mldr/") else "XQuAD-R (stand-in for MLDR)" for c in t["collection"]]
@@ -228,12 +262,14 @@ class Tables:
         rows = []
         for a, b, src in pairs:
             claim = f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
-            sel = pq[pq["head source"].isin({"", "all", src})]
+            sel = pq[pq["head source"].isin({"", "all", src, NIAH_SOURCE})]
             family = []
             models = list(dict.fromkeys(sel["model"]))
             for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
                 pool = m.startswith("pooled")
                 part = sel if pool else sel[sel["model"] == m]
+                if not {a, b} <= set(part["method"]):  # e.g. NIAH-R for a model that retrieved no needle
+                    continue
                 d = analysis.paired_differences(part, a, b, pool=pool)
                 r = analysis.paired(d)
                 family.append({"claim": claim, "model": m, "a": a, "b": b, "head source": src, "difference": r.estimate,
@@ -314,7 +350,7 @@ class Tables:
         return {"random (uniform)": uniform, "random (layer-matched to CoRe)": matched}
 
     def controls(self, methods: dict[str, dict[str, list]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-        """Where ICR, QR-R and CoRe-R fall among random head sets; the in-sample oracle (best single
+        """Where ICR, QR-R, CoRe-R and NIAH-R fall among random head sets; the in-sample oracle (best single
         heads on the evaluated queries, an upper bound); gemma3's global-attention heads as a set."""
         k = self.p.num_heads
         dist_rows, pos_rows, dists = [], [], {}
@@ -324,8 +360,9 @@ class Tables:
             singles = [[(l, h)] for l in range(L) for h in range(H)]
             single_scores = self._set_scores(m, singles)
             oracle = [singles[i][0] for i in np.argsort(-single_scores, kind="stable")[:k]]
-            named = {"ICR": [(l, h) for l in range(L) for h in range(H)], "QR-R": self.s.heads(m, "qr", k),
-                     "CoRe-R": self.s.heads(m, "core", k), "oracle (in-sample upper bound)": oracle}
+            named = {"ICR": [(l, h) for l in range(L) for h in range(H)],
+                     **{name: self.s.heads(m, key, k) for name, key in self.s.head_methods(m).items()},
+                     "oracle (in-sample upper bound)": oracle}
             named.update((methods or {}).get(m, {}))
             globals_ = global_attention_heads(self.s.spec(m))
             if globals_ and len(globals_) < L * H:
@@ -352,7 +389,7 @@ class Tables:
     def sweep(self, max_heads: int | None = None, temperature: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows, peaks = [], []
         for m in self.p.models:
-            orders = {o: self.s.head_scores(m, o, temperature).order()[:max_heads] for o in ("core", "qr")}
+            orders = {o: self.s.head_scores(m, o, temperature).order()[:max_heads] for o in self.s.head_methods(m).values()}
             curves = {}
             for c in self.p.collections:
                 recs, qrels = self.s.records(m, c), self.s.collection(c).qrels
@@ -428,7 +465,7 @@ class Tables:
 
     # ---------------------------------------------------------------- pruning (Figure 3)
     def pruning(self, k: int | None = None, temperature: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """nDCG@10 of CoRe-R and QR-R with the heads re-selected among the kept layers, per pruned share
+        """nDCG@10 of CoRe-R, QR-R and NIAH-R with the heads re-selected among the kept layers, per pruned share
         (exact from all-layer records), and the per-query table of CoRe-R at 0% and 50% for the margin test."""
         k = k or self.p.num_heads
         rows, pq = [], []
@@ -436,7 +473,7 @@ class Tables:
             total = self.s.spec(m).num_layers
             for share in self.p.prune_levels:
                 kept = kept_layers(total, share)
-                for method, key in HEAD_METHODS.items():
+                for method, key in self.s.head_methods(m).items():
                     heads = self.s.heads(m, key, k, temperature, max_layers=kept)
                     vals = []
                     for c in self.p.collections:
