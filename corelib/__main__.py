@@ -48,7 +48,12 @@ def cmd_rerank(args) -> None:
     if not collection.has_corpus:
         raise SystemExit(f"error: {collection.name} has no corpus.jsonl in {collection.source}: re-ranking needs document texts")
     qids = sample_queries(collection, args.max_queries, args.seed)
-    candidates = first_stage(collection, args.top_k, qids)
+    encoder = None
+    if args.first_stage == "dense":
+        from .dense import Encoder
+
+        encoder = Encoder(args.encoder)
+    candidates = first_stage(collection, args.top_k, qids, method=args.first_stage, encoder=encoder)
     depth = max(len(d) for d in candidates.ranking.values())
     if depth < args.top_k:
         log.warning("%s: the first stage gives at most %d candidates per query, fewer than --top-k %d",
@@ -148,6 +153,10 @@ def main(argv=None) -> int:
     common(p)
     p.add_argument("--collection", required=True)
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--first-stage", choices=["bm25", "dense"], default="bm25",
+                   help="candidates from BM25 (the collection's run file, else bm25s) or dense retrieval (--encoder)")
+    p.add_argument("--encoder", default="minilm-l6",
+                   help="sentence encoder of the dense first stage: built-in minilm-l6, a directory or a hub id")
     p.add_argument("--words", type=int, default=300)
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--heads", default="all", help="all | core:K | qr:K | niah:K | FILE.json[:K] (top K of a ranking)")

@@ -100,7 +100,7 @@ def _causal_mask(q_len: int, k_len: int, window: int | None, device) -> torch.Te
     k_pos = torch.arange(k_len, device=device)[None, :]
     allowed = k_pos <= q_pos
     if window is not None:
-        allowed &= q_pos - k_pos < window
+        allowed &= k_pos > q_pos - window  # q - k < window, with no [q, k] integer temporary
     return allowed[None, None]
 
 

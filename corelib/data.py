@@ -247,11 +247,23 @@ def choose_run_file(collection: Collection) -> Path | None:
     return ranked[0]
 
 
-def first_stage(collection: Collection, k: int, query_ids: list[str] | None = None) -> Candidates:
-    """Top-k candidates per query from the collection's run file, else BM25 (bm25s) over its corpus."""
+FIRST_STAGES = ("bm25", "dense")
+
+
+def first_stage(collection: Collection, k: int, query_ids: list[str] | None = None, method: str = "bm25",
+                encoder=None) -> Candidates:
+    """Top-k candidates per query. ``bm25``: the collection's run file, else BM25 (bm25s) over its
+    corpus. ``dense``: exact inner-product search with a sentence encoder (``corelib.dense``;
+    default the built-in minilm-l6) over the whole corpus."""
     if k < 1:
         raise ValueError(f"k={k}: ask for at least one candidate per query")
+    if method not in FIRST_STAGES:
+        raise ValueError(f"first stage {method!r}: use one of {', '.join(FIRST_STAGES)}")
     qids = list(query_ids) if query_ids is not None else sorted(collection.qrels)
+    if method == "dense":
+        from .dense import Encoder, dense_candidates
+
+        return dense_candidates(collection, k, qids, encoder if encoder is not None else Encoder())
     drop_self = collection.name == "arguana"  # BEIR: a candidate equal to the query is dropped
     run_file = choose_run_file(collection)
     ranking, scores = {}, {}

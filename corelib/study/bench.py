@@ -22,7 +22,7 @@ import torch
 CONFIGS = {
     "a": "plain backbone forward (SDPA, no KV cache, no LM head): the floor",
     "b": "all-head query-span extraction",
-    "c": "(b) + N/A calibration reusing the prefix KV cache",
+    "c": "(b) + N/A calibration: the query and N/A suffixes packed after the shared prefix in one forward",
     "d": "naive: eager attention with output_attentions=True",
     "e50": "(b) on the model pruned by 50%",
     "pruned": "(b) on the first `layers` layers only, the later ones not loaded (notebook 6)",

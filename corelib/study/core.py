@@ -65,6 +65,7 @@ class Study:
         self._candidates: dict[tuple, Candidates] = {}
         self._in_domain: dict[tuple, tuple] = {}
         self._niah: dict[str, list[TrialResult]] = {}
+        self._encoder = None
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
 
     def __repr__(self) -> str:
@@ -90,13 +91,35 @@ class Study:
             self._collections[name] = load_collection(name, self.data)
         return self._collections[name]
 
-    def candidates(self, model: str, collection: str) -> Candidates:
-        """The profile's query sample of a collection, with its first-stage top-k."""
+    def encoder(self):
+        """The profile's sentence encoder (dense first stage, bi-encoder baseline), loaded once."""
+        if self._encoder is None:
+            from ..dense import Encoder
+
+            self._encoder = Encoder(self.p.encoder)
+        return self._encoder
+
+    def bi_encoder_run(self, model: str, collection: str) -> dict[str, dict[str, float]]:
+        """The encoder re-ranking the profile's candidates of a collection (computed once)."""
+        from ..dense import bi_encoder_run
+
+        key = ("bi-encoder", collection, self.p.queries_for(model, collection))
+        if key not in self._candidates:
+            self._candidates[key] = bi_encoder_run(self.encoder(), self.collection(collection),
+                                                   self.candidates(model, collection))
+        return self._candidates[key]
+
+    def candidates(self, model: str, collection: str, method: str | None = None) -> Candidates:
+        """The profile's query sample of a collection, with its first-stage top-k (``method``: bm25
+        or dense; default the profile's first stage)."""
         n = self.p.queries_for(model, collection)
-        if (collection, n) not in self._candidates:
+        method = method or self.p.first_stage
+        if (collection, n, method) not in self._candidates:
             coll = self.collection(collection)
-            self._candidates[collection, n] = first_stage(coll, self.p.top_k, sample_queries(coll, n, self.p.seed))
-        return self._candidates[collection, n]
+            self._candidates[collection, n, method] = first_stage(
+                coll, self.p.top_k, sample_queries(coll, n, self.p.seed), method=method,
+                encoder=self.encoder() if method == "dense" else None)
+        return self._candidates[collection, n, method]
 
     def records(self, model: str, collection: str, calibrate: bool = True) -> list[QueryRecord]:
         """All-head records of the profile's query sample of a collection (cached)."""

@@ -94,7 +94,8 @@ def pruning(df: pd.DataFrame, cost: pd.DataFrame | None, title: str):
     return fig
 
 
-def method_bars(table: pd.DataFrame, title: str, methods=("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")):
+def method_bars(table: pd.DataFrame, title: str,
+                methods=("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R")):
     """nDCG@10 of each method per collection, one panel per model; the axis spans the values shown,
     so that differences of a point or two are visible. A method no model has (all NaN) is left out."""
     methods = [m for m in methods if m in table and table[m].notna().any()]

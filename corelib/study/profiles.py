@@ -30,7 +30,8 @@ class Profile:
     queries_by_model: tuple[tuple[str, int | None], ...] = ()  # (model, queries) overriding ``queries``
     multilingual_queries: tuple[tuple[str, int | None], ...] = ()  # (model, queries) on the multilingual sets
     control_sets: int = 1000  # random head sets per control distribution
-    first_stage: str = "bm25"
+    first_stage: str = "bm25"  # where the candidates come from: bm25 (run file or bm25s) or dense (the encoder)
+    encoder: str = "minilm-l6"  # sentence encoder of the dense first stage and of the bi-encoder baseline
     # NIAH-R detection (Wu et al.): the first n of niah.NEEDLES, each at every context length (tokens) and
     # depth, in a haystack of a collection no evaluated set uses; None = no NIAH-R in this profile
     niah_needles: int | None = 4
@@ -52,7 +53,8 @@ class Profile:
         q = self.queries_for(model) if model else self.queries
         niah = (f"; NIAH {self.niah_needles} needles x {len(self.niah_lengths)} lengths {list(self.niah_lengths)} x "
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
-        return (f"top-{self.top_k} {self.first_stage.upper()} candidates, {self.words} words/doc, "
+        stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
+        return (f"top-{self.top_k} {stage} candidates, {self.words} words/doc, "
                 f"{q or 'all'} queries/collection; detection {self.detection_samples} NQ queries x {self.positions} "
                 f"positions, {self.negatives} negatives, t={self.temperature}{niah}")
 
@@ -79,6 +81,10 @@ PROFILES: dict[str, Profile] = {
                    queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300)),
                    multilingual_queries=((DEFAULT_MODEL, 50),),
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) first"),
+    # Issue 16: the default model on dense (minilm-l6) candidates at the cpu profile's query sample.
+    "cpu-dense": Profile("cpu-dense", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=300,
+                         detection_samples=100, negatives=19, positions=2, temperature=0.001, first_stage="dense",
+                         hours="about 1.5 h of forwards: run `make warm PROFILE=cpu-dense` (resumable) first"),
     # For a GPU and the hub. The shipped NQ detection set has 29 negatives per query (the paper: 49).
     # CQADupStack is left out: BEIR averages its 12 forums into one score, which the per-collection
     # average here would not do. MS MARCO is scored on its dev split, as in BEIR.
@@ -89,7 +95,8 @@ PROFILES: dict[str, Profile] = {
                      top_k=40, words=300, queries=None, detection_samples=1000,
                      negatives=29, positions=5, temperature=0.001,
                      multilingual=tuple(f"mldr/{l}" for l in ("de", "en", "es", "fr", "it", "pt")),
-                     niah_lengths=(1000, 2000, 4000), hours="GPU hours"),
+                     niah_lengths=(1000, 2000, 4000), first_stage="dense",
+                     encoder="ibm-granite/granite-embedding-125m-english", hours="GPU hours"),
 }
 
 

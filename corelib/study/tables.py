@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHODS = ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")  # NIAH-R: NaN where a model has none (too few needles)
+# BM25 and Dense: first stages (nDCG@10 of their own top-k for the same queries); Bi-encoder: the profile's
+# encoder re-ranking the same candidates as the LLM methods. NIAH-R: NaN where a model has none (too few needles).
+METHODS = ("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R")
+FIRST_STAGE_METHODS = {"bm25": "BM25", "dense": "Dense"}
 HEAD_METHODS = DETECTED  # methods whose heads come from a detection source (NQ or in-domain); NIAH-R's from needles
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -46,12 +49,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "detection_temperature": ("model", "temperature", "top-k shared with the profile's t", "spearman vs the profile's t",
                               "best head"),
     "per_query": ("model", "first stage", "collection", "query_id", "method", "head source", "k", "ndcg@10"),
-    "table1": ("model", "collection", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R", "CoRe-R - ICR",
-               "CoRe-R - QR-R", "CoRe-R - NIAH-R"),
-    "table1_average": ("model", "collections", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R"),
-    "table2": ("model", "collection", "data", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R", "CoRe-R - ICR",
-               "CoRe-R - QR-R", "CoRe-R - NIAH-R"),
-    "table2_average": ("model", "collections", "queries", "BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R"),
+    "table1": ("model", "first stage", "collection", "queries", *METHODS, "CoRe-R - ICR", "CoRe-R - QR-R",
+               "CoRe-R - NIAH-R", "CoRe-R - Bi-encoder"),
+    "table1_average": ("model", "first stage", "collections", "queries", *METHODS),
+    "table2": ("model", "first stage", "collection", "data", "queries", *METHODS, "CoRe-R - ICR", "CoRe-R - QR-R",
+               "CoRe-R - NIAH-R", "CoRe-R - Bi-encoder"),
+    "table2_average": ("model", "first stage", "collections", "queries", *METHODS),
     "comparisons": ("claim", "model", "a", "b", "head source", "difference", "ci low", "ci high", "p", "p holm",
                     "detectable (80% power)", "queries", "collections", "verdict"),
     "in_domain_sources": ("model", "head source", "CoRe and QR share", "CoRe-R", "QR-R", "ICR", "CoRe-R - QR-R",
@@ -202,9 +205,10 @@ class Tables:
     # ---------------------------------------------------------------- re-ranking
     def _method_runs(self, m: str, collection: str, k: int, temperature, sources) -> list[tuple[str, str, int, dict]]:
         recs = self.s.records(m, collection)
-        cand = self.s.candidates(m, collection)
         spec = self.s.spec(m)
-        out = [("BM25", "", 0, cand.run()), ("ICR", "all", spec.num_layers * spec.num_heads, record_run(recs))]
+        out = [(label, "", 0, self.s.candidates(m, collection, stage).run()) for stage, label in FIRST_STAGE_METHODS.items()]
+        out += [("Bi-encoder", "", 0, self.s.bi_encoder_run(m, collection)),
+                ("ICR", "all", spec.num_layers * spec.num_heads, record_run(recs))]
         for src in sources:
             exclude = collection if src.startswith("in-domain") else None
             for method, key in HEAD_METHODS.items():
@@ -247,12 +251,15 @@ class Tables:
         t["CoRe-R - ICR"] = 100 * (t["CoRe-R"] - t["ICR"])
         t["CoRe-R - QR-R"] = 100 * (t["CoRe-R"] - t["QR-R"])
         t["CoRe-R - NIAH-R"] = 100 * (t["CoRe-R"] - t["NIAH-R"])
+        t["CoRe-R - Bi-encoder"] = 100 * (t["CoRe-R"] - t["Bi-encoder"])
+        t["first stage"] = self.p.first_stage
         t = t.reset_index()
         if name == "table2":
             t["data"] = ["MLDR" if c.startswith("mldr/") else "XQuAD-R (stand-in for MLDR)" for c in t["collection"]]
         avg = t.groupby("model", sort=False)[list(METHODS)].mean()
         avg["collections"] = t.groupby("model", sort=False).size()
         avg["queries"] = t.groupby("model", sort=False)["queries"].sum()
+        avg["first stage"] = self.p.first_stage
         return self.write(name, t), self.write(f"{name}_average", avg.reset_index())
 
     # ---------------------------------------------------------------- comparisons
