@@ -67,6 +67,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "depth": ("model", "layers", "top heads", "top layers", "in middle third", "median relative depth", "p more",
               "p fewer", "p more holm", "p fewer holm", "verdict"),
     "pruning": ("model", "method", "pruned share", "kept layers", "ndcg@10", "deepest head"),
+    "practitioner_cost": ("model", "collection", "method", "queries timed", "seconds per query", "ratio to bi-encoder (cold)",
+                          "nDCG@10 (mean over collections)", "device"),
     "pruning_cost": ("model", "run", "pruned share", "kept layers", "tokens", "seconds", "model and run MB",
                      "latency ratio", "memory ratio", "device"),
     "ablation_temperature": ("model", "temperature", "CoRe-R nDCG@10"),
@@ -534,6 +536,53 @@ class Tables:
             df["memory ratio"] = df["model and run MB"] / base["model and run MB"]
             frames.append(df)
         return self.write("pruning_cost", pd.concat(frames, ignore_index=True))
+
+    def practitioner_cost(self, pq: pd.DataFrame, queries: int = 10) -> pd.DataFrame:
+        """Per-query latency of the bi-encoder re-ranker (cold: encoding the query and its candidates;
+        warm: the corpus embeddings precomputed), ICR / CoRe-R (one calibrated forward over all layers)
+        and CoRe-R with the early exit after its deepest head, timed side by side in this process on
+        the first ``queries`` queries of the profile's first collection, as ratios to the cold
+        bi-encoder; nDCG@10 is each method's mean over collections from the per-query table."""
+        from ..dense import corpus_embeddings, document_texts
+        from ..records import build_record
+        from .bench import busy_cpu_share, timed
+
+        m, c = self.p.models[0], self.p.collections[0]
+        coll, cand, enc = self.s.collection(c), self.s.candidates(m, c), self.s.encoder()
+        ids, emb = corpus_embeddings(enc, coll)  # the warm bi-encoder's precomputed corpus (not timed)
+        row = {d: i for i, d in enumerate(ids)}
+        lm = self.s.model(m)
+        exit_layers = max(l for l, _ in self.s.heads(m, "core")) + 1
+        cuda = lm.device.type == "cuda"
+        if not cuda and busy_cpu_share() > 0.25:
+            log.warning("the CPU is busy with other processes: the practitioner cost timings will be noisy")
+        times: dict[str, list[float]] = {}
+        for q in list(cand.ranking)[:queries]:
+            query, docs = coll.queries[q], cand.ranking[q]
+            texts = document_texts(coll, docs)
+            prompt_docs = prompt_order([coll.document(d, self.p.words) for d in docs])
+            runs = {
+                "Bi-encoder (cold)": lambda: enc.encode([query] + texts),
+                "Bi-encoder (warm)": lambda: enc.encode([query]) @ emb[[row[d] for d in docs]].T,
+                "ICR / CoRe-R (all layers)": lambda: build_record(lm, query, prompt_docs, words=self.p.words),
+                f"CoRe-R, early exit after layer {exit_layers - 1}":
+                    lambda: build_record(lm, query, prompt_docs, num_layers=exit_layers, words=self.p.words),
+            }
+            for name, fn in runs.items():
+                times.setdefault(name, []).append(timed(fn, cuda))
+        means = self._nq_wide(pq).groupby(level=["model", "collection"]).mean().groupby(level="model").mean()
+        ndcg = {"Bi-encoder (cold)": "Bi-encoder", "Bi-encoder (warm)": "Bi-encoder", "ICR / CoRe-R (all layers)": "ICR"}
+        base = float(np.median(times["Bi-encoder (cold)"]))
+        device = f"{lm.device.type}, {torch.get_num_threads()} threads" if not cuda else torch.cuda.get_device_name()
+        rows = []
+        for name, t in times.items():
+            method = ndcg.get(name, "CoRe-R")
+            rows.append({"model": m, "collection": c, "method": name, "queries timed": len(t),
+                         "seconds per query": float(np.median(t)), "ratio to bi-encoder (cold)": float(np.median(t)) / base,
+                         "nDCG@10 (mean over collections)": float(means.loc[m, method]), "device": device})
+        rows.insert(3, {**rows[2], "method": "(CoRe-R with all layers: the same forward as ICR)",
+                        "nDCG@10 (mean over collections)": float(means.loc[m, "CoRe-R"])})
+        return self.write("practitioner_cost", pd.DataFrame(rows))
 
     def pruning_margin(self, pq: pd.DataFrame, margin: float = analysis.PRUNING_MARGIN) -> pd.DataFrame:
         """Non-inferiority (TOST) of CoRe-R on the 50%-pruned model against the unpruned one."""
