@@ -15,7 +15,6 @@ Each trial's per-head hits are cached on disk like records (safetensors, atomic,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -33,7 +32,7 @@ from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
 from .models import LoadedModel, ModelSpec, cache_root, publish
 from .prompts import PromptError, _overlapping
-from .records import progress_bar
+from .records import content_digest, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +195,12 @@ def run_trial(lm: LoadedModel, lm_head: torch.Tensor, prompt: NiahPrompt, needle
 # ----------------------------------------------------------------------------- cache
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 def trial_fields(fingerprint: str, dtype, trial: NeedleTrial, haystack: str, max_new_tokens: int) -> dict:
     if not fingerprint:
         raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
     return {"format": NIAH_VERSION, "model": fingerprint, "dtype": str(dtype).removeprefix("torch."),
             "needle": trial.needle.text, "question": trial.needle.question, "context_tokens": trial.context_tokens,
-            "depth": trial.depth, "haystack": _digest(haystack), "max_new_tokens": max_new_tokens}
+            "depth": trial.depth, "haystack": content_digest(haystack), "max_new_tokens": max_new_tokens}
 
 
 class TrialStore:
@@ -215,7 +210,7 @@ class TrialStore:
         self.root = Path(root) if root is not None else cache_root() / "records"
 
     def path(self, model_id: str, fields: dict) -> Path:
-        return self.root / f"niah-v{NIAH_VERSION}" / model_id.replace("/", "__") / f"{_digest(fields)[:32]}.safetensors"
+        return self.root / f"niah-v{NIAH_VERSION}" / model_id.replace("/", "__") / f"{content_digest(fields)[:32]}.safetensors"
 
     def get(self, model_id: str, fields: dict) -> TrialResult | None:
         from safetensors import safe_open

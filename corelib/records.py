@@ -135,7 +135,8 @@ def build_record(
 # ----------------------------------------------------------------------------- keys
 
 
-def _digest(obj) -> str:
+def content_digest(obj) -> str:
+    """sha256 of a JSON-able value (keys sorted): how cache keys name texts and fields."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -145,13 +146,13 @@ def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request
         raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
     return {"format": FORMAT_VERSION, "model": fingerprint, "dtype": str(dtype).removeprefix("torch."),
             "layers": int(layers), "calibrate": bool(calibrate), "group": request.group,
-            "query_id": str(request.query_id), "query": _digest(request.query),
-            "doc_ids": [d.doc_id for d in request.docs], "texts": _digest([d.text for d in request.docs]),
+            "query_id": str(request.query_id), "query": content_digest(request.query),
+            "doc_ids": [d.doc_id for d in request.docs], "texts": content_digest([d.text for d in request.docs]),
             "positive": request.positive}
 
 
 def record_key(fields: dict) -> str:
-    return _digest(fields)[:32]
+    return content_digest(fields)[:32]
 
 
 # ----------------------------------------------------------------------------- store

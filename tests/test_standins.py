@@ -34,10 +34,12 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     shutil.copytree(tiny_beir / "tiny", tiny_beir / "tiny2")  # leave-one-collection-out needs two
     p = profile("paper", models=(str(model_dir),), collections=("tiny", "tiny2"), multilingual=(), queries=2, top_k=3,
                 words=20, detection_samples=2, negatives=3, positions=2, prune_levels=(0.0, 0.5), control_sets=20,
-                niah_needles=1, niah_lengths=(100,), niah_depths=(0.5,))
+                niah_needles=1, niah_lengths=(100,), niah_depths=(0.5,),
+                encoder="minilm-l6")  # the paper's dense first stage, with the offline encoder (granite-embedding is on the hub)
     S = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"))
     m = str(model_dir)
-    assert S.candidates(m, "tiny").source == "BM25 (bm25s) over the corpus"  # no run file
+    assert S.candidates(m, "tiny", "bm25").source == "BM25 (bm25s) over the corpus"  # no run file
+    assert S.candidates(m, "tiny").source.startswith("dense (minilm-l6)")  # the paper profile's first stage
     t = S.tables
     t.collections(), t.prompt_lengths(), t.top_heads(), t.overlap(), t.detection_temperature()
     niah = t.niah_detection()  # a random-weight model copies no needle: NIAH-R is left out, said with the counts
@@ -56,6 +58,11 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     t.ablations.length_bias()
     from corelib.study import report
 
+    scale = t.scaling()  # one model: one row, read back from the tables above
+    assert scale["model"].tolist() == [m] and scale["CoRe-R - ICR ci"].iloc[0].startswith("[")
+    from corelib.study import plots
+
+    plots.scaling(scale)
     v = report.verdicts(S)
     assert set(v["claim"]) >= {"CoRe-R beats ICR", "top heads in middle layers", "50% pruning within 0.5 point"}
     out = report.write_report(S, S.out / p.name / "REPORT.md")

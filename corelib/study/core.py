@@ -82,6 +82,17 @@ class Study:
         """Use an already built model under ``name`` (e.g. a random-weight stand-in in a test)."""
         self._specs[name] = model
 
+    def parameter_count(self, model: str) -> int:
+        """Parameters of the model's backbone, counted on the meta device from its config (no weights read)."""
+        s = self.spec(model)
+        if isinstance(s, LoadedModel):
+            return sum(p.numel() for p in s.backbone.parameters())
+        import torch
+        from transformers import AutoModel
+
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModel.from_config(s.config()).parameters())
+
     def model(self, model: str) -> LoadedModel:
         s = self.spec(model)
         return s.load() if isinstance(s, ModelSpec) else s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -122,5 +123,30 @@ def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame,
         ax.set_title(f"{model}: {control} ({len(values)} sets)", fontsize=9)
         ax.set(xlabel="mean nDCG@10 over collections")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def scaling(df: pd.DataFrame):
+    """The scaling view: mean nDCG@10 of each method, and CoRe-R's paired differences with their 95% CIs,
+    against the parameter count (log scale)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    methods = [m for m in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R", "random 8 heads (median)") if df[m].notna().any()]
+    for m in methods:
+        axes[0].plot(df["parameters"], df[m], marker="o", label=m, ls="--" if m.startswith("random") else "-")
+    axes[0].set(xscale="log", xlabel="parameters", ylabel="mean nDCG@10 over collections")
+    axes[0].legend(fontsize=7)
+    for k, other in enumerate(("ICR", "QR-R")):
+        ci = df[f"CoRe-R - {other} ci"].fillna("").str.strip("[]").str.split(", ")
+        lo = [float(c[0]) if len(c) == 2 else np.nan for c in ci]
+        hi = [float(c[1]) if len(c) == 2 else np.nan for c in ci]
+        y = df[f"CoRe-R - {other}"].to_numpy(dtype=float)
+        x = df["parameters"].to_numpy(dtype=float) * (1 + 0.04 * k)  # side by side
+        axes[1].errorbar(x, y, yerr=[y - np.array(lo), np.array(hi) - y], marker="o", capsize=3, label=f"CoRe-R - {other}")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set(xscale="log", xlabel="parameters", ylabel="paired difference, points (95% CI)")
+    axes[1].legend(fontsize=7)
+    for ax, (_, r) in itertools.product(axes[:1], df.iterrows()):
+        ax.annotate(r["model"], (r["parameters"], r["CoRe-R"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
     fig.tight_layout()
     return fig

@@ -72,7 +72,7 @@ PROFILES: dict[str, Profile] = {
     # Its records are a subset of the cpu profile's (same prompts), so they count towards it.
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
                      detection_samples=60, negatives=19, positions=2, temperature=0.001,
-                     multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), hours="about 1 h 20 min (measured)"),
+                     multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), hours="about 1 h 40 min from a cold cache (measured in parts)"),
     # Issue 11: every judged test query up to 300 per collection (~1,060 per model) for the two
     # smallest models, so that a 0.75-point difference is detectable; qwen keeps 30 per collection.
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b"), COLLECTIONS_CPU, top_k=20, words=100,
@@ -97,6 +97,27 @@ PROFILES: dict[str, Profile] = {
                      multilingual=tuple(f"mldr/{l}" for l in ("de", "en", "es", "fr", "it", "pt")),
                      niah_lengths=(1000, 2000, 4000), first_stage="dense",
                      encoder="ibm-granite/granite-embedding-125m-english", hours="GPU hours"),
+}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What differs between the study's models besides size (for the scaling view), from their GGUF metadata."""
+
+    parameters: float
+    family: str
+    tuning: str
+    weights: str
+
+
+MODEL_FACTS: dict[str, ModelFacts] = {
+    "smollm2-135m": ModelFacts(135e6, "SmolLM2 (Llama architecture)", "instruct (GGUF finetune tag 8k-lc100k-mix1-ep2)",
+                               "GGUF Q4_1, dequantised to fp32"),
+    "gemma3-270m": ModelFacts(268e6, "Gemma 3 (15 of 18 layers: 512-token sliding window)",
+                              "base (no finetune in its GGUF metadata)", "GGUF Q4_K_M, dequantised to fp32"),
+    "qwen2.5-coder-0.5b": ModelFacts(494e6, "Qwen2.5-Coder", "instruct", "GGUF Q4_K_M converted from an AWQ checkpoint, "
+                                     "dequantised to fp32"),
+    "qwen2.5-coder-1.5b": ModelFacts(1.54e9, "Qwen2.5-Coder", "instruct", "GGUF Q4_K_M, dequantised to fp32"),
 }
 
 

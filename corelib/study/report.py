@@ -91,6 +91,7 @@ SECTIONS = [
     ("Table 1 analog: nDCG@10 per collection (NQ heads)", "table1"),
     ("Table 1 analog: mean over collections per model", "table1_average"),
     ("Cost a practitioner reads: latency per query against a bi-encoder", "practitioner_cost"),
+    ("Scaling view: the methods and CoRe-R's differences by model size", "scaling"),
     ("Head-set controls: random 8-head sets", "controls"),
     ("Head-set controls: where each method falls", "control_positions"),
     ("Detection sources side by side (NQ vs in-domain, leave-one-collection-out)", "in_domain_sources"),
