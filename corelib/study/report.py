@@ -80,7 +80,8 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        cells = [("-" if v != v else format(v, floatfmt)) if isinstance(v, float) else str(v) for v in row]  # NaN: no test
+        cells = [("-" if v != v else f"{v:,.0f}" if abs(v) >= 1e5 else format(v, floatfmt)) if isinstance(v, float)
+                 else str(v) for v in row]  # NaN: no test; counts such as parameters without decimals
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
