@@ -112,3 +112,19 @@ def test_qwen_head_is_its_own_untied_output_weight():
     assert w.shape == emb.shape == (151936, 896)
     assert not torch.equal(w, emb)
     assert torch.nn.functional.cosine_similarity(w[1000:1100], emb[1000:1100]).mean() > 0.5  # the same vocabulary
+
+
+@pytest.mark.shared_data
+def test_detect_command_ranks_niah_heads(tmp_path, shared_data, capsys):
+    from corelib.__main__ import main
+    from corelib.heads import HeadSet
+
+    out = tmp_path / "smollm2-135m.niah.json"
+    args = ["detect", "--data", str(shared_data), "--method", "niah", "--needles", "1", "--lengths", "300",
+            "--depths", "0.5", "--cache", str(tmp_path / "records"), "--out", str(out)]
+    assert main(args) == 0
+    assert "1 retrieved the needle and count" in capsys.readouterr().out
+    hs = HeadSet.load(out)
+    assert hs.ranking and hs.method == "niah" and len(hs) == 270
+    assert main(args[:-2] + ["--needles", "9"]) == 2  # more needles than built in: a clear error
+    assert "--needles 9: choose 1 to 4" in capsys.readouterr().err
