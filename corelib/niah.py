@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import os
-import tempfile
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ import torch
 
 from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
-from .models import LoadedModel, ModelSpec, cache_root, publish
+from .models import LoadedModel, ModelSpec, cache_root
 from .prompts import PromptError, _overlapping
-from .records import content_digest, progress_bar
+from .records import content_digest, progress_bar, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -232,21 +231,10 @@ class TrialStore:
             return None
 
     def put(self, model_id: str, fields: dict, result: TrialResult) -> TrialResult:
-        from safetensors.torch import save_file
-
-        path = self.path(model_id, fields)
-        path.parent.mkdir(parents=True, exist_ok=True)
         info = {"answer": result.answer, "recall": result.recall, "steps": result.steps,
                 "prompt_tokens": result.prompt_tokens, "seconds": result.seconds}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"hits": result.hits.contiguous(), "needle_mass": result.needle_mass.contiguous()}, tmp,
-                      metadata={"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "result": json.dumps(info)})
-            publish(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_tensors(self.path(model_id, fields), {"hits": result.hits, "needle_mass": result.needle_mass},
+                     {"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "result": json.dumps(info)})
         return result
 
 

@@ -135,6 +135,21 @@ def build_record(
 # ----------------------------------------------------------------------------- keys
 
 
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (a unique temporary name, renamed into place)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def content_digest(obj) -> str:
     """sha256 of a JSON-able value (keys sorted): how cache keys name texts and fields."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -220,20 +235,11 @@ class RecordStore:
             return None
 
     def write(self, path: Path, record: QueryRecord, fields: dict) -> None:
-        from safetensors.torch import save_file
-
         path.parent.mkdir(parents=True, exist_ok=True)
         self._sweep(path.parent)
-        tensors = {name: getattr(record, name).contiguous() for name in _TENSORS if getattr(record, name) is not None}
+        tensors = {name: getattr(record, name) for name in _TENSORS if getattr(record, name) is not None}
         meta = {"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "num_tokens": str(record.num_tokens)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            publish(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_tensors(path, tensors, meta)
 
     def _sweep(self, directory: Path, older_than_s: float = 3600) -> None:
         """Remove temporary files that killed writers left (once per folder and process)."""

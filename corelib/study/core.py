@@ -65,6 +65,8 @@ class Study:
         self._candidates: dict[tuple, Candidates] = {}
         self._in_domain: dict[tuple, tuple] = {}
         self._niah: dict[str, list[TrialResult]] = {}
+        self._head_methods: dict[str, dict[str, str]] = {}
+        self._bi_encoder: dict[tuple, dict] = {}
         self._encoder = None
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
 
@@ -114,11 +116,11 @@ class Study:
         """The encoder re-ranking the profile's candidates of a collection (computed once)."""
         from ..dense import bi_encoder_run
 
-        key = ("bi-encoder", collection, self.p.queries_for(model, collection))
-        if key not in self._candidates:
-            self._candidates[key] = bi_encoder_run(self.encoder(), self.collection(collection),
+        key = (collection, self.p.queries_for(model, collection))
+        if key not in self._bi_encoder:
+            self._bi_encoder[key] = bi_encoder_run(self.encoder(), self.collection(collection),
                                                    self.candidates(model, collection))
-        return self._candidates[key]
+        return self._bi_encoder[key]
 
     def candidates(self, model: str, collection: str, method: str | None = None) -> Candidates:
         """The profile's query sample of a collection, with its first-stage top-k (``method``: bm25
@@ -180,14 +182,16 @@ class Study:
     def head_methods(self, model: str) -> dict[str, str]:
         """The head-selecting methods of the Table 1 analog for a model: QR-R and CoRe-R, and NIAH-R
         where the profile has a NIAH grid and the model retrieved enough needles to rank its heads."""
-        methods = dict(DETECTED)
-        if self.p.niah_needles:
-            try:
-                self.head_scores(model, "niah")
-                methods["NIAH-R"] = "niah"
-            except NiahError as err:
-                log.warning("no NIAH-R for %s: %s", model, err)
-        return methods
+        if model not in self._head_methods:
+            methods = dict(DETECTED)
+            if self.p.niah_needles:
+                try:
+                    self.head_scores(model, "niah")
+                    methods["NIAH-R"] = "niah"
+                except NiahError as err:
+                    log.warning("no NIAH-R for %s: %s", model, err)
+            self._head_methods[model] = methods
+        return self._head_methods[model]
 
     # ------------------------------------------------------------------ heads
     def head_scores(self, model: str, method: str, temperature: float | None = None, source: str = "nq",

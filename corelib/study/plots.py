@@ -137,12 +137,9 @@ def scaling(df: pd.DataFrame):
     axes[0].set(xscale="log", xlabel="parameters", ylabel="mean nDCG@10 over collections")
     axes[0].legend(fontsize=7)
     for k, other in enumerate(("ICR", "QR-R")):
-        ci = df[f"CoRe-R - {other} ci"].fillna("").str.strip("[]").str.split(", ")
-        lo = [float(c[0]) if len(c) == 2 else np.nan for c in ci]
-        hi = [float(c[1]) if len(c) == 2 else np.nan for c in ci]
-        y = df[f"CoRe-R - {other}"].to_numpy(dtype=float)
+        y, lo, hi = (df[f"CoRe-R - {other}{c}"].to_numpy(dtype=float) for c in ("", " ci low", " ci high"))
         x = df["parameters"].to_numpy(dtype=float) * (1 + 0.04 * k)  # side by side
-        axes[1].errorbar(x, y, yerr=[y - np.array(lo), np.array(hi) - y], marker="o", capsize=3, label=f"CoRe-R - {other}")
+        axes[1].errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=f"CoRe-R - {other}")
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[1].set(xscale="log", xlabel="parameters", ylabel="paired difference, points (95% CI)")
     axes[1].legend(fontsize=7)

@@ -77,8 +77,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "ablation_length_bias": ("model", "collection", "method", "spearman(score, length)", "top-1 length / mean length"),
     "verdicts": ("claim", "model", "paper", "ours", "verdict"),
     "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
-                "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci", "CoRe-R - QR-R",
-                "CoRe-R - QR-R ci", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
+                "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
+                "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
 }
 
 
@@ -588,8 +588,36 @@ class Tables:
         return self.write("practitioner_cost", pd.DataFrame(rows))
 
     def scaling(self) -> pd.DataFrame:
-        """The scaling view across the profile's models (``scaling_rows``)."""
-        return scaling_rows(self)
+        """The scaling view: per model (by parameter count) the Table 1 means, the random-head median, the
+        paired differences with their CIs, the depth of the top CoRe heads and the share of CoRe-R's
+        nDCG@10 kept at 50% pruning; read from the tables the notebooks wrote before (NaN where absent)."""
+        from .profiles import MODEL_FACTS
+
+        avg, cmp_, ctl, depth, prune = (self.read(n) for n in ("table1_average", "comparisons_table1", "controls", "depth", "pruning"))
+        if avg is None:
+            raise ValueError("the scaling view reads table1_average: run notebook 03 (Table 1) first")
+        rows = []
+        for _, r in avg.iterrows():
+            m = r["model"]
+            facts = MODEL_FACTS.get(m)
+            row = {"model": m, "parameters": facts.parameters if facts else float(self.s.parameter_count(m)),
+                   "family": facts.family if facts else "", "tuning": facts.tuning if facts else "",
+                   "weights": facts.weights if facts else "", "queries": r["queries"],
+                   **{k: r[k] for k in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")}}
+            u = ctl[(ctl["model"] == m) & (ctl["control"] == "random (uniform)")] if ctl is not None else ()
+            row["random 8 heads (median)"] = float(u["median"].iloc[0]) if len(u) else float("nan")
+            for other in ("ICR", "QR-R"):
+                c = cmp_[(cmp_["model"] == m) & (cmp_["a"] == "CoRe-R") & (cmp_["b"] == other) & (cmp_["head source"] == "nq")] \
+                    if cmp_ is not None else ()
+                for col, src in (("", "difference"), (" ci low", "ci low"), (" ci high", "ci high")):
+                    row[f"CoRe-R - {other}{col}"] = float(c[src].iloc[0]) if len(c) else float("nan")
+            d = depth[depth["model"] == m] if depth is not None else ()
+            row["top CoRe heads: median relative depth"] = float(d["median relative depth"].iloc[0]) if len(d) else float("nan")
+            pr = prune[(prune["model"] == m) & (prune["method"] == "CoRe-R")] if prune is not None else None
+            kept = pr.set_index("pruned share")["ndcg@10"] if pr is not None and len(pr) else {}
+            row["CoRe-R kept at 50% pruning"] = float(kept[0.5] / kept[0.0]) if 0.5 in kept and 0.0 in kept else float("nan")
+            rows.append(row)
+        return self.write("scaling", pd.DataFrame(rows).sort_values("parameters"))
 
     def pruning_margin(self, pq: pd.DataFrame, margin: float = analysis.PRUNING_MARGIN) -> pd.DataFrame:
         """Non-inferiority (TOST) of CoRe-R on the 50%-pruned model against the unpruned one."""
@@ -610,39 +638,6 @@ class Tables:
         inferior = analysis.holm(df["p inferior"])
         df["verdict"] = [analysis.margin_verdict(a, b, i) for a, b, i in zip(df["p holm"], inferior, df["identical"])]
         return df.drop(columns=["p inferior", "identical"])
-
-
-def scaling_rows(tables: "Tables") -> pd.DataFrame:
-    """The scaling view: per model (by parameter count) the Table 1 means, the random-head median, the
-    paired differences with their CIs, the depth of the top CoRe heads and the share of CoRe-R's
-    nDCG@10 kept at 50% pruning; read from the tables the notebooks wrote before (NaN where absent)."""
-    from .profiles import MODEL_FACTS
-
-    avg, cmp_, ctl, depth, prune = (tables.read(n) for n in ("table1_average", "comparisons_table1", "controls", "depth", "pruning"))
-    if avg is None:
-        raise ValueError("the scaling view reads table1_average: run notebook 03 (Table 1) first")
-    rows = []
-    for _, r in avg.iterrows():
-        m = r["model"]
-        facts = MODEL_FACTS.get(m)
-        row = {"model": m, "parameters": facts.parameters if facts else float(tables.s.parameter_count(m)),
-               "family": facts.family if facts else "", "tuning": facts.tuning if facts else "",
-               "weights": facts.weights if facts else "", "queries": r["queries"],
-               **{k: r[k] for k in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")}}
-        u = ctl[(ctl["model"] == m) & (ctl["control"] == "random (uniform)")] if ctl is not None else ()
-        row["random 8 heads (median)"] = float(u["median"].iloc[0]) if len(u) else float("nan")
-        for other in ("ICR", "QR-R"):
-            c = cmp_[(cmp_["model"] == m) & (cmp_["a"] == "CoRe-R") & (cmp_["b"] == other) & (cmp_["head source"] == "nq")] \
-                if cmp_ is not None else ()
-            row[f"CoRe-R - {other}"] = float(c["difference"].iloc[0]) if len(c) else float("nan")
-            row[f"CoRe-R - {other} ci"] = f"[{c['ci low'].iloc[0]:+.2f}, {c['ci high'].iloc[0]:+.2f}]" if len(c) else ""
-        d = depth[depth["model"] == m] if depth is not None else ()
-        row["top CoRe heads: median relative depth"] = float(d["median relative depth"].iloc[0]) if len(d) else float("nan")
-        pr = prune[(prune["model"] == m) & (prune["method"] == "CoRe-R")] if prune is not None else None
-        kept = pr.set_index("pruned share")["ndcg@10"] if pr is not None and len(pr) else {}
-        row["CoRe-R kept at 50% pruning"] = float(kept[0.5] / kept[0.0]) if 0.5 in kept and 0.0 in kept else float("nan")
-        rows.append(row)
-    return tables.write("scaling", pd.DataFrame(rows).sort_values("parameters"))
 
 
 def sweep_curve(records: list[QueryRecord], order, qrels) -> np.ndarray:
