@@ -80,8 +80,8 @@ PROFILES: dict[str, Profile] = {
                      multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), hours="about 1 h 40 min from a cold cache (measured in parts)"),
     # Issue 11: every judged test query up to 300 per collection (~1,060 per model) for the two
     # smallest models, so that a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection.
-    # Issue 13: qwen 1.5b at 15 per collection and 50 detection queries (measured: ~72 s per calibrated
-    # record of ~3.6k tokens, 7.4x smollm2's, idle, 2 threads; about 3.5 h of forwards in all).
+    # Issue 13: qwen 1.5b at 15 per collection and 50 detection queries (about a minute per calibrated
+    # record of ~3.5k tokens here, timed ad hoc; about 3.5 h of forwards in all).
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"), COLLECTIONS_CPU,
                    top_k=20, words=100, queries=30, detection_samples=100, negatives=19, positions=2, temperature=0.001,
                    multilingual=XQUAD, ablation_models=(DEFAULT_MODEL,),
