@@ -150,7 +150,8 @@ class Study:
 
     def warm(self, models=None, multilingual: bool = True) -> None:
         """Compute and cache every record the notebooks read, one model at a time: detection, then
-        the collections (smallest first), then the multilingual ones. Stop and re-run to resume."""
+        the collections (smallest first), the multilingual ones, the calibrated detection records of
+        the ablation models, and the needle trials. Stop and re-run to resume."""
         for m in models or self.p.models:
             sizes = {c: len(self.candidates(m, c).ranking) for c in self.p.collections}
             steps = [None] + sorted(self.p.collections, key=sizes.get) + (list(self.p.multilingual) if multilingual else [])
@@ -158,6 +159,10 @@ class Study:
                 t0 = time.perf_counter()
                 n = len(self.detection(m) if name is None else self.records(m, name))
                 log.info("%s %s: %d records (%.0f s)", m, name or "detection", n, time.perf_counter() - t0)
+            if m in self.p.models_for_ablations:  # notebook 9's calibrated-detection ablation
+                t0 = time.perf_counter()
+                n = len(self.detection(m, calibrate=True))
+                log.info("%s calibrated detection: %d records (%.0f s)", m, n, time.perf_counter() - t0)
             if self.p.niah_needles:
                 t0 = time.perf_counter()
                 log.info("%s NIAH: %d trials (%.0f s)", m, len(self.niah_trials(m)), time.perf_counter() - t0)

@@ -92,7 +92,7 @@ PROFILES: dict[str, Profile] = {
     # Issue 16: the default model on dense (minilm-l6) candidates at the cpu profile's query sample.
     "cpu-dense": Profile("cpu-dense", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=300,
                          detection_samples=100, negatives=19, positions=2, temperature=0.001, first_stage="dense",
-                         hours="about 1.5 h of forwards: run `make warm PROFILE=cpu-dense` (resumable) first"),
+                         hours="about 3 h of forwards (~1,060 calibrated records at ~10 s): run `make warm PROFILE=cpu-dense` (resumable) first"),
     # For a GPU and the hub. The shipped NQ detection set has 29 negatives per query (the paper: 49).
     # CQADupStack is left out: BEIR averages its 12 forums into one score, which the per-collection
     # average here would not do. MS MARCO is scored on its dev split, as in BEIR.
