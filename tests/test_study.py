@@ -232,3 +232,19 @@ def test_clean_outputs_drops_progress_bars_only(tmp_path):
     assert clean_outputs(path) == 2
     kept = nbformat.read(path, as_version=4).cells[0].outputs
     assert [o.get("text", o.get("data", {}).get("text/plain")) for o in kept] == ["WARNING something real\n", "42"]
+
+
+def test_table1_compares_attention_with_the_first_stage_that_made_its_candidates(tmp_path):
+    bm25 = Study("smoke", out=tmp_path).tables.table1_pairs(("nq", "in-domain"))
+    dense = Study(profile("smoke", first_stage="dense"), out=tmp_path)
+    pairs = dense.tables.table1_pairs(("nq",))
+    assert ("ICR", "BM25", "all") in bm25 and not any("Dense" in p for p in bm25)
+    assert ("CoRe-R", "QR-R", "in-domain") in bm25
+    assert ("ICR", "Dense", "all") in pairs and ("CoRe-R", "Dense", "nq") in pairs and ("ICR", "BM25", "all") not in pairs
+    # the two first stages, each its own top k for the same queries: a query-level paired test
+    rows = [{"model": "m", "first stage": "dense", "collection": c, "query_id": str(q), "method": method,
+             "head source": "", "k": 0, "ndcg@10": v + 0.1 * q}
+            for c in ("x", "y") for q in range(12) for method, v in (("BM25", 0.2), ("Dense", 0.3))]
+    cmp = dense.tables.compare(pd.DataFrame(rows), [p for p in pairs if p[0] == "Dense"])
+    assert list(cmp["claim"]) == ["Dense beats BM25"]
+    assert cmp["difference"].iloc[0] == pytest.approx(10.0) and cmp["verdict"].iloc[0] == "supported"

@@ -21,8 +21,11 @@ SEED = 0
 RULES = f"""\
 **Analysis plan** (fixed in `corelib/study/analysis.py` before the numbers it judges were computed).
 
-- *Claim families.* "CoRe-R beats ICR", "CoRe-R beats QR-R", "CoRe-R beats NIAH-R", "ICR beats BM25" and
-  "CoRe-R beats BM25" (NQ heads; CoRe and QR also with in-domain heads), each per model and pooled. NIAH-R
+- *Claim families.* "CoRe-R beats ICR", "CoRe-R beats QR-R", "CoRe-R beats NIAH-R", "CoRe-R beats Bi-encoder",
+  "ICR beats BM25" and "CoRe-R beats BM25" (NQ heads; CoRe and QR also with in-domain heads), each per model
+  and pooled. With a dense first stage (profile `cpu-dense`; written before any of its numbers existed) the
+  first-stage claims are against the stage whose candidates are re-ranked ("ICR beats Dense", "CoRe-R beats
+  Dense"), and the first stages themselves are compared ("Dense beats BM25", each its own top k). NIAH-R
   (Wu et al.'s retrieval heads, from needle-in-a-haystack decoding) joined this plan before any NIAH number
   existed; a model whose needle trials retrieve no needle has no NIAH-R row and no NIAH test, and the NIAH
   detection table says so with its counts.

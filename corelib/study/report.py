@@ -22,6 +22,9 @@ PAPER = {
     "CoRe-R beats QR-R": "CoRe-R beats QR-R on average; top-8 QR heads do worse than ICR on Quora",
     "CoRe-R beats NIAH-R": "CoRe-R beats NIAH-R (Wu et al.'s retrieval heads) on the BEIR average (Table 1)",
     "ICR beats BM25": "(premise) attention re-ranking improves on the first stage",
+    "ICR beats Dense": "(premise) attention re-ranking improves on the first stage (the paper re-ranks a dense "
+                       "retriever's top 40)",
+    "Dense beats BM25": "(setting, not a claim of the paper) the paper's kind of first stage against BM25",
     "CoRe-R beats Bi-encoder": "(not in the paper) the baseline a practitioner would try first: a small bi-encoder "
                                "(all-MiniLM-L6-v2) re-ranking the same candidates",
     "multilingual: CoRe-R beats ICR": "MLDR table (de, en, es, fr, it, pt): CoRe-R beats ICR on average",

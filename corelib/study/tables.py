@@ -294,6 +294,18 @@ class Tables:
             rows += family
         return pd.DataFrame(rows)
 
+    def table1_pairs(self, sources=("nq",)) -> list[tuple[str, str, str]]:
+        """The Table 1 analog's comparisons (analysis.RULES), as (a, b, head source) for ``compare``:
+        CoRe-R against ICR, QR-R, NIAH-R and the bi-encoder; ICR and CoRe-R against the first stage
+        whose candidates they re-rank (the profile's); with a dense first stage, dense against BM25
+        (each its own top k for the same queries); CoRe-R against ICR and QR-R with every other head source."""
+        first = FIRST_STAGE_METHODS[self.p.first_stage]
+        pairs = [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"), ("CoRe-R", "NIAH-R", "nq"),
+                 ("CoRe-R", "Bi-encoder", "nq"), ("ICR", first, "all"), ("CoRe-R", first, "nq")]
+        if first != "BM25":
+            pairs.append((first, "BM25", ""))
+        return pairs + [(a, b, src) for src in sources if src != "nq" for a, b in (("CoRe-R", "ICR"), ("CoRe-R", "QR-R"))]
+
     def comparisons(self, name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
         """Write comparison rows as the table ``comparisons_<name>`` (the report reads every one)."""
         return self.write(f"comparisons_{name}", pd.concat(frames, ignore_index=True))
