@@ -60,8 +60,9 @@ warm: setup $(NEEDS_LARGE)
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=. notebooks/explorer.ipynb
 
-bench: setup
-	$(BIN)/python -m corelib.study.bench --data "$(DATA)"
+# MODELS="smollm2-135m qwen2.5-coder-1.5b" TOKENS="2000 4000" (optional): other models and lengths than the defaults
+bench: setup $(if $(findstring qwen2.5-coder-1.5b,$(MODELS)),$(LARGE))
+	$(BIN)/python -m corelib.study.bench --data "$(DATA)" $(if $(MODELS),--models $(MODELS)) $(if $(TOKENS),--tokens $(TOKENS)) $(BENCH_ARGS)
 
 # On a CUDA machine: bf16/fp16 extraction against fp32 and its cost (random weights: no model files needed)
 bench-gpu: setup
