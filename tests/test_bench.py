@@ -92,3 +92,11 @@ def test_gpu_check_runs_its_cpu_path():
         assert r["finite"] and r["kendall tau (document scores)"] >= 0.9 and r["verdict"] == "ok"
         assert 0 < r["max attention error"] < 0.05  # bf16 differs from fp32, but not much
         assert r["extraction / plain"] > 0
+
+
+def test_early_exit_without_a_head_ranking_is_a_clear_error(tmp_path, monkeypatch):
+    from corelib.study.bench import deepest_top8
+
+    monkeypatch.setenv("CORELIB_HEADS", str(tmp_path))  # an empty heads directory
+    with pytest.raises(FileNotFoundError, match="early exit .* no core head ranking for qwen2.5-coder-1.5b"):
+        deepest_top8("qwen2.5-coder-1.5b")

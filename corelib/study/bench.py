@@ -67,14 +67,15 @@ def naive_attention_gb(model: str, tokens: int) -> float:
     return cfg.num_hidden_layers * cfg.num_attention_heads * tokens * tokens * 4 / 2**30
 
 
-def deepest_top8(model: str, total: int) -> int:
-    """Layers run to reach the deepest of the model's top-8 CoRe heads (its committed ranking), else all."""
+def deepest_top8(model: str) -> int:
+    """Layers run to reach the deepest of the model's top-8 CoRe heads (its committed ranking). Without
+    a ranking there is no early exit to time: a clear error, not a silent run of every layer."""
     from ..heads import resolve_heads
 
     try:
         return resolve_heads("core:8", model).deepest_layer + 1
-    except FileNotFoundError:
-        return total
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"the early exit (eexit) stops after the deepest top-8 CoRe head, and {err}") from None
 
 
 def _proc_status_mb(field: str) -> float:
@@ -149,7 +150,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
     loaded = {"e50": total // 2, "pruned": layers}.get(config)
     lm = load_model(model, num_layers=loaded)
     ids = torch.tensor([p.input_ids], device=lm.device)
-    layers = (layers or deepest_top8(model, total)) if config == "eexit" else loaded
+    layers = (layers or deepest_top8(model)) if config == "eexit" else loaded
 
     def run():
         with torch.inference_mode():
