@@ -110,22 +110,22 @@ PROFILES: dict[str, Profile] = {
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What differs between the study's models besides size (for the scaling view), from their GGUF metadata."""
+    """What differs between the study's models besides size (for the scaling view), from their GGUF metadata.
+    The size itself is counted from each model's config (``Study.parameter_count``)."""
 
-    parameters: float
     family: str
     tuning: str
     weights: str
 
 
 MODEL_FACTS: dict[str, ModelFacts] = {
-    "smollm2-135m": ModelFacts(135e6, "SmolLM2 (Llama architecture)", "instruct (GGUF finetune tag 8k-lc100k-mix1-ep2)",
+    "smollm2-135m": ModelFacts("SmolLM2 (Llama architecture)", "instruct (GGUF finetune tag 8k-lc100k-mix1-ep2)",
                                "GGUF Q4_1, dequantised to fp32"),
-    "gemma3-270m": ModelFacts(268e6, "Gemma 3 (15 of 18 layers: 512-token sliding window)",
+    "gemma3-270m": ModelFacts("Gemma 3 (15 of 18 layers: 512-token sliding window)",
                               "base (no finetune in its GGUF metadata)", "GGUF Q4_K_M, dequantised to fp32"),
-    "qwen2.5-coder-0.5b": ModelFacts(494e6, "Qwen2.5-Coder", "instruct", "GGUF Q4_K_M converted from an AWQ checkpoint, "
+    "qwen2.5-coder-0.5b": ModelFacts("Qwen2.5-Coder", "instruct", "GGUF Q4_K_M converted from an AWQ checkpoint, "
                                      "dequantised to fp32"),
-    "qwen2.5-coder-1.5b": ModelFacts(1.54e9, "Qwen2.5-Coder", "instruct", "GGUF Q4_K_M, dequantised to fp32"),
+    "qwen2.5-coder-1.5b": ModelFacts("Qwen2.5-Coder", "instruct", "GGUF Q4_K_M, dequantised to fp32"),
 }
 
 

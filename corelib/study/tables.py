@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import random
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -603,7 +604,7 @@ class Tables:
         """The scaling view: per model (by parameter count) the Table 1 means, the random-head median, the
         paired differences with their CIs, the depth of the top CoRe heads and the share of CoRe-R's
         nDCG@10 kept at 50% pruning; read from the tables the notebooks wrote before (NaN where absent)."""
-        from .profiles import MODEL_FACTS
+        from .profiles import MODEL_FACTS, ModelFacts
 
         avg, cmp_, ctl, depth, prune = (self.read(n) for n in ("table1_average", "comparisons_table1", "controls", "depth", "pruning"))
         if avg is None:
@@ -611,10 +612,8 @@ class Tables:
         rows = []
         for _, r in avg.iterrows():
             m = r["model"]
-            facts = MODEL_FACTS.get(m)
-            row = {"model": m, "parameters": facts.parameters if facts else float(self.s.parameter_count(m)),
-                   "family": facts.family if facts else "", "tuning": facts.tuning if facts else "",
-                   "weights": facts.weights if facts else "", "queries": r["queries"],
+            facts = MODEL_FACTS.get(m, ModelFacts("", "", ""))  # a model outside the built-ins: its size only
+            row = {"model": m, "parameters": float(self.s.parameter_count(m)), **asdict(facts), "queries": r["queries"],
                    **{k: r[k] for k in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")}}
             u = ctl[(ctl["model"] == m) & (ctl["control"] == "random (uniform)")] if ctl is not None else ()
             row["random 8 heads (median)"] = float(u["median"].iloc[0]) if len(u) else float("nan")
