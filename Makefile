@@ -64,9 +64,12 @@ lab: setup
 bench: setup $(if $(findstring qwen2.5-coder-1.5b,$(MODELS)),$(LARGE))
 	$(BIN)/python -m corelib.study.bench --data "$(DATA)" $(if $(MODELS),--models $(MODELS)) $(if $(TOKENS),--tokens $(TOKENS)) $(BENCH_ARGS)
 
-# On a CUDA machine: bf16/fp16 extraction against fp32 and its cost (random weights: no model files needed)
+# On a CUDA machine: bf16/fp16 extraction against fp32 on CUDA and on the CPU, and its cost (random weights:
+# no model files needed), at two prompt lengths; then half precision against fp32 on real weights and prompts
 bench-gpu: setup
-	$(BIN)/python -m corelib.study.gpu_check --out results/gpu_check.json
+	$(BIN)/python -m corelib.study.gpu_check --tokens 2000 --out results/gpu_check/gpu_check_2k.json
+	$(BIN)/python -m corelib.study.gpu_check --models smollm2-135m-shape --tokens 8000 --out results/gpu_check/gpu_check_8k.json
+	$(BIN)/python -m corelib.study.gpu_check --real smollm2-135m --device cuda --data "$(DATA)" --out results/gpu_check/precision_cuda.json
 
 clean:
 	rm -rf $(VENV) results/smoke figures/smoke .pytest_cache

