@@ -114,3 +114,15 @@ def test_gpu_check_takes_a_saved_tokenizer_and_names_bad_input(tmp_path):
         check(["tiny-phi"], repeats=1, device="cpu", tokenizer=str(tmp_path))
     (row,) = check(["tiny-qwen2"], repeats=1, device="cpu", tokenizer=str(tmp_path))
     assert row["compared with"] == "float32 on cpu" and row["verdict"] == "ok" and row["tokens"] > 300
+
+
+def test_precision_check_compares_half_precision_with_fp32_on_real_weights(shared_data):
+    from corelib.study.gpu_check import precision_check
+
+    rows = precision_check("smollm2-135m", "scifact", queries=2, candidates=4, words=20, device="cpu",
+                           data=str(shared_data))
+    assert [(r["scorer"], r["dtype"]) for r in rows] == [("ICR", "bfloat16"), ("core:8", "bfloat16")]
+    for r in rows:
+        assert r["queries"] == 2 and 0 <= r["ndcg@10 float32"] <= 1 and 0 <= r["ndcg@10 bfloat16"] <= 1
+        # bf16 rounds the forward; on real weights the orders stay close to fp32
+        assert 0 <= r["largest per-query ndcg@10 change"] <= 0.5 and -1 <= r["lowest kendall tau"] <= r["mean kendall tau"] <= 1

@@ -116,6 +116,11 @@ def _tokenizer(path: str | None):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _emit(rows: list, row: dict) -> None:
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
 def _peak_mib(fn) -> float:
     """Peak CUDA memory allocated while ``fn`` runs, above what was allocated before it."""
     torch.cuda.synchronize()
@@ -178,8 +183,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
             else:
                 row["verdict"] = "timing only" if row["finite"] else "FAILED"
             if where != device:  # the CPU reference run: parity only, its timing is not the device's
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                _emit(rows, row)
                 continue
             ids = torch.tensor([prompt.input_ids], device=device)
             half_layers = max(1, config.num_hidden_layers // 2)
@@ -195,8 +199,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
                     m_plain = _peak_mib(lambda: lm.backbone(input_ids=ids, use_cache=False))
                     m_b = _peak_mib(lambda: head_token_scores(lm, prompt.input_ids, prompt.query_span))
                 row.update({"plain forward peak MiB": m_plain, "extraction peak MiB": m_b})
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            _emit(rows, row)
             del lm
             if cuda:
                 torch.cuda.empty_cache()
@@ -246,11 +249,7 @@ def precision_check(model: str = "smollm2-135m", collection: str = "scifact", qu
                    "ndcg@10 float32": float(n_ref.mean()), f"ndcg@10 {dtype}": float(n_run.mean()),
                    "largest per-query ndcg@10 change": float((n_run - n_ref).abs().max()),
                    "mean kendall tau": sum(taus) / len(taus), "lowest kendall tau": min(taus)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            del lm
-            if cuda:
-                torch.cuda.empty_cache()
+            _emit(rows, row)
     return rows
 
 
