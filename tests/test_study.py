@@ -248,3 +248,20 @@ def test_table1_compares_attention_with_the_first_stage_that_made_its_candidates
     cmp = dense.tables.compare(pd.DataFrame(rows), [p for p in pairs if p[0] == "Dense"])
     assert list(cmp["claim"]) == ["Dense beats BM25"]
     assert cmp["difference"].iloc[0] == pytest.approx(10.0) and cmp["verdict"].iloc[0] == "supported"
+
+
+def test_a_profile_without_multilingual_sets_skips_their_notebook_and_never_substitutes_others(shared_data, capsys, tmp_path):
+    """cpu-dense has no multilingual collections: notebook 08 is skipped (it once re-scored the English
+    collections under "multilingual:" claims, because an empty list fell back to the profile's collections)."""
+    from corelib.study import Study, profile
+    from corelib.study.__main__ import main
+
+    assert profile("cpu-dense").skipped_notebooks() == {"08_table2_multilingual": "profile cpu-dense has no multilingual collections"}
+    assert profile("quick").skipped_notebooks() == {}
+    assert main(["notebooks", "--profile", "cpu-dense", "notebooks/07_fig3_layer_pruning.ipynb",
+                 "notebooks/08_table2_multilingual.ipynb"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["notebooks/07_fig3_layer_pruning.ipynb"] and "skip notebooks/08_table2_multilingual.ipynb" in err
+    S = Study("cpu-dense", data=shared_data, out=tmp_path)
+    with pytest.raises(ValueError, match="no collections to evaluate for 'per_query_multilingual' in profile cpu-dense"):
+        S.tables.per_query(S.p.multilingual, name="per_query_multilingual")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def clean_outputs(path) -> int:
@@ -43,9 +44,23 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
     p.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
     p.add_argument("--no-multilingual", action="store_true")
+    n = sub.add_parser("notebooks", help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
+    n.add_argument("--profile", default="quick")
+    n.add_argument("paths", nargs="+")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "notebooks":
+        from .profiles import profile
+
+        skipped = profile(args.profile).skipped_notebooks()
+        for path in args.paths:
+            why = skipped.get(Path(path).stem)
+            if why:
+                print(f"== skip {path}: {why}", file=sys.stderr)
+            else:
+                print(path)
+        return 0
     if args.command == "clean-outputs":
         for path in args.notebooks:
             clean_outputs(path)

@@ -43,7 +43,7 @@ class Profile:
 
     @property
     def models_for_ablations(self) -> tuple[str, ...]:
-        return self.ablation_models or self.models
+        return self.models if self.ablation_models is None else self.ablation_models
 
     def queries_for(self, model: str, collection: str | None = None) -> int | None:
         """Sampled queries per collection for a model (the multilingual sets have their own sizes)."""
@@ -53,6 +53,13 @@ class Profile:
     def detection_for(self, model: str | None) -> int:
         """NQ detection queries for a model (a larger model may use fewer)."""
         return dict(self.detection_by_model).get(model, self.detection_samples)
+
+    def skipped_notebooks(self) -> dict[str, str]:
+        """Notebooks (by file stem) that do not apply to this profile, with the reason ``make reproduce`` prints."""
+        skipped = {}
+        if not self.multilingual:
+            skipped["08_table2_multilingual"] = f"profile {self.name} has no multilingual collections"
+        return skipped
 
     def sizes(self, model: str | None = None) -> str:
         q = self.queries_for(model) if model else self.queries

@@ -228,7 +228,10 @@ class Tables:
                   sources=("nq",), write: bool = True, name: str = "per_query") -> pd.DataFrame:
         """nDCG@10 of every query, method and head source (the long table all comparisons read)."""
         k = k or self.p.num_heads
-        collections = list(collections or self.p.collections)
+        collections = list(self.p.collections if collections is None else collections)
+        if not collections:  # an empty list is not "the profile's collections": profile cpu-dense has no multilingual sets
+            raise ValueError(f"no collections to evaluate for {name!r} in profile {self.p.name}: pass None for the "
+                             "profile's collections, or use a profile that has this kind of collection")
         rows = []
         for m in self.p.models:
             for c in collections:
