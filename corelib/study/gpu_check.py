@@ -156,9 +156,10 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
         if (models and name not in models) or (not models and name in LARGE):
             continue
         prompt = na = None
+        length = tokens if not name.startswith("tiny") else 400
         if reference:
             ref = _model(name, config, tokenizer, torch.float32, device)
-            prompt, na = _prompt(tokenizer, ref, tokens if not name.startswith("tiny") else 400)
+            prompt, na = _prompt(tokenizer, ref, length)
             with torch.inference_mode():
                 att32, doc32 = (t.cpu() for t in _doc_scores(ref, prompt, na))
             del ref
@@ -169,7 +170,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
                 continue
             lm = _model(name, config, tokenizer, dtype, where)
             if prompt is None:
-                prompt, na = _prompt(tokenizer, lm, tokens if not name.startswith("tiny") else 400)
+                prompt, na = _prompt(tokenizer, lm, length)
             with torch.inference_mode():
                 att, doc = (t.float().cpu() for t in _doc_scores(lm, prompt, na))
             row = {"model": name, "dtype": str(dtype).removeprefix("torch."), "device": where,
@@ -227,22 +228,22 @@ def precision_check(model: str = "smollm2-135m", collection: str = "scifact", qu
 
     from ..data import first_stage, load_collection, sample_queries
     from ..evaluate import per_query
+    from ..heads import resolve_heads
     from ..models import load_model
     from ..rerank import Reranker
     from ..scoring import doc_scores
 
+    head_set = resolve_heads(heads, model)  # before any forward: a missing ranking is a clear error at once
     col = load_collection(collection, data)
     qids = sample_queries(col, queries)
     cand = first_stage(col, candidates, qids)
     scored = {}
     for dtype in ("float32", *dtypes):
         lm = load_model(model, dtype=dtype, device=device)
-        rr = Reranker(lm, "all", words=words)
-        hs = rr._resolve_heads(heads, None)
-        recs = rr.records(col, cand, qids)
+        recs = Reranker(lm, "all", words=words).records(col, cand, qids)  # one record per query scores both
         scored[dtype] = {name: {r.query_id: dict(zip(r.doc_ids, doc_scores(r, h).tolist())) for r in recs}
-                         for name, h in (("ICR", None), (heads, hs.heads))}
-        del lm, rr
+                         for name, h in (("ICR", None), (heads, head_set.heads))}
+        del lm
     rows = []
     for dtype in dtypes:
         for name in ("ICR", heads):
@@ -250,7 +251,7 @@ def precision_check(model: str = "smollm2-135m", collection: str = "scifact", qu
             n_ref, n_run = per_query(ref, col.qrels), per_query(run, col.qrels)
             taus = [kendalltau([ref[q][d] for d in ref[q]], [run[q][d] for d in ref[q]]).statistic for q in ref]
             row = {"model": model, "collection": collection, "queries": len(qids), "candidates": candidates, "words": words,
-                   "scorer": name, "dtype": dtype, "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                   "scorer": name, "dtype": dtype, "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
                    "ndcg@10 float32": float(n_ref.mean()), f"ndcg@10 {dtype}": float(n_run.mean()),
                    "largest per-query ndcg@10 change": float((n_run - n_ref).abs().max()),
                    "mean kendall tau": sum(taus) / len(taus), "lowest kendall tau": min(taus)}
@@ -281,8 +282,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None)
     args = ap.parse_args(argv)
     if args.real:
-        rows = precision_check(args.real, args.collection, args.queries, device=args.device, data=args.data,
-                               dtypes=("bfloat16", "float16") if (args.device or "").startswith("cuda") else ("bfloat16",))
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        rows = precision_check(args.real, args.collection, args.queries, device=device, data=args.data,
+                               dtypes=("bfloat16", "float16") if device.startswith("cuda") else ("bfloat16",))
     else:
         rows = check(args.models, args.tokens, args.repeats, args.device, args.tokenizer, not args.no_reference)
     if args.out:
