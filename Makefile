@@ -11,7 +11,7 @@ export CORELIB_DATA := $(DATA)
 # Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.
 export JUPYTER_DATA_DIR := $(abspath $(VENV))/share/jupyter
 
-.PHONY: setup test reproduce warm lab bench bench-gpu models-large clean
+.PHONY: setup test reproduce warm pending lab bench bench-gpu models-large clean
 
 setup: $(VENV)/.setup-done
 
@@ -55,6 +55,10 @@ NEEDS_LARGE = $(if $(findstring qwen2.5-coder-1.5b,$(if $(MODEL),$(MODEL),$(PROF
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
 warm: setup $(NEEDS_LARGE)
 	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
+
+# What `make warm` has left per model and step (reads file names only; loads no model)
+pending: setup
+	$(BIN)/python -m corelib.study pending --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
 # JupyterLab rooted at the project: notebooks/ (runnable, and the explorer) and results/<profile>/ (executed)
 lab: setup

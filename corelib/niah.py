@@ -31,7 +31,7 @@ from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
 from .models import LoadedModel, ModelSpec, cache_root
 from .prompts import PromptError, _overlapping
-from .records import content_digest, progress_bar, save_tensors
+from .records import CacheStatus, content_digest, progress_bar, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,20 @@ class TrialStore:
             log.warning("%s is unreadable (%s): recomputing it", path, err)
             return None
 
+    def holds(self, model_id: str, fields: dict) -> bool:
+        """Whether the trial's file exists (nothing is read; ``get`` checks it)."""
+        return self.path(model_id, fields).is_file()
+
+    def seconds(self, model_id: str, fields: dict) -> float | None:
+        """The stored trial's wall time, from its file's header (None where unknown)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path(model_id, fields)), framework="pt") as f:
+                return float(json.loads((f.metadata() or {})["result"])["seconds"])
+        except Exception:
+            return None
+
     def put(self, model_id: str, fields: dict, result: TrialResult) -> TrialResult:
         info = {"answer": result.answer, "recall": result.recall, "steps": result.steps,
                 "prompt_tokens": result.prompt_tokens, "seconds": result.seconds}
@@ -238,12 +252,31 @@ class TrialStore:
         return result
 
 
+def decode_budget(trial: NeedleTrial, max_new_tokens: int | None = None) -> int:
+    """Tokens a trial may decode: ``max_new_tokens``, else twice the needle's words plus 16 (room for
+    its tokens and a short preamble, counted without a tokenizer)."""
+    return max_new_tokens if max_new_tokens is not None else len(words(trial.needle.text)) * 2 + 16
+
+
+def trial_status(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], haystack: str, *,
+                 max_new_tokens: int | None = None, store: TrialStore, timings: int = 10) -> CacheStatus:
+    """The trials ``store`` lacks, looked up as ``run_trials`` would, with the wall time of up to
+    ``timings`` cached ones (nothing is loaded or decoded)."""
+    missing, seconds = [], []
+    for t in trials:
+        fields = trial_fields(model.fingerprint, model.dtype, t, haystack, decode_budget(t, max_new_tokens))
+        if not store.holds(model.model_id, fields):
+            missing.append(t)
+        elif len(seconds) < timings and (s := store.seconds(model.model_id, fields)) is not None:
+            seconds.append(s)
+    return CacheStatus(len(trials), missing, seconds)
+
+
 def run_trials(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], haystack: str, *,
                max_new_tokens: int | None = None, lm_head: torch.Tensor | None = None,
                store: TrialStore | None = None, progress: str | None = None) -> list[TrialResult]:
     """Every trial's result, from ``store`` when it holds it, else decoded (and stored). A ModelSpec is
-    loaded, with its LM head, only when a trial is missing. ``max_new_tokens`` defaults to twice
-    the needle's words plus 16 (room for its tokens and a short preamble)."""
+    loaded, with its LM head, only when a trial is missing. ``max_new_tokens``: see ``decode_budget``."""
     from .models import output_embeddings
 
     spec = model if isinstance(model, ModelSpec) else None
@@ -257,15 +290,10 @@ def run_trials(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], ha
                 spec.name if spec is not None else model.model_id, state["lm"], getattr(spec, "revision", None))
         return state["lm"], state["head"]
 
-    def budget(trial: NeedleTrial) -> int:
-        if max_new_tokens is not None:
-            return max_new_tokens
-        return len(words(trial.needle.text)) * 2 + 16  # room for the needle's tokens, without a tokenizer
-
     out: list[TrialResult | None] = []
     missing = []
     for i, trial in enumerate(trials):
-        fields = trial_fields(fingerprint, dtype, trial, haystack, budget(trial))
+        fields = trial_fields(fingerprint, dtype, trial, haystack, decode_budget(trial, max_new_tokens))
         found = store.get(model_id, fields) if store is not None else None
         out.append(found)
         if found is None:

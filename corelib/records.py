@@ -234,11 +234,13 @@ class RecordStore:
             log.warning("%s is unreadable (%s): recomputing it", path, err)
             return None
 
-    def write(self, path: Path, record: QueryRecord, fields: dict) -> None:
+    def write(self, path: Path, record: QueryRecord, fields: dict, seconds: float | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._sweep(path.parent)
         tensors = {name: getattr(record, name) for name in _TENSORS if getattr(record, name) is not None}
         meta = {"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "num_tokens": str(record.num_tokens)}
+        if seconds is not None:  # what computing it took (for `pending`'s estimate; not part of the record)
+            meta["seconds"] = f"{seconds:.3f}"
         save_tensors(path, tensors, meta)
 
     def _sweep(self, directory: Path, older_than_s: float = 3600) -> None:
@@ -265,9 +267,19 @@ class RecordStore:
             self._remember(key, record)
         return record
 
-    def put(self, model_id: str, fields: dict, record: QueryRecord) -> QueryRecord:
+    def holds(self, model_id: str, fields: dict) -> bool:
+        """Whether a record for ``fields`` is in memory or on disk (by name only: nothing is read, and a
+        damaged file still counts; ``get`` finds and recomputes it)."""
         key = record_key(fields)
-        self.write(self.path(model_id, fields["group"], key), record, fields)
+        return key in self._memory or self.path(model_id, fields["group"], key).is_file()
+
+    def seconds(self, model_id: str, fields: dict) -> float | None:
+        """Seconds that computing the stored record took, from its file's header (None where unknown)."""
+        return header_seconds(self.path(model_id, fields["group"], record_key(fields)))
+
+    def put(self, model_id: str, fields: dict, record: QueryRecord, seconds: float | None = None) -> QueryRecord:
+        key = record_key(fields)
+        self.write(self.path(model_id, fields["group"], key), record, fields, seconds)
         self._remember(key, record)
         return record
 
@@ -332,5 +344,68 @@ def get_records(
         if found is None:
             missing.append((i, fields))
     for i, fields in progress_bar(missing, progress):
-        out[i] = store.put(model_id, fields, compute(requests[i]))
+        t0 = time.perf_counter()
+        record = compute(requests[i])
+        out[i] = store.put(model_id, fields, record, seconds=time.perf_counter() - t0)
     return out
+
+
+def header_seconds(path: Path) -> float | None:
+    """The ``seconds`` entry of a safetensors file's metadata (its header only is read), else None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get("seconds")
+        return None if value is None else float(value)
+    except Exception:  # absent, torn or foreign: no timing to report
+        return None
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    """What a cache holds of a list of requests: the missing ones, and how long computing some of the
+    cached ones took (seconds, where their files say)."""
+
+    needed: int
+    missing: list
+    seconds: list[float]
+
+    @property
+    def median_s(self) -> float | None:
+        """The median of ``seconds`` (None: no timings)."""
+        return sorted(self.seconds)[len(self.seconds) // 2] if self.seconds else None
+
+    @property
+    def estimate_s(self) -> float | None:
+        """Seconds to compute the missing ones at the median time of the cached ones (None: no timings)."""
+        if not self.missing:
+            return 0.0
+        return None if self.median_s is None else len(self.missing) * self.median_s
+
+
+def record_status(
+    model: LoadedModel | ModelSpec,
+    requests: Iterable[RecordRequest],
+    *,
+    calibrate: bool = True,
+    num_layers: int | None = None,
+    store: RecordStore,
+    timings: int = 10,
+) -> CacheStatus:
+    """Which requests' records ``store`` lacks, looked up as ``get_records`` would (an all-layer record
+    serves a request for fewer layers), with the compute seconds of up to ``timings`` of the cached
+    ones. Nothing is loaded or computed; only file names and a few headers are read."""
+    model_id, fingerprint, dtype, total, _ = _identity(model)
+    layers = total if num_layers is None else num_layers
+    requests = list(requests)
+    missing, seconds = [], []
+    for r in requests:
+        fields = record_fields(fingerprint, dtype, layers, calibrate, r)
+        if not store.holds(model_id, fields) and layers < total and store.holds(model_id, {**fields, "layers": total}):
+            fields = {**fields, "layers": total}
+        if not store.holds(model_id, fields):
+            missing.append(r)
+        elif len(seconds) < timings and (s := store.seconds(model_id, fields)) is not None:
+            seconds.append(s)
+    return CacheStatus(len(requests), missing, seconds)

@@ -12,7 +12,7 @@ from .data import Candidates, Collection, DetectionSample
 from .heads import HeadSet, HeadSpec, resolve_heads
 from .models import LoadedModel, ModelSpec
 from .prompts import Document, PromptError, document_text, prompt_order
-from .records import QueryRecord, RecordRequest, RecordStore, get_records
+from .records import CacheStatus, QueryRecord, RecordRequest, RecordStore, get_records, record_status
 from .scoring import doc_scores
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,9 @@ class Reranker:
         order = sorted(zip(record.doc_ids, scores.tolist()), key=lambda x: -x[1])
         return [RankedDoc(d, s, i) for i, (d, s) in enumerate(order, 1)]
 
-    def records(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> list[QueryRecord]:
+    def collection_requests(self, collection: Collection, candidates: Candidates,
+                            query_ids: Iterable[str] | None = None) -> list[RecordRequest]:
+        """One record request per query (default: every query of ``candidates``)."""
         qids = list(query_ids) if query_ids is not None else list(candidates.ranking)
         requests = []
         for q in qids:
@@ -137,7 +139,17 @@ class Reranker:
             if not docs:
                 raise PromptError(f"query {q} of {collection.name} has no candidates in {candidates.source}")
             requests.append(self.requests(collection.queries[q], docs, query_id=q, group=collection.name))
+        return requests
+
+    def records(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> list[QueryRecord]:
+        requests = self.collection_requests(collection, candidates, query_ids)
         return self._records(requests, progress=f"{self.model.model_id} {collection.name}")
+
+    def status(self, requests: Sequence[RecordRequest]) -> CacheStatus:
+        """Which of the requests' records this re-ranker's store lacks (``records.record_status``)."""
+        if self.store is None:
+            raise ValueError("this re-ranker has no record store: pass store=RecordStore() to look up cached records")
+        return record_status(self.model, requests, calibrate=self.calibrate, num_layers=self.num_layers, store=self.store)
 
     def rerank(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
         """A run (qid -> doc -> score) re-ranking each query's candidates."""

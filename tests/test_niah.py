@@ -3,7 +3,7 @@ import torch
 
 from corelib.attention import new_cache, prefill, step_attention
 from corelib.niah import (NEEDLES, Needle, NeedleTrial, NiahError, TrialResult, TrialStore, build_niah_prompt,
-                          copy_hits, niah_scores, rouge1_recall, run_trial, run_trials, trial_grid)
+                          copy_hits, niah_scores, rouge1_recall, run_trial, run_trials, trial_grid, trial_status)
 from tiny_models import CONFIGS, tiny_model
 
 HAYSTACK = " ".join(f"Sentence number {i} says that libraries index documents by subject." for i in range(400))
@@ -84,7 +84,12 @@ def test_trials_run_and_are_cached(tokenizer, tmp_path):
     head = torch.randn(len(tokenizer), 64)
     trials = trial_grid(NEEDLES[:1], [120], [0.0, 1.0])
     store = TrialStore(tmp_path)
+    before = trial_status(lm, trials, HAYSTACK, store=store, max_new_tokens=6)
+    assert before.missing == trials and before.estimate_s is None  # nothing cached, nothing timed
     first = run_trials(lm, trials, HAYSTACK, lm_head=head, store=store, max_new_tokens=6)
+    after = trial_status(lm, trials, HAYSTACK, store=store, max_new_tokens=6)
+    assert after.missing == [] and sorted(after.seconds) == sorted(r.seconds for r in first) and after.estimate_s == 0
+    assert len(trial_status(lm, trials, HAYSTACK, store=store).missing) == 2  # another decode budget: other trials
     assert [r.steps for r in first] == [6, 6] and first[0].hits.shape == (4, 4)
     assert all(0.0 < float(r.needle_mass.sum()) for r in first)
     again = run_trials(lm, trials, HAYSTACK, lm_head=torch.zeros(1), store=store, max_new_tokens=6)  # no decoding

@@ -163,6 +163,11 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
         S.use_model("tiny-llama", lm)
         return S
 
+    steps = ["NQ detection", "scifact", "xquad-r/de", "calibrated NQ detection"]
+    before = study().pending()
+    assert list(before.step) == steps and list(before.needed) == [4, 2, 2, 4] and list(before.missing) == [4, 2, 2, 4]
+    assert before["estimate (h)"].isna().all()  # nothing cached, so nothing timed
+    assert calls == []  # pending runs no forward
     study().warm()
     # detection: 2 queries x 2 positions, one forward each; each collection: 2 calibrated records,
     # one packed forward each (the shared document prefix, then the query and the N/A suffixes);
@@ -172,6 +177,25 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
     calls.clear()
     study().warm()  # a second run (or a resumed one) reads everything from the cache
     assert calls == []
+    after = study().pending()
+    assert list(after.missing) == [0, 0, 0, 0] and list(after.cached) == [4, 2, 2, 4] and (after["s each (median)"] > 0).all()
+    # one lost record: pending names its step and estimates it at the step's median time
+    next((tmp_path / "records").rglob("scifact/*.safetensors")).unlink()
+    gap = study().pending().set_index("step").loc["scifact"]
+    assert gap.missing == 1 and gap["estimate (h)"] == pytest.approx(gap["s each (median)"] / 3600)
+    assert calls == []
+
+
+def test_pending_command_lists_every_warm_step_without_loading_a_model(shared_data, capsys, monkeypatch):
+    from corelib.models import ModelSpec
+    from corelib.study.__main__ import main
+
+    monkeypatch.setattr(ModelSpec, "load", lambda self: pytest.fail("pending loaded a model"))
+    assert main(["pending", "--profile", "smoke", "--data", str(shared_data)]) == 0
+    out = capsys.readouterr().out
+    for step in ("NQ detection", "scifact", "cranfield", "xquad-r/de", "calibrated NQ detection", "needle trials"):
+        assert f"smollm2-135m {step:>23}" in out
+    assert "profile smoke: smollm2-135m " in out and "missing" in out
 
 
 def test_warm_command_names_a_model_outside_the_profile(capsys):

@@ -1,4 +1,5 @@
-"""``python -m corelib.study warm``: compute and cache a profile's records (resumable, one model at a time).
+"""``python -m corelib.study warm``: compute and cache a profile's records (resumable, one model at a time);
+``python -m corelib.study pending``: what is left to compute (from file names; loads no model).
 
 With accelerate, ``accelerate launch -m corelib.study warm ...`` shards the records over processes
 (or GPUs): each process computes its share, all write to the one record store.
@@ -44,6 +45,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
     p.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
     p.add_argument("--no-multilingual", action="store_true")
+    q = sub.add_parser("pending", help="what `warm` has left: records needed, cached and missing per model and step")
+    q.add_argument("--profile", default="quick")
+    q.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
+    q.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
+    q.add_argument("--no-multilingual", action="store_true")
     n = sub.add_parser("notebooks", help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
     n.add_argument("--profile", default="quick")
     n.add_argument("paths", nargs="+")
@@ -76,7 +82,18 @@ def main(argv=None) -> int:
             S.warm(multilingual=not args.no_multilingual)
         print(f"records of profile {S.p.name} cached for {', '.join(S.p.models)}" + (f" ({part})" if part else ""))
 
-    return run_command(warm)
+    def pending():
+        S = Study(args.profile, data=args.data, models=args.model)
+        table = S.pending(multilingual=not args.no_multilingual)
+        print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
+        left = table.groupby("model", sort=False).agg(missing=("missing", "sum"), hours=("estimate (h)", "sum"))
+        timed = table.groupby("model", sort=False)["estimate (h)"].apply(lambda e: e.notna().all())
+        print(f"profile {S.p.name}: " + "; ".join(
+            f"{m} {int(r.missing)} missing" + (f" (~{r.hours:.1f} h)" if r.missing and timed[m] else "") for m, r in left.iterrows())
+            + ("; estimates from the median time of each step's cached records (a step with none cached: -)"
+               if left.missing.sum() else ": every record is cached"))
+
+    return run_command(warm if args.command == "warm" else pending)
 
 
 if __name__ == "__main__":

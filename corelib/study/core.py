@@ -18,9 +18,10 @@ from pathlib import Path
 from ..data import Candidates, Collection, first_stage, load_collection, load_detection, sample_queries
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..models import LoadedModel, ModelSpec, model_spec
-from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
-from ..records import QueryRecord, RecordStore
-from ..rerank import Reranker, detection_records
+from ..niah import (NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores,
+                    run_trials, trial_grid, trial_status)
+from ..records import CacheStatus, QueryRecord, RecordStore, record_status
+from ..rerank import Reranker, detection_records, detection_requests
 from .profiles import Profile, profile
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ HEAD_SOURCES = {
 }
 POSITION_MATCHED_NEGATIVES = 4
 NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
+# warm's record steps besides the collections (whose steps are their names)
+DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS = "NQ detection", "calibrated NQ detection", "needle trials"
 DETECTED = {"QR-R": "qr", "CoRe-R": "core"}  # methods whose heads are detected on a source (NQ or in-domain)
 
 
@@ -137,35 +140,82 @@ class Study:
     def records(self, model: str, collection: str, calibrate: bool = True) -> list[QueryRecord]:
         """All-head records of the profile's query sample of a collection (cached)."""
         cand = self.candidates(model, collection)
-        rr = Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store)
-        return rr.records(self.collection(collection), cand, self._share(list(cand.ranking)))
+        return self._reranker(model, calibrate).records(self.collection(collection), cand, self._share(list(cand.ranking)))
+
+    def _reranker(self, model: str, calibrate: bool = True) -> Reranker:
+        return Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store)
 
     def _share(self, items: list) -> list:
         return items if self.shard is None else items[self.shard[0]:: self.shard[1]]
 
+    def _detection_samples(self, model: str):
+        return load_detection(self.data, self.p.detection_for(model), self.p.negatives, self.p.positions,
+                              words=self.p.words, seed=self.p.seed)
+
     def detection(self, model: str, calibrate: bool = False) -> list[QueryRecord]:
-        samples = load_detection(self.data, self.p.detection_for(model), self.p.negatives, self.p.positions,
-                                 words=self.p.words, seed=self.p.seed)
-        return detection_records(self.spec(model), self._share(samples), calibrate=calibrate, store=self.store)
+        return detection_records(self.spec(model), self._share(self._detection_samples(model)), calibrate=calibrate,
+                                 store=self.store)
+
+    # ------------------------------------------------------------------ warm: the record steps
+    def warm_steps(self, model: str, multilingual: bool = True) -> list[str]:
+        """A model's record steps in the order ``warm`` runs them: NQ detection, the collections
+        (smallest first), the multilingual ones, the calibrated detection records of the ablation
+        models (notebook 9), and the needle trials."""
+        sizes = {c: len(self.candidates(model, c).ranking) for c in self.p.collections}
+        steps = [DETECTION, *sorted(self.p.collections, key=sizes.get), *(self.p.multilingual if multilingual else ())]
+        if model in self.p.models_for_ablations:
+            steps.append(CALIBRATED_DETECTION)
+        if self.p.niah_needles:
+            steps.append(NIAH_TRIALS)
+        return steps
+
+    def run_step(self, model: str, step: str) -> int:
+        """Read, or compute and cache, a step's records (or needle trials); returns how many it has."""
+        if step == NIAH_TRIALS:
+            return len(self.niah_trials(model))
+        if step in (DETECTION, CALIBRATED_DETECTION):
+            return len(self.detection(model, calibrate=step == CALIBRATED_DETECTION))
+        return len(self.records(model, step))
+
+    def step_status(self, model: str, step: str) -> CacheStatus:
+        """What the cache holds of a step's records (or trials): from file names and a few file headers;
+        nothing is loaded or computed."""
+        spec = self.spec(model)
+        if step == NIAH_TRIALS:
+            haystack = collection_haystack(self.collection(self.p.niah_haystack))
+            return trial_status(spec, self.niah_grid(), haystack, store=TrialStore(self.store.root))
+        if step in (DETECTION, CALIBRATED_DETECTION):
+            requests = detection_requests(self._detection_samples(model))
+            return record_status(spec, requests, calibrate=step == CALIBRATED_DETECTION, store=self.store)
+        rr = self._reranker(model)
+        return rr.status(rr.collection_requests(self.collection(step), self.candidates(model, step)))
 
     def warm(self, models=None, multilingual: bool = True) -> None:
-        """Compute and cache every record the notebooks read, one model at a time: detection, then
-        the collections (smallest first), the multilingual ones, the calibrated detection records of
-        the ablation models, and the needle trials. Stop and re-run to resume."""
+        """Compute and cache every record the notebooks read, one model at a time, step by step
+        (``warm_steps``). Stop and re-run to resume."""
         for m in models or self.p.models:
-            sizes = {c: len(self.candidates(m, c).ranking) for c in self.p.collections}
-            steps = [None] + sorted(self.p.collections, key=sizes.get) + (list(self.p.multilingual) if multilingual else [])
-            for name in steps:
+            for step in self.warm_steps(m, multilingual):
                 t0 = time.perf_counter()
-                n = len(self.detection(m) if name is None else self.records(m, name))
-                log.info("%s %s: %d records (%.0f s)", m, name or "detection", n, time.perf_counter() - t0)
-            if m in self.p.models_for_ablations:  # notebook 9's calibrated-detection ablation
-                t0 = time.perf_counter()
-                n = len(self.detection(m, calibrate=True))
-                log.info("%s calibrated detection: %d records (%.0f s)", m, n, time.perf_counter() - t0)
-            if self.p.niah_needles:
-                t0 = time.perf_counter()
-                log.info("%s NIAH: %d trials (%.0f s)", m, len(self.niah_trials(m)), time.perf_counter() - t0)
+                n = self.run_step(m, step)
+                log.info("%s %s: %d %s (%.0f s)", m, step, n, "trials" if step == NIAH_TRIALS else "records",
+                         time.perf_counter() - t0)
+
+    def pending(self, models=None, multilingual: bool = True):
+        """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing,
+        and an estimate of the time left at the median time of the step's cached records (where their
+        files recorded it; records written before that was stored have none). A damaged file counts as
+        cached until it is read."""
+        import pandas as pd
+
+        rows = []
+        for m in models or self.p.models:
+            for step in self.warm_steps(m, multilingual):
+                st = self.step_status(m, step)
+                nan = float("nan")
+                rows.append({"model": m, "step": step, "needed": st.needed, "cached": st.needed - len(st.missing),
+                             "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
+                             "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
+        return pd.DataFrame(rows, columns=["model", "step", "needed", "cached", "missing", "s each (median)", "estimate (h)"])
 
     # ------------------------------------------------------------------ NIAH
     def niah_grid(self):

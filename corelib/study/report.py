@@ -128,7 +128,9 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
             f"{', '.join(p.multilingual) or 'none'}.", f"Sizes: {sizes}.", "",
             f"Produced by `make reproduce PROFILE={p.name}` (tables in `{shown(study.tables_dir)}`, figures in "
             f"`{shown(study.figures_dir)}`). nDCG@10 via ranx. QR-R is the CoRe paper's QR baseline (uncalibrated "
-            "attention mass on the positive, same detection prompts as CoRe), not QRHead's own procedure.", ""]
+            "attention mass on the positive, same detection prompts as CoRe), not QRHead's own procedure. "
+            "nDCG@10 is shown as a fraction (0-1); differences (columns named \"A - B\", and every verdict) are in "
+            "points, i.e. 100 x the difference in nDCG@10.", ""]
     if notes:
         text += [notes, ""]
     text += [analysis.RULES, ""]
