@@ -183,6 +183,11 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
     next((tmp_path / "records").rglob("scifact/*.safetensors")).unlink()
     gap = study().pending().set_index("step").loc["scifact"]
     assert gap.missing == 1 and gap["estimate (h)"] == pytest.approx(gap["s each (median)"] / 3600)
+    assert gap["timed on"] == "this step"
+    for f in (tmp_path / "records").rglob("xquad-r__de/*.safetensors"):  # a step with nothing cached is
+        f.unlink()  # estimated at the model's other record steps' median time
+    gap = study().pending().set_index("step").loc["xquad-r/de"]
+    assert gap.missing == 2 and gap["timed on"] == "other steps" and gap["estimate (h)"] > 0
     assert calls == []
 
 

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         timed = table.groupby("model", sort=False)["estimate (h)"].apply(lambda e: e.notna().all())
         print(f"profile {S.p.name}: " + "; ".join(
             f"{m} {int(r.missing)} missing" + (f" (~{r.hours:.1f} h)" if r.missing and timed[m] else "") for m, r in left.iterrows())
-            + ("; estimates from the median time of each step's cached records (a step with none cached: -)"
+            + ("; estimates at the median compute time of cached records (`timed on`; -: none timed yet)"
                if left.missing.sum() else ": every record is cached"))
 
     return run_command(warm if args.command == "warm" else pending)

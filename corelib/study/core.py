@@ -202,20 +202,24 @@ class Study:
 
     def pending(self, models=None, multilingual: bool = True):
         """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing,
-        and an estimate of the time left at the median time of the step's cached records (where their
-        files recorded it; records written before that was stored have none). A damaged file counts as
-        cached until it is read."""
+        and the time left at the median compute time of the step's cached records, or, for a step with
+        none timed yet, of the model's other record steps (``timed on`` says which). Records written
+        before their files stored a time have none. A damaged file counts as cached until it is read."""
         import pandas as pd
 
-        rows = []
+        nan, rows = float("nan"), []
         for m in models or self.p.models:
-            for step in self.warm_steps(m, multilingual):
-                st = self.step_status(m, step)
-                nan = float("nan")
+            statuses = {step: self.step_status(m, step) for step in self.warm_steps(m, multilingual)}
+            pooled = [t for step, st in statuses.items() if step != NIAH_TRIALS for t in st.seconds]
+            for step, st in statuses.items():
+                timed_on = "this step" if st.seconds else "-"
+                if not st.seconds and st.missing and step != NIAH_TRIALS and pooled:
+                    st, timed_on = replace(st, seconds=pooled), "other steps"
                 rows.append({"model": m, "step": step, "needed": st.needed, "cached": st.needed - len(st.missing),
                              "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
-                             "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
-        return pd.DataFrame(rows, columns=["model", "step", "needed", "cached", "missing", "s each (median)", "estimate (h)"])
+                             "timed on": timed_on, "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
+        return pd.DataFrame(rows, columns=["model", "step", "needed", "cached", "missing", "s each (median)", "timed on",
+                                           "estimate (h)"])
 
     # ------------------------------------------------------------------ NIAH
     def niah_grid(self):
