@@ -68,7 +68,10 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     v = report.verdicts(S)
     assert set(v["claim"]) >= {"CoRe-R beats ICR", "top heads in middle layers", "50% pruning within 0.5 point"}
     out = report.write_report(S, S.out / p.name / "REPORT.md")
-    assert "## Verdicts" in out.read_text()
+    text = out.read_text()
+    assert "## Verdicts" in text and "## Claims at a glance" in text
+    cell = v.set_index("claim").loc["CoRe-R beats ICR"]
+    assert f"| {cell['brief']}: {cell['verdict']} |" in text  # the matrix's cell is the verdict row's
     assert (S.heads_dir / "tiny-mistral.core.json").is_file()
 
 

@@ -210,6 +210,23 @@ def test_warm_command_names_a_model_outside_the_profile(capsys):
     assert "['gemma3-270m'] not in profile 'smoke' (its models: smollm2-135m)" in capsys.readouterr().err
 
 
+def test_claims_at_a_glance_is_the_verdicts_as_a_matrix_with_pooled_last():
+    from corelib.study.report import at_a_glance
+
+    v = pd.DataFrame([
+        ("CoRe-R beats ICR", "pooled (a query once)", "+1.00 [+0.10, +1.90]", "supported"),
+        ("CoRe-R beats ICR", "m1", "+2.00 [+0.50, +3.50]", "supported"),
+        ("CoRe-R beats ICR", "m2", "-0.50 [-1.50, +0.50]", "inconclusive"),
+        ("top heads in middle layers", "m2", "2 of 8 in the middle third", "inconclusive"),
+    ], columns=["claim", "model", "brief", "verdict"])
+    g = at_a_glance(v)
+    assert list(g.columns) == ["claim", "m1", "m2", "pooled (a query once)"]
+    assert list(g["claim"]) == ["CoRe-R beats ICR", "top heads in middle layers"]
+    assert g.iloc[0].tolist()[1:] == ["+2.00 [+0.50, +3.50]: supported", "-0.50 [-1.50, +0.50]: inconclusive",
+                                      "+1.00 [+0.10, +1.90]: supported"]
+    assert g.iloc[1].tolist()[1:] == ["-", "2 of 8 in the middle third: inconclusive", "-"]  # not tested: '-'
+
+
 def test_table1_averages_collections_equally(tmp_path):
     S = Study("smoke", out=tmp_path)
     rows = []

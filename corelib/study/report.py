@@ -52,14 +52,16 @@ def _fmt_comparison(r) -> str:
 
 
 def verdicts(study: "Study") -> pd.DataFrame:
-    """One row per claim and model (and pooled), from every comparisons table, the depth test and the controls."""
+    """One row per claim and model (and pooled), from every comparisons table, the depth test and the controls:
+    the full result (``ours``) and a short one for the claims-at-a-glance matrix (``brief``)."""
     t = study.tables
     rows = []
     for path in sorted(study.tables_dir.glob("comparisons_*.csv")):
         cmp = t.read(path.stem)
         for _, r in cmp.iterrows():
             rows.append({"claim": r["claim"], "model": r["model"], "paper": _paper(r["claim"]),
-                         "ours": _fmt_comparison(r), "verdict": r["verdict"]})
+                         "ours": _fmt_comparison(r), "verdict": r["verdict"],
+                         "brief": f"{r['difference']:+.2f} [{r['ci low']:+.2f}, {r['ci high']:+.2f}]"})
     depth = t.read("depth")
     if depth is not None:
         for _, r in depth.iterrows():
@@ -67,7 +69,7 @@ def verdicts(study: "Study") -> pd.DataFrame:
                          "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth "
                                  f"(layers {r['top layers']}; median relative depth {r['median relative depth']:.2f}); "
                                  f"binomial vs 1/3: Holm p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
-                         "verdict": r["verdict"]})
+                         "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"})
     controls = t.read("control_positions")
     if controls is not None:
         for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R", "NIAH-R"])].iterrows():
@@ -75,8 +77,18 @@ def verdicts(study: "Study") -> pd.DataFrame:
                          "paper": PAPER["heads beat random heads"],
                          "ours": f"nDCG@10 {r['ndcg@10']:.4f}, percentile {r['percentile']:.1f} of the random sets; "
                                  f"empirical p better {r['p better']:.3g}, worse {r['p worse']:.3g}",
-                         "verdict": r["verdict"]})
-    return t.write("verdicts", pd.DataFrame(rows, columns=["claim", "model", "paper", "ours", "verdict"]))
+                         "verdict": r["verdict"], "brief": f"percentile {r['percentile']:.1f}"})
+    return t.write("verdicts", pd.DataFrame(rows, columns=t.columns("verdicts")))
+
+
+def at_a_glance(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts as a matrix: a row per claim, a column per model (pooled last), each cell the short
+    result and its verdict (points of nDCG@10 [95% CI] for a comparison); '-' where a claim was not tested."""
+    models = list(dict.fromkeys(verdicts["model"]))
+    models = [m for m in models if not m.startswith("pooled")] + [m for m in models if m.startswith("pooled")]
+    cells = verdicts.assign(cell=verdicts["brief"] + ": " + verdicts["verdict"])
+    matrix = cells.pivot_table(index="claim", columns="model", values="cell", aggfunc="first", sort=False)
+    return matrix.reindex(index=list(dict.fromkeys(verdicts["claim"])), columns=models).fillna("-").reset_index()
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -89,9 +101,11 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
-# The report's sections: (title, table name). Tables not produced yet are listed as missing.
+# The report's sections: (title, table name[, view]). A view lays a table out another way (columns it drops
+# or a reshaping). Tables not produced yet are listed as missing.
 SECTIONS = [
-    ("Verdicts", "verdicts"),
+    ("Claims at a glance (points of nDCG@10 [95% CI] or the test's statistic: verdict)", "verdicts", at_a_glance),
+    ("Verdicts", "verdicts", lambda df: df.drop(columns="brief")),
     ("Table 1 analog: nDCG@10 per collection (NQ heads)", "table1"),
     ("Table 1 analog: mean over collections per model", "table1_average"),
     ("Cost a practitioner reads: latency per query against a bi-encoder", "practitioner_cost"),
@@ -135,12 +149,13 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
         text += [notes, ""]
     text += [analysis.RULES, ""]
     missing = []
-    for title, name in SECTIONS:
+    for title, name, *view in SECTIONS:
         df = study.tables.read(name)
         if df is None:
-            missing.append(name)
+            if name not in missing:
+                missing.append(name)
             continue
-        text += [f"## {title}", "", markdown_table(df), ""]
+        text += [f"## {title}", "", markdown_table(view[0](df) if view else df), ""]
     if missing:
         text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in missing), ""]
     path.parent.mkdir(parents=True, exist_ok=True)

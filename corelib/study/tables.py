@@ -76,7 +76,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "ablation_calibrated_detection": ("model", "method", "calibrated detection", "nDCG@10"),
     "ablation_negatives_positions": ("model", "ablation", "nDCG@10"),
     "ablation_length_bias": ("model", "collection", "method", "spearman(score, length)", "top-1 length / mean length"),
-    "verdicts": ("claim", "model", "paper", "ours", "verdict"),
+    "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
     "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
                 "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
                 "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
