@@ -33,6 +33,7 @@ reproduce: setup $(NEEDS_LARGE)
 	@$(BIN)/python -c "from corelib.study import profile as p; x = p('$(PROFILE)'); \
 	  print(f'== profile {x.name}: {\", \".join(x.models)}; {x.sizes()}'); \
 	  print(f'== expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes')"
+	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" | sed 's/^/== /'
 	@for nb in $$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(NOTEBOOKS)); do \
 	  echo "== $$nb ($(PROFILE))"; \
 	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \

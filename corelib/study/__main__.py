@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     q.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
     q.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
     q.add_argument("--no-multilingual", action="store_true")
+    q.add_argument("--brief", action="store_true", help="only the summary line (`make reproduce` prints it first)")
     n = sub.add_parser("notebooks", help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
     n.add_argument("--profile", default="quick")
     n.add_argument("paths", nargs="+")
@@ -85,13 +86,18 @@ def main(argv=None) -> int:
     def pending():
         S = Study(args.profile, data=args.data, models=args.model)
         table = S.pending(multilingual=not args.no_multilingual)
-        print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
+        if not args.brief:
+            print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
         left = table.groupby("model", sort=False).agg(missing=("missing", "sum"), hours=("estimate (h)", "sum"))
         timed = table.groupby("model", sort=False)["estimate (h)"].apply(lambda e: e.notna().all())
-        print(f"profile {S.p.name}: " + "; ".join(
-            f"{m} {int(r.missing)} missing" + (f" (~{r.hours:.1f} h)" if r.missing and timed[m] else "") for m, r in left.iterrows())
-            + ("; estimates at the median compute time of cached records (`timed on`; -: none timed yet)"
-               if left.missing.sum() else ": every record is cached"))
+        if not left.missing.sum():
+            print(f"profile {S.p.name}: every record and needle trial is cached")
+            return
+        print(f"profile {S.p.name}, records and needle trials not cached yet: " + "; ".join(
+            f"{m} {int(r.missing)}" + (f" (~{r.hours:.1f} h at the pace of its cached records)" if timed[m] else "")
+            for m, r in left.iterrows() if r.missing)
+            + f". What is missing is computed on first use; `make warm PROFILE={S.p.name}` computes it first, "
+            f"resumably, one model at a time (`make pending PROFILE={S.p.name}` lists it by step)")
 
     return run_command(warm if args.command == "warm" else pending)
 
