@@ -31,7 +31,7 @@ from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
 from .models import LoadedModel, ModelSpec, cache_root
 from .prompts import PromptError, _overlapping
-from .records import CacheStatus, content_digest, progress_bar, save_tensors
+from .records import CacheStatus, content_digest, header_metadata, progress_bar, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -230,19 +230,16 @@ class TrialStore:
             log.warning("%s is unreadable (%s): recomputing it", path, err)
             return None
 
-    def holds(self, model_id: str, fields: dict) -> bool:
-        """Whether the trial's file exists (nothing is read; ``get`` checks it)."""
-        return self.path(model_id, fields).is_file()
+    def held_path(self, model_id: str, fields: dict) -> Path | None:
+        """The trial's file if it exists (nothing is read; ``get`` checks it)."""
+        path = self.path(model_id, fields)
+        return path if path.is_file() else None
 
-    def seconds(self, model_id: str, fields: dict) -> float | None:
-        """The stored trial's wall time, from its file's header (None where unknown)."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(self.path(model_id, fields)), framework="pt") as f:
-                return float(json.loads((f.metadata() or {})["result"])["seconds"])
-        except Exception:
-            return None
+    @staticmethod
+    def seconds(path: Path) -> float | None:
+        """A stored trial's wall time, from its file's header (None where unreadable)."""
+        result = header_metadata(path).get("result")
+        return None if result is None else float(json.loads(result)["seconds"])
 
     def put(self, model_id: str, fields: dict, result: TrialResult) -> TrialResult:
         info = {"answer": result.answer, "recall": result.recall, "steps": result.steps,
@@ -262,14 +259,11 @@ def trial_status(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], 
                  max_new_tokens: int | None = None, store: TrialStore, timings: int = 10) -> CacheStatus:
     """The trials ``store`` lacks, looked up as ``run_trials`` would, with the wall time of up to
     ``timings`` cached ones (nothing is loaded or decoded)."""
-    missing, seconds = [], []
-    for t in trials:
-        fields = trial_fields(model.fingerprint, model.dtype, t, haystack, decode_budget(t, max_new_tokens))
-        if not store.holds(model.model_id, fields):
-            missing.append(t)
-        elif len(seconds) < timings and (s := store.seconds(model.model_id, fields)) is not None:
-            seconds.append(s)
-    return CacheStatus(len(trials), missing, seconds)
+    def held(trial: NeedleTrial) -> Path | None:
+        fields = trial_fields(model.fingerprint, model.dtype, trial, haystack, decode_budget(trial, max_new_tokens))
+        return store.held_path(model.model_id, fields)
+
+    return CacheStatus.collect(list(trials), held, store.seconds, timings)
 
 
 def run_trials(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], haystack: str, *,

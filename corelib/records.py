@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections import OrderedDict
@@ -267,15 +268,11 @@ class RecordStore:
             self._remember(key, record)
         return record
 
-    def holds(self, model_id: str, fields: dict) -> bool:
-        """Whether a record for ``fields`` is in memory or on disk (by name only: nothing is read, and a
-        damaged file still counts; ``get`` finds and recomputes it)."""
-        key = record_key(fields)
-        return key in self._memory or self.path(model_id, fields["group"], key).is_file()
-
-    def seconds(self, model_id: str, fields: dict) -> float | None:
-        """Seconds that computing the stored record took, from its file's header (None where unknown)."""
-        return header_seconds(self.path(model_id, fields["group"], record_key(fields)))
+    def held_path(self, model_id: str, fields: dict) -> Path | None:
+        """The file of the record for ``fields`` if it exists (by name only: nothing is read, and a damaged
+        file still counts; ``get`` finds and recomputes it)."""
+        path = self.path(model_id, fields["group"], record_key(fields))
+        return path if path.is_file() else None
 
     def put(self, model_id: str, fields: dict, record: QueryRecord, seconds: float | None = None) -> QueryRecord:
         key = record_key(fields)
@@ -350,16 +347,21 @@ def get_records(
     return out
 
 
-def header_seconds(path: Path) -> float | None:
-    """The ``seconds`` entry of a safetensors file's metadata (its header only is read), else None."""
+def header_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata (its header only is read); {} for an absent, torn or foreign file."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            value = (f.metadata() or {}).get("seconds")
-        return None if value is None else float(value)
-    except Exception:  # absent, torn or foreign: no timing to report
-        return None
+            return f.metadata() or {}
+    except Exception:
+        return {}
+
+
+def header_seconds(path: Path) -> float | None:
+    """The compute seconds a record file's header holds (None: written before records stored it)."""
+    value = header_metadata(path).get("seconds")
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -371,10 +373,24 @@ class CacheStatus:
     missing: list
     seconds: list[float]
 
+    @classmethod
+    def collect(cls, items: Sequence, held: Callable[[object], Path | None],
+                seconds: Callable[[Path], float | None], timings: int) -> "CacheStatus":
+        """``held(item)``: the file that holds an item (None: missing); ``seconds(file)``: its compute
+        time, read for at most ``timings`` held items."""
+        missing, times = [], []
+        for item in items:
+            path = held(item)
+            if path is None:
+                missing.append(item)
+            elif len(times) < timings and (t := seconds(path)) is not None:
+                times.append(t)
+        return cls(len(items), missing, times)
+
     @property
     def median_s(self) -> float | None:
         """The median of ``seconds`` (None: no timings)."""
-        return sorted(self.seconds)[len(self.seconds) // 2] if self.seconds else None
+        return statistics.median(self.seconds) if self.seconds else None
 
     @property
     def estimate_s(self) -> float | None:
@@ -398,14 +414,10 @@ def record_status(
     ones. Nothing is loaded or computed; only file names and a few headers are read."""
     model_id, fingerprint, dtype, total, _ = _identity(model)
     layers = total if num_layers is None else num_layers
-    requests = list(requests)
-    missing, seconds = [], []
-    for r in requests:
-        fields = record_fields(fingerprint, dtype, layers, calibrate, r)
-        if not store.holds(model_id, fields) and layers < total and store.holds(model_id, {**fields, "layers": total}):
-            fields = {**fields, "layers": total}
-        if not store.holds(model_id, fields):
-            missing.append(r)
-        elif len(seconds) < timings and (s := store.seconds(model_id, fields)) is not None:
-            seconds.append(s)
-    return CacheStatus(len(requests), missing, seconds)
+
+    def held(request: RecordRequest) -> Path | None:
+        fields = record_fields(fingerprint, dtype, layers, calibrate, request)
+        return next((path for f in ([fields, {**fields, "layers": total}] if layers < total else [fields])
+                     if (path := store.held_path(model_id, f)) is not None), None)
+
+    return CacheStatus.collect(list(requests), held, header_seconds, timings)
