@@ -25,3 +25,15 @@ def test_method_bars_draw_every_value_per_model():
     plt.close(fig)
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
     assert heights == sorted(table[["BM25", "ICR", "QR-R", "CoRe-R"]].to_numpy().ravel().round(6).tolist())
+
+
+def test_save_writes_the_same_bytes_at_another_time(tmp_path, monkeypatch):
+    """A rerun with the same numbers must not show up in git: the PDF carries no creation date."""
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # matplotlib's clock for the PDF date
+    first = [p.read_bytes() for p in plots.save(fig, tmp_path / "a" / "fig")]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
+    second = [p.read_bytes() for p in plots.save(fig, tmp_path / "b" / "fig")]
+    plt.close(fig)
+    assert first == second

@@ -13,12 +13,13 @@ import torch
 
 
 def save(fig, path_without_suffix: str | Path) -> list[Path]:
-    """Write ``<path>.png`` and ``<path>.pdf``; dots in the name (``qwen2.5-...``) are kept."""
+    """Write ``<path>.png`` and ``<path>.pdf``; dots in the name (``qwen2.5-...``) are kept. The PDF carries
+    no creation date, so a rerun with the same numbers leaves the committed file unchanged."""
     path = Path(path_without_suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = [path.parent / f"{path.name}{suffix}" for suffix in (".png", ".pdf")]
     for out in written:
-        fig.savefig(out, bbox_inches="tight", dpi=150)
+        fig.savefig(out, bbox_inches="tight", dpi=150, metadata={"CreationDate": None} if out.suffix == ".pdf" else None)
     return written
 
 
