@@ -1,4 +1,5 @@
 import ast
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -185,9 +186,17 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
     assert gap.missing == 1 and gap["estimate (h)"] == pytest.approx(gap["s each (median)"] / 3600)
     assert gap["timed on"] == "this step"
     for f in (tmp_path / "records").rglob("xquad-r__de/*.safetensors"):  # a step with nothing cached is
-        f.unlink()  # estimated at the model's other record steps' median time
+        f.unlink()  # estimated at the median time of the model's other calibrated steps
     gap = study().pending().set_index("step").loc["xquad-r/de"]
-    assert gap.missing == 2 and gap["timed on"] == "other steps" and gap["estimate (h)"] > 0
+    assert gap.missing == 2 and gap["timed on"] == "calibrated steps" and gap["estimate (h)"] > 0
+    from corelib.records import header_metadata
+
+    for f in (tmp_path / "records").rglob("*.safetensors"):  # with no calibrated record left, of all other steps
+        if json.loads(header_metadata(f)["fields"])["calibrate"]:
+            f.unlink()
+    left = study().pending().set_index("step")
+    assert left.loc["NQ detection", "timed on"] == "this step"
+    assert (left.loc[["scifact", "xquad-r/de"], "timed on"] == "other steps").all()
     assert calls == []
 
 

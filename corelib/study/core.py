@@ -202,19 +202,26 @@ class Study:
 
     def pending(self, models=None, multilingual: bool = True):
         """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing,
-        and the time left at the median compute time of the step's cached records, or, for a step with
-        none timed yet, of the model's other record steps (``timed on`` says which). Records written
-        before their files stored a time have none. A damaged file counts as cached until it is read."""
+        and the time left at the median compute time of the step's cached records; for a step with
+        none timed yet, of the model's other steps of the same kind (a calibrated record, one packed
+        forward with the N/A suffix, costs more than an uncalibrated NQ detection record), else of all
+        its other record steps (``timed on`` says which). Records written before their files stored a
+        time have none. A damaged file counts as cached until it is read."""
         import pandas as pd
 
         nan, rows = float("nan"), []
         for m in models or self.p.models:
             statuses = {step: self.step_status(m, step) for step in self.warm_steps(m, multilingual)}
-            pooled = [t for step, st in statuses.items() if step != NIAH_TRIALS for t in st.seconds]
+            calibrated = {step: step != DETECTION for step in statuses if step != NIAH_TRIALS}
             for step, st in statuses.items():
                 timed_on = "this step" if st.seconds else "-"
-                if not st.seconds and st.missing and step != NIAH_TRIALS and pooled:
-                    st, timed_on = replace(st, seconds=pooled), "other steps"
+                if not st.seconds and st.missing and step in calibrated:
+                    alike = [t for o in calibrated if calibrated[o] == calibrated[step] for t in statuses[o].seconds]
+                    pooled = [t for o in calibrated for t in statuses[o].seconds]
+                    if alike:
+                        st, timed_on = replace(st, seconds=alike), "calibrated steps" if calibrated[step] else "NQ detection"
+                    elif pooled:
+                        st, timed_on = replace(st, seconds=pooled), "other steps"
                 rows.append({"model": m, "step": step, "needed": st.needed, "cached": st.needed - len(st.missing),
                              "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
                              "timed on": timed_on, "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
