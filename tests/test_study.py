@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from corelib.heads import in_domain_samples
-from corelib.records import QueryRecord, RecordStore
+from corelib.records import QueryRecord, RecordStore, header_metadata
 from corelib.scoring import record_run
 from corelib.study import Study, kept_layers, profile
 from corelib.study.tables import length_bias, sweep_curve, with_negatives
@@ -189,8 +189,6 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
         f.unlink()  # estimated at the median time of the model's other calibrated steps
     gap = study().pending().set_index("step").loc["xquad-r/de"]
     assert gap.missing == 2 and gap["timed on"] == "calibrated steps" and gap["estimate (h)"] > 0
-    from corelib.records import header_metadata
-
     for f in (tmp_path / "records").rglob("*.safetensors"):  # with no calibrated record left, of all other steps
         if json.loads(header_metadata(f)["fields"])["calibrate"]:
             f.unlink()

@@ -212,14 +212,14 @@ class Study:
         nan, rows = float("nan"), []
         for m in models or self.p.models:
             statuses = {step: self.step_status(m, step) for step in self.warm_steps(m, multilingual)}
-            calibrated = {step: step != DETECTION for step in statuses if step != NIAH_TRIALS}
+            timed = {step: st.seconds for step, st in statuses.items() if step != NIAH_TRIALS}
+            calibrated = [t for step, ts in timed.items() if step != DETECTION for t in ts]  # all but NQ detection
+            pooled = [t for ts in timed.values() for t in ts]
             for step, st in statuses.items():
                 timed_on = "this step" if st.seconds else "-"
-                if not st.seconds and st.missing and step in calibrated:
-                    alike = [t for o in calibrated if calibrated[o] == calibrated[step] for t in statuses[o].seconds]
-                    pooled = [t for o in calibrated for t in statuses[o].seconds]
-                    if alike:
-                        st, timed_on = replace(st, seconds=alike), "calibrated steps" if calibrated[step] else "NQ detection"
+                if not st.seconds and st.missing and step in timed:
+                    if step != DETECTION and calibrated:
+                        st, timed_on = replace(st, seconds=calibrated), "calibrated steps"
                     elif pooled:
                         st, timed_on = replace(st, seconds=pooled), "other steps"
                 rows.append({"model": m, "step": step, "needed": st.needed, "cached": st.needed - len(st.missing),
