@@ -67,6 +67,7 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     plots.scaling(scale)
     v = report.verdicts(S)
     assert set(v["claim"]) >= {"CoRe-R beats ICR", "top heads in middle layers", "50% pruning within 0.5 point"}
+    assert "p (loss <= 0.5)" in v.set_index("claim").loc["50% pruning within 0.5 point", "ours"]  # both tests shown
     out = report.write_report(S, S.out / p.name / "REPORT.md")
     text = out.read_text()
     assert "## Verdicts" in text and "## Claims at a glance" in text

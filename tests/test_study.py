@@ -2,6 +2,7 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -232,6 +233,26 @@ def test_claims_at_a_glance_is_the_verdicts_as_a_matrix_with_pooled_last():
     assert g.iloc[0].tolist()[1:] == ["+2.00 [+0.50, +3.50]: supported", "-0.50 [-1.50, +0.50]: inconclusive",
                                       "+1.00 [+0.10, +1.90]: supported"]
     assert g.iloc[1].tolist()[1:] == ["-", "2 of 8 in the middle third: inconclusive", "-"]  # not tested: '-'
+
+
+def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_that_test():
+    """Either one-sided test can decide a margin claim, so the table keeps both and the report prints both."""
+    from corelib.study.report import _fmt_comparison
+    from corelib.study.tables import Tables
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in ("x", "y"):
+        for q in range(30):
+            base = rng.uniform(0.3, 0.8)
+            rows += [("m", c, f"{c}{q}", "0% pruned", base), ("m", c, f"{c}{q}", "50% pruned", base - 0.05 + rng.normal(0, 0.01))]
+    pq = pd.DataFrame(rows, columns=["model", "collection", "query_id", "method", "ndcg@10"])
+    r = Tables.pruning_margin(None, pq).iloc[0]  # a 5-point loss against a 0.5-point margin
+    assert r["verdict"] == "contradicted" and r["p holm"] > 0.5 and r["p holm inferior"] < 0.05
+    text = _fmt_comparison(r)
+    assert "p (loss >= 0.5) = 1" in text and "p (loss <= 0.5) = " in text
+    old = r.drop(["p inferior", "p holm inferior"])  # a table written before the second test was kept
+    assert "p (loss <= 0.5)" not in _fmt_comparison(old)
 
 
 def test_table1_averages_collections_equally(tmp_path):

@@ -56,8 +56,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "table2": ("model", "first stage", "collection", "data", "queries", *METHODS, "CoRe-R - ICR", "CoRe-R - QR-R",
                "CoRe-R - NIAH-R", "CoRe-R - Bi-encoder"),
     "table2_average": ("model", "first stage", "collections", "queries", *METHODS),
+    # "p inferior"/"p holm inferior": margin claims only (the one-sided test of loss <= margin, which can
+    # contradict them); empty for the others
     "comparisons": ("claim", "model", "a", "b", "head source", "difference", "ci low", "ci high", "p", "p holm",
-                    "detectable (80% power)", "queries", "collections", "verdict"),
+                    "p inferior", "p holm inferior", "detectable (80% power)", "queries", "collections", "verdict"),
     "in_domain_sources": ("model", "head source", "CoRe and QR share", "CoRe-R", "QR-R", "ICR", "CoRe-R - QR-R",
                           "CoRe-R - ICR"),
     "positive_slots": ("collection", "model", "slot", "positives"),
@@ -81,6 +83,17 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                 "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
                 "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
 }
+
+
+# Columns added after tables were committed: an older table without them reads them as empty
+LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior")}
+
+
+def _with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:
+    for c in LATER_COLUMNS.get(base, ()):
+        if c not in df:
+            df[c] = np.nan
+    return df
 
 
 def _mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
@@ -116,7 +129,8 @@ class Tables:
         path = self.s.tables_dir / f"{name}.csv"
         if not path.is_file():
             return None
-        return pd.read_csv(path)[self.columns(name)]
+        base = "comparisons" if name.startswith("comparisons_") else name
+        return _with_later_columns(pd.read_csv(path), base)[self.columns(name)]
 
     # ---------------------------------------------------------------- data
     def collections(self) -> pd.DataFrame:
@@ -312,7 +326,7 @@ class Tables:
 
     def comparisons(self, name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
         """Write comparison rows as the table ``comparisons_<name>`` (the report reads every one)."""
-        return self.write(f"comparisons_{name}", pd.concat(frames, ignore_index=True))
+        return self.write(f"comparisons_{name}", _with_later_columns(pd.concat(frames, ignore_index=True), "comparisons"))
 
     # ---------------------------------------------------------------- in-domain detection
     def in_domain_sources(self, pq: pd.DataFrame, k: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -649,9 +663,9 @@ class Tables:
                          "identical": r.identical})
         df = pd.DataFrame(rows)
         df["p holm"] = analysis.holm(df["p"])
-        inferior = analysis.holm(df["p inferior"])
-        df["verdict"] = [analysis.margin_verdict(a, b, i) for a, b, i in zip(df["p holm"], inferior, df["identical"])]
-        return df.drop(columns=["p inferior", "identical"])
+        df["p holm inferior"] = analysis.holm(df["p inferior"])  # the test that can contradict: both are shown
+        df["verdict"] = [analysis.margin_verdict(a, b, i) for a, b, i in zip(df["p holm"], df["p holm inferior"], df["identical"])]
+        return df.drop(columns=["identical"])
 
 
 def sweep_curve(records: list[QueryRecord], order, qrels) -> np.ndarray:
