@@ -108,12 +108,13 @@ class Tables:
 
     # ---------------------------------------------------------------- io
     @staticmethod
-    def columns(name: str) -> list[str]:
-        """A table's columns; ``comparisons_*`` and ``per_query_*`` tables share their base table's."""
-        for base in ("comparisons", "per_query"):
-            if name.startswith(base + "_"):
-                return list(COLUMNS[base])
-        return list(COLUMNS[name])
+    def base_table(name: str) -> str:
+        """``comparisons_*`` and ``per_query_*`` tables share their base table's columns."""
+        return next((base for base in ("comparisons", "per_query") if name.startswith(base + "_")), name)
+
+    @classmethod
+    def columns(cls, name: str) -> list[str]:
+        return list(COLUMNS[cls.base_table(name)])
 
     def write(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
         cols = self.columns(name)
@@ -129,8 +130,7 @@ class Tables:
         path = self.s.tables_dir / f"{name}.csv"
         if not path.is_file():
             return None
-        base = "comparisons" if name.startswith("comparisons_") else name
-        return _with_later_columns(pd.read_csv(path), base)[self.columns(name)]
+        return _with_later_columns(pd.read_csv(path), self.base_table(name))[self.columns(name)]
 
     # ---------------------------------------------------------------- data
     def collections(self) -> pd.DataFrame:
