@@ -339,3 +339,17 @@ def test_a_profile_without_multilingual_sets_skips_their_notebook_and_never_subs
     S = Study("cpu-dense", data=shared_data, out=tmp_path)
     with pytest.raises(ValueError, match="no collections to evaluate for 'per_query_multilingual' in profile cpu-dense"):
         S.tables.per_query(S.p.multilingual, name="per_query_multilingual")
+
+
+def test_report_tables_print_each_column_at_its_precision():
+    """Points with 2 decimals, percentiles with 1, whole-number counts without decimals, nDCG@10 with 4 even
+    when every value happens to be whole (a perfect ranking), NaN as '-', parameter counts grouped."""
+    from corelib.study.report import markdown_table
+
+    df = pd.DataFrame({"sets": [1000.0, 1000.0], "CoRe and QR share": [6.0, 3.142857], "percentile": [78.3, 5.0],
+                       "CoRe-R - ICR": [3.04691, -0.1239], "ci low": [-0.0927, np.nan], "Dense": [1.0, 1.0],
+                       "ndcg@10": [0.45126, 0.5], "parameters": [134515008.0, 1.5e9]})
+    lines = markdown_table(df).splitlines()
+    assert lines[0] == "| " + " | ".join(df.columns) + " |"
+    assert lines[2] == "| 1,000 | 6.0000 | 78.3 | 3.05 | -0.09 | 1.0000 | 0.4513 | 134,515,008 |"
+    assert lines[3] == "| 1,000 | 3.1429 | 5.0 | -0.12 | - | 1.0000 | 0.5000 | 1,500,000,000 |"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import analysis
+from .tables import METHODS
 
 if TYPE_CHECKING:
     from .core import Study
@@ -98,12 +99,33 @@ def at_a_glance(verdicts: pd.DataFrame) -> pd.DataFrame:
     return matrix.reindex(index=list(dict.fromkeys(verdicts["claim"])), columns=models).fillna("-").reset_index()
 
 
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+# Columns in points of nDCG@10 (the comparisons table's and every "A - B" column) print with 2 decimals, as
+# the verdicts do; percentiles with 1; a column of whole numbers (counts, layers, sets) without decimals
+# unless it holds scores (nDCG@10 of a method, of a control's quantile). Everything else: 4 decimals.
+POINTS_COLUMNS = {"difference", "ci low", "ci high", "detectable (80% power)"}
+SCORE_COLUMNS = {*METHODS, "median", "p5", "p95", "random 8 heads (median)"}
+
+
+def column_format(name: str, values: pd.Series) -> str:
+    """The format a float column of a report table prints with (see the rules above)."""
+    if name in POINTS_COLUMNS or " - " in name:
+        return ".2f"
+    if name == "percentile":
+        return ".1f"
+    finite = values.dropna()
+    whole = len(finite) and bool((finite == finite.round()).all())
+    if whole and name not in SCORE_COLUMNS and "ndcg" not in name.lower():
+        return ",.0f"
+    return ".4f"
+
+
+def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
+    formats = {c: column_format(str(c), pd.to_numeric(df[c], errors="coerce")) for c in cols}
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        cells = [("-" if v != v else f"{v:,.0f}" if abs(v) >= 1e5 else format(v, floatfmt)) if isinstance(v, float)
-                 else str(v) for v in row]  # NaN: no test; counts such as parameters without decimals
+        cells = [("-" if v != v else f"{v:,.0f}" if abs(v) >= 1e5 else format(v, formats[c])) if isinstance(v, float)
+                 else str(v) for c, v in zip(cols, row)]  # NaN: no test; large counts such as parameters without decimals
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
