@@ -178,7 +178,14 @@ def paired_differences(per_query: pd.DataFrame, a: str, b: str, pool: bool = Fal
     """Per-query differences (points) of method ``a`` minus ``b`` from the long per-query table
     (model, collection, query_id, method, ndcg@10). ``pool``: one row per (collection, query),
     averaged over the models that evaluated it, so that no query counts twice."""
-    wide = per_query.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
+    keys = ["model", "collection", "query_id", "method"]
+    repeated = per_query[per_query.duplicated(keys, keep=False)]
+    if len(repeated):
+        r = repeated.iloc[0]
+        raise ValueError(f"the per-query table holds {len(repeated)} rows that share (model, collection, query, method), "
+                         f"e.g. {r['method']} on {r['model']} {r['collection']} query {r['query_id']} (several head "
+                         "sources or head counts?): select one of each before comparing, so that no score is averaged in")
+    wide = per_query.pivot(index=keys[:3], columns="method", values="ndcg@10")
     if a not in wide or b not in wide:
         raise ValueError(f"the per-query table has no {a if a not in wide else b} rows")
     d = (100 * (wide[a] - wide[b])).dropna().rename("diff").reset_index()
