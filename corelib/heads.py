@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -31,8 +33,10 @@ def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch
 
 def core_scores(mass: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
     """S_CoRe: mean over samples of softmax_d(s_d / t) at the positive. mass [S, L, H, N] -> [L, H]."""
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature}: it must be positive (the paper uses 0.001 or 0.1)")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature={temperature!r}: give a number, e.g. 0.001")
+    if not 0 < temperature < math.inf:  # also refuses NaN, which would rank every head as NaN
+        raise ValueError(f"temperature={temperature}: it must be a positive finite number (the paper uses 0.001 or 0.1)")
     logp = torch.log_softmax(mass / temperature, dim=-1)
     pos = logp.gather(-1, positives.view(-1, 1, 1, 1).expand(*mass.shape[:3], 1)).squeeze(-1)
     return pos.exp().mean(0).float()

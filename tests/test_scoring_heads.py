@@ -67,8 +67,11 @@ def test_core_score_limits():
     assert sharp == pytest.approx([1.0, 0.0, 1 / 3], abs=1e-6)  # t -> 0: share of wins (ties split)
     assert core_scores(mass, pos, 1e4)[0].tolist() == pytest.approx([1 / 3] * 3, abs=1e-4)  # t -> inf: 1/(M+1)
     assert qr_scores(mass, pos)[0].tolist() == pytest.approx([0.8, 0.05, 0.3])
-    with pytest.raises(ValueError, match="temperature"):
-        core_scores(mass, pos, 0)
+    for bad in (0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            core_scores(mass, pos, bad)
+    with pytest.raises(TypeError, match="give a number"):
+        core_scores(mass, pos, "0.01")
 
 
 def test_detect_heads_ranks_and_records_provenance():
