@@ -353,3 +353,23 @@ def test_report_tables_print_each_column_at_its_precision():
     assert lines[0] == "| " + " | ".join(df.columns) + " |"
     assert lines[2] == "| 1,000 | 6.0000 | 78.3 | 3.05 | -0.09 | 1.0000 | 0.4513 | 134,515,008 |"
     assert lines[3] == "| 1,000 | 3.1429 | 5.0 | -0.12 | - | 1.0000 | 0.5000 | 1,500,000,000 |"
+
+
+def test_models_with_sliding_window_layers_are_named_with_their_global_layers():
+    """gemma3 mixes sliding-window and global layers: the report says which layers see the whole prompt, the
+    controls get those heads as a set; a model whose layers are all global gets no note."""
+    from types import SimpleNamespace
+
+    from tiny_models import CONFIGS
+
+    from corelib.study.tables import attention_note, global_attention_heads, global_attention_layers
+
+    def spec(arch):
+        config = CONFIGS[arch](100)
+        return SimpleNamespace(config=lambda: config, num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads)
+
+    gemma, qwen = spec("gemma3"), spec("qwen2")  # gemma: sliding, full, sliding, full
+    assert global_attention_layers(gemma) == [1, 3] and len(global_attention_heads(gemma)) == 2 * 4
+    note = attention_note("tiny-gemma3", gemma)
+    assert note.startswith("tiny-gemma3: 2 of its 4 layers attend only to the last 24 tokens") and "[1, 3]" in note
+    assert global_attention_layers(qwen) is None and attention_note("tiny-qwen2", qwen) is None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import analysis
-from .tables import METHODS
+from .tables import METHODS, attention_note
 
 if TYPE_CHECKING:
     from .core import Study
@@ -176,6 +176,9 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
             "points, i.e. 100 x the difference in nDCG@10.", ""]
     if notes:
         text += [notes, ""]
+    for m in p.models:
+        if note := attention_note(m, study.spec(m)):
+            text += [f"**Attention window.** {note}", ""]
     text += [analysis.RULES, ""]
     missing = []
     for title, name, *view in SECTIONS:

@@ -68,7 +68,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
     "sweep_peaks": ("model", "collection", "order", "peak ndcg@10", "heads at peak", "1 head", "8 heads", "ICR"),
     "depth": ("model", "layers", "top heads", "top layers", "in middle third", "median relative depth", "p more",
-              "p fewer", "p more holm", "p fewer holm", "verdict"),
+              "p fewer", "p more holm", "p fewer holm", "verdict", "global-attention layers", "top heads in global layers"),
     "pruning": ("model", "method", "pruned share", "kept layers", "ndcg@10", "deepest head"),
     "practitioner_cost": ("model", "collection", "method", "queries timed", "seconds per query", "ratio to bi-encoder (cold)",
                           "nDCG@10 (mean over collections)", "device"),
@@ -496,9 +496,13 @@ class Tables:
         for m in self.p.models:
             top = self.s.head_scores(m, "core", temperature).table().head(k)
             inside, kk, p_more, p_fewer = analysis.middle_third_test(top["relative_depth"])
-            rows.append({"model": m, "layers": self.s.spec(m).num_layers, "top heads": kk,
+            spec = self.s.spec(m)
+            global_layers = global_attention_layers(spec)
+            rows.append({"model": m, "layers": spec.num_layers, "top heads": kk,
                          "top layers": sorted(top["layer"].tolist()), "in middle third": inside,
-                         "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer})
+                         "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer,
+                         "global-attention layers": "all" if global_layers is None else str(global_layers),
+                         "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum())})
         df = pd.DataFrame(rows)
         df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
         df["verdict"] = ["supported" if a < analysis.ALPHA else "contradicted" if b < analysis.ALPHA else "inconclusive"
@@ -674,14 +678,36 @@ def sweep_curve(records: list[QueryRecord], order, qrels) -> np.ndarray:
     return ndcg_rows(scored, qrels)[1].mean(0)
 
 
-def global_attention_heads(model) -> list[tuple[int, int]] | None:
-    """Heads of the layers that attend over the whole context, where a model mixes in
-    sliding-window layers (gemma3: 3 of 18 layers are global); None when the config says nothing."""
-    config = model.config() if hasattr(model, "config") and callable(model.config) else model.backbone.config
-    types = getattr(config, "layer_types", None)
+def _config(model):
+    return model.config() if hasattr(model, "config") and callable(model.config) else model.backbone.config
+
+
+def global_attention_layers(model) -> list[int] | None:
+    """The layers that attend over the whole context, where a model mixes in sliding-window layers
+    (gemma3: 3 of 18 layers are global); None when every layer is global or the config says nothing."""
+    types = getattr(_config(model), "layer_types", None)
     if not types or all(t == "full_attention" for t in types):
         return None
-    return [(l, h) for l, t in enumerate(types[: model.num_layers]) if t == "full_attention" for h in range(model.num_heads)]
+    return [l for l, t in enumerate(types[: model.num_layers]) if t == "full_attention"]
+
+
+def global_attention_heads(model) -> list[tuple[int, int]] | None:
+    """The heads of ``global_attention_layers`` (None where every layer is global)."""
+    layers = global_attention_layers(model)
+    return None if layers is None else [(l, h) for l in layers for h in range(model.num_heads)]
+
+
+def attention_note(name: str, model) -> str | None:
+    """A sentence for the report where a model's layers do not all see the whole prompt (None otherwise)."""
+    layers = global_attention_layers(model)
+    if layers is None:
+        return None
+    window = getattr(_config(model), "sliding_window", None)
+    return (f"{name}: {model.num_layers - len(layers)} of its {model.num_layers} layers attend only to the last "
+            f"{window} tokens (sliding window); only layers {layers} see the whole prompt, so from the query a head "
+            f"of the other layers reaches only the documents within {window} tokens of it. ICR sums every layer's "
+            "heads; the depth table counts the top CoRe heads in the global layers, and the head-set controls "
+            "include the global-attention heads as a set.")
 
 
 # ----------------------------------------------------------------------------- ablations (reviewers' questions)
