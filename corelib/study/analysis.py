@@ -58,6 +58,12 @@ RULES = f"""\
   (supported when p < {ALPHA}, contradicted when the mirrored p < {ALPHA}). The queries are held fixed: this tests
   the head choice, not generalisation to new queries. The in-sample oracle (best single heads on
   the evaluated queries) is an upper bound, never a method.
+- *Scale* (the `cpu` profile's four models; added before the two Qwen models' cpu-profile numbers existed).
+  Descriptive only: each model's estimates with its own CI and verdict, against its parameter count. No
+  trend is tested: four models differ in family, tuning and quantisation as well as size, and their samples
+  differ (the table's `queries`). A claim is said to change with size only where per-model verdicts differ
+  in direction (supported for one model, contradicted for another); an inconclusive verdict beside a
+  supported one is reported as such, not as a change.
 """
 
 
