@@ -19,20 +19,25 @@ REPO = Path(__file__).resolve().parents[1]
 def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokenizer, shared_data):
     from tiny_models import tiny_model
 
-    from transformers import MistralForCausalLM
+    from transformers import Gemma3ForCausalLM, MistralForCausalLM
 
-    model_dir = tmp_path / "tiny-mistral"
-    lm = tiny_model("mistral", tokenizer)
-    causal = MistralForCausalLM(lm.backbone.config)  # saved with its (untied) LM head: NIAH decodes with it
-    causal.model = lm.backbone
-    causal.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    dirs = {}
+    for arch, causal_class in (("mistral", MistralForCausalLM), ("gemma3", Gemma3ForCausalLM)):
+        dirs[arch] = tmp_path / f"tiny-{arch}"
+        lm = tiny_model(arch, tokenizer)
+        causal = causal_class(lm.backbone.config)  # saved with its LM head: NIAH decodes with it
+        causal.model = lm.backbone
+        causal.save_pretrained(dirs[arch])
+        tokenizer.save_pretrained(dirs[arch])
+    model_dir = dirs["mistral"]
     for name in ("nq-open-detection", "adi"):
         (tiny_beir / name).symlink_to(shared_data / name)
     import shutil
 
     shutil.copytree(tiny_beir / "tiny", tiny_beir / "tiny2")  # leave-one-collection-out needs two
-    p = profile("paper", models=(str(model_dir),), collections=("tiny", "tiny2"), multilingual=(), queries=2, top_k=3,
+    # two models, as the cpu profile has four: pooled tests, the claims matrix and the scaling view get a row each;
+    # the gemma3 stand-in mixes sliding-window and global layers (sliding, full, sliding, full)
+    p = profile("paper", models=(str(model_dir), str(dirs["gemma3"])), collections=("tiny", "tiny2"), multilingual=(), queries=2, top_k=3,
                 words=20, detection_samples=2, negatives=3, positions=2, prune_levels=(0.0, 0.5), control_sets=20,
                 niah_needles=1, niah_lengths=(100,), niah_depths=(0.5,),
                 encoder="minilm-l6")  # the paper's dense first stage, with the offline encoder (granite-embedding is on the hub)
@@ -43,36 +48,46 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     t = S.tables
     t.collections(), t.prompt_lengths(), t.top_heads(), t.overlap(), t.detection_temperature()
     niah = t.niah_detection()  # a random-weight model copies no needle: NIAH-R is left out, said with the counts
-    assert niah["trials"].tolist() == [1] and niah["counted"].tolist() == [0] and "NIAH-R" not in S.head_methods(m)
+    assert niah["trials"].tolist() == [1, 1] and niah["counted"].tolist() == [0, 0] and "NIAH-R" not in S.head_methods(m)
     S.save_head_rankings()
     pq = t.per_query(sources=("nq", "in-domain", "in-domain, position-matched"))
     t.table1(pq)
     cmp = t.comparisons("table1", [t.compare(pq, t.table1_pairs(("nq", "in-domain", "in-domain, position-matched")))])
     assert {"ICR beats Dense", "Dense beats BM25", "CoRe-R beats QR-R (in-domain heads)"} <= set(cmp["claim"])
+    family = cmp[cmp["claim"] == "CoRe-R beats ICR"].set_index("model")
+    assert list(family.index) == [m, str(dirs["gemma3"]), "pooled (a query once)"]
+    assert family.loc["pooled (a query once)", "queries"] == family.loc[m, "queries"]  # the same queries, counted once
+    assert (family["p holm"] >= family["p"] - 1e-12).all()
     t.controls()
     t.in_domain_sources(pq)
     t.sweep()
-    t.depth()
+    depth = t.depth().set_index("model")
+    assert depth.loc[m, "global-attention layers"] == "all" and depth.loc[str(dirs["gemma3"]), "global-attention layers"] == "[1, 3]"
     prune, ppq = t.pruning()
     t.comparisons("pruning", [t.pruning_margin(ppq)])
     t.ablations.temperature(), t.ablations.calibrated_detection(), t.ablations.negatives_positions(negatives=(1, 3))
     t.ablations.length_bias()
     from corelib.study import report
 
-    scale = t.scaling()  # one model: one row, read back from the tables above
-    assert scale["model"].tolist() == [m]
+    scale = t.scaling()  # a row per model, read back from the tables above
+    assert scale["model"].tolist() == [m, str(dirs["gemma3"])]
     assert scale["CoRe-R - ICR ci low"].iloc[0] <= scale["CoRe-R - ICR"].iloc[0] <= scale["CoRe-R - ICR ci high"].iloc[0]
     from corelib.study import plots
 
     plots.scaling(scale)
     v = report.verdicts(S)
     assert set(v["claim"]) >= {"CoRe-R beats ICR", "top heads in middle layers", "50% pruning within 0.5 point"}
-    assert "p (loss <= 0.5)" in v.set_index("claim").loc["50% pruning within 0.5 point", "ours"]  # both tests shown
+    mine = v[v["model"] == m].set_index("claim")
+    assert "p (loss <= 0.5)" in mine.loc["50% pruning within 0.5 point", "ours"]  # both tests shown
     out = report.write_report(S, S.out / p.name / "REPORT.md")
     text = out.read_text()
     assert "## Verdicts" in text and "## Claims at a glance" in text
-    cell = v.set_index("claim").loc["CoRe-R beats ICR"]
+    cell = mine.loc["CoRe-R beats ICR"]
+    glance = report.at_a_glance(v)
+    assert list(glance.columns)[1:] == [m, str(dirs["gemma3"]), "pooled (a query once)"]
     assert f"| {cell['brief']}: {cell['verdict']} |" in text  # the matrix's cell is the verdict row's
+    assert "**Attention window.** " + str(dirs["gemma3"]) + ": 2 of its 4 layers attend only to the last 24 tokens" in text
+    assert "**Attention window.** " + m not in text
     assert (S.heads_dir / "tiny-mistral.core.json").is_file()
 
 
