@@ -128,12 +128,16 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
     """A TREC run file (``qid Q0 docid rank score tag``, possibly .gz) -> qid -> [(doc, score)] best first."""
     rows: dict[str, list[tuple[int, str, float]]] = {}
+    first_line: dict[tuple[str, str], int] = {}
     for n, line in _lines(Path(path)):
         cols = line.split()
         if not cols:
             continue
         if len(cols) < 5:
             raise DataError(f"{path}:{n}: a TREC run line needs 'qid Q0 docid rank score tag'")
+        if (seen := first_line.setdefault((cols[0], cols[2]), n)) != n:
+            raise DataError(f"{path}:{n}: document {cols[2]!r} is ranked again for query {cols[0]!r} (first on line "
+                            f"{seen}): a run ranks each document once per query; remove the repeated lines")
         try:
             rows.setdefault(cols[0], []).append((int(cols[3]), cols[2], float(cols[4])))
         except ValueError:

@@ -50,6 +50,17 @@ def test_good_qrels_still_read(tmp_path):
     assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}}
 
 
+def test_a_run_that_ranks_a_document_twice_is_refused(tmp_path):
+    from corelib.data import read_trec_run
+
+    path = tmp_path / "run.trec"
+    path.write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 d2 2 2.0 t\nq2 Q0 d1 1 1.0 t\nq1 Q0 d1 3 1.0 t\n")
+    with pytest.raises(DataError, match=r"run.trec:4: document 'd1' is ranked again for query 'q1' \(first on line 1\)"):
+        read_trec_run(path)  # before: the prompt held d1 twice and its two scores collapsed into one
+    path.write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 d2 2 2.0 t\nq2 Q0 d1 1 1.0 t\n")
+    assert read_trec_run(path) == {"q1": [("d1", 3.0), ("d2", 2.0)], "q2": [("d1", 1.0)]}
+
+
 def test_trec_ids_with_whitespace_are_refused(tmp_path):
     with pytest.raises(DataError, match="whitespace"):
         write_trec_run({"q 1": {"d1": 1.0}}, tmp_path / "run.trec")
