@@ -406,8 +406,7 @@ class Tables:
                      **{name: self.s.heads(m, key, k) for name, key in self.s.head_methods(m).items()},
                      "oracle (in-sample upper bound)": oracle}
             named.update((methods or {}).get(m, {}))
-            globals_ = global_attention_heads(self.s.spec(m))
-            if globals_ and len(globals_) < L * H:
+            if globals_ := global_attention_heads(spec):  # None where every layer sees the whole prompt
                 named[f"global-attention heads ({len(globals_)})"] = globals_
             method_scores = {name: float(self._set_scores(m, [heads])[0]) for name, heads in named.items()}
             for control, sets in self.control_sets(m).items():
