@@ -11,7 +11,7 @@ export CORELIB_DATA := $(DATA)
 # Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.
 export JUPYTER_DATA_DIR := $(abspath $(VENV))/share/jupyter
 
-.PHONY: setup test reproduce warm pending lab bench bench-gpu models-large clean
+.PHONY: setup test reproduce warm pending time-pruning lab bench bench-gpu models-large clean
 
 setup: $(VENV)/.setup-done
 
@@ -61,6 +61,12 @@ reproduce: setup
 warm: setup
 	$(large-if-needed)
 	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
+
+# The pruning cost (notebook 07's timings) of the profile's models (MODEL=name for one), cached per model; time it on
+# an otherwise idle machine (no `make warm` running); `make reproduce` then reuses it
+time-pruning: setup
+	$(large-if-needed)
+	$(BIN)/python -m corelib.study -v time-pruning --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
 # What `make warm` has left per model and step (reads file names only; loads no model)
 pending: setup

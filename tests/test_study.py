@@ -373,3 +373,38 @@ def test_models_with_sliding_window_layers_are_named_with_their_global_layers():
     note = attention_note("tiny-gemma3", gemma)
     assert note.startswith("tiny-gemma3: 2 of its 4 layers attend only to the last 24 tokens") and "[1, 3]" in note
     assert global_attention_layers(qwen) is None and attention_note("tiny-qwen2", qwen) is None
+
+
+def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
+    """A stopped `make reproduce` keeps the models it timed: the rows are cached under the cache root,
+    keyed by what sets them, and a different setting (here the repeats) measures again."""
+    from corelib.study import bench
+
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path))
+    S = Study("smoke", out=tmp_path / "results")
+
+    class Spec:
+        num_layers, num_heads = 10, 2
+
+    calls = []
+
+    def fake_measure(m, config, tokens, repeats, data, layers=None):
+        calls.append((config, layers))
+        kept = layers or 10
+        return {"model": m, "config": config, "tokens": tokens, "seconds": 2.0 * kept / 10, "model_and_run_mb": 100.0 * kept,
+                "device": "cpu"}
+
+    monkeypatch.setattr(S, "spec", lambda m: Spec())
+    monkeypatch.setattr(S, "heads", lambda m, method, k=None, *a, **kw: [(2, 0), (6, 1)])
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "busy_cpu_share", lambda: 0.0)
+    first = S.tables.model_pruning_cost("m", tokens=500, repeats=2)
+    n = len(calls)
+    assert n == len(S.p.prune_levels) + 1 and calls[-1] == ("eexit", 7)  # exits after layer 6
+    assert first.loc[first["kept layers"] == 5, "latency ratio"].item() == pytest.approx(0.5)
+    again = S.tables.model_pruning_cost("m", tokens=500, repeats=2)
+    assert len(calls) == n  # nothing re-measured
+    pd.testing.assert_frame_equal(first, again)
+    S.tables.model_pruning_cost("m", tokens=500, repeats=3)
+    assert len(calls) == 2 * n
+    assert len(list((tmp_path / "timings" / "pruning_cost").glob("m-*.json"))) == 2

@@ -54,6 +54,12 @@ def main(argv=None) -> int:
     n = sub.add_parser("notebooks", help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
     n.add_argument("--profile", default="quick")
     n.add_argument("paths", nargs="+")
+    t = sub.add_parser("time-pruning", help="measure and cache the pruning cost of a profile's models (on an idle "
+                       "machine), which `make reproduce` then reuses")
+    t.add_argument("--profile", default="quick")
+    t.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
+    t.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
+    t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -99,7 +105,13 @@ def main(argv=None) -> int:
             + f". What is missing is computed on first use; `make warm PROFILE={S.p.name}` computes it first, "
             f"resumably, one model at a time (`make pending PROFILE={S.p.name}` lists it by step)")
 
-    return run_command(warm if args.command == "warm" else pending)
+    def time_pruning():
+        S = Study(args.profile, data=args.data, models=args.model)
+        for m in S.p.models:
+            df = S.tables.model_pruning_cost(m, repeats=args.repeats)
+            print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+
+    return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning}[args.command])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -113,6 +114,20 @@ def busy_cpu_share(seconds: float = 0.5) -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def machine_key() -> dict:
+    """What a timing depends on besides its configuration: the device, torch's thread count, the CPU
+    model and the torch version (a cached timing is reused only where all four match)."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "threads": torch.get_num_threads(), "cpu": cpu or platform.machine(),
+            "torch": torch.__version__}
 
 
 def timed(fn, cuda: bool) -> float:

@@ -8,10 +8,13 @@ model, head source or first stage adds rows, not columns.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import math
 import random
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,7 @@ import torch
 
 from ..evaluate import evaluate_run, ndcg_rows, per_query
 from ..heads import in_domain_samples
+from ..models import cache_root
 from ..prompts import build_prompt, prompt_order
 from ..records import QueryRecord
 from ..scoring import cumulative_doc_scores, filtered_doc_sum, head_index, record_run
@@ -73,7 +77,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "practitioner_cost": ("model", "collection", "method", "queries timed", "seconds per query", "ratio to bi-encoder (cold)",
                           "nDCG@10 (mean over collections)", "device"),
     "pruning_cost": ("model", "run", "pruned share", "kept layers", "tokens", "seconds", "model and run MB",
-                     "latency ratio", "memory ratio", "device"),
+                     "latency ratio", "memory ratio", "device", "measured"),
     "ablation_temperature": ("model", "temperature", "CoRe-R nDCG@10"),
     "ablation_calibrated_detection": ("model", "method", "calibrated detection", "nDCG@10"),
     "ablation_negatives_positions": ("model", "ablation", "nDCG@10"),
@@ -86,7 +90,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 # Columns added after tables were committed: an older table without them reads them as empty
-LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior")}
+LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",)}
 
 
 def _with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:
@@ -98,6 +102,10 @@ def _with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:
 
 def _mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
     return float(df.groupby("collection")[value].mean().mean())
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class Tables:
@@ -534,44 +542,60 @@ class Tables:
 
     def pruning_cost(self, tokens: int | None = None, repeats: int = 3) -> pd.DataFrame:
         """Measured cost of extraction on the pruned model at each pruned share, and of the unpruned
-        model that exits after the deepest top-k CoRe head. Each configuration runs in its own process
-        (``bench.measure``: median of ``repeats`` after a warm-up; peak memory above the process's
-        baseline, or peak GPU allocation) on one real prompt of about ``tokens`` tokens (default: the
-        length of the profile's first prompt). Ratios are to the unpruned model in the same call."""
-        from .bench import busy_cpu_share, measure
-
-        frames = []
-        for m in self.p.models:
-            total = self.s.spec(m).num_layers
-            exit_layers = max(l for l, _ in self.s.heads(m, "core")) + 1
-            n_tokens = tokens
-            if n_tokens is None:
-                lm, c = self.s.model(m), self.s.collection(self.p.collections[0])
-                cand = self.s.candidates(m, self.p.collections[0])
-                q = next(iter(cand.ranking))
-                docs = prompt_order([c.document(d, self.p.words) for d in cand.ranking[q]])
-                n_tokens = len(build_prompt(lm.tokenizer, c.queries[q], docs, lm.prefix, lm.suffix).input_ids)
-            busy = busy_cpu_share()
-            if not torch.cuda.is_available() and busy > 0.25:
-                log.warning("%.0f%% of the CPU is busy with other processes before timing %s: the latency ratios "
-                            "will be noisy; stop them (e.g. a `make warm` job) for clean numbers", 100 * busy, m)
-            rows = []
-            for share in self.p.prune_levels:
-                kept = kept_layers(total, share)
-                row = (measure(m, "pruned", n_tokens, repeats, self.s.data, layers=kept) if kept < total
-                       else measure(m, "b", n_tokens, repeats, self.s.data))
-                rows.append({**row, "pruned share": share, "kept layers": kept, "run": "pruned"})
-            rows.append({**measure(m, "eexit", n_tokens, repeats, self.s.data, layers=exit_layers),
-                         "pruned share": 0.0, "kept layers": total, "run": f"early exit after layer {exit_layers - 1}"})
-            errors = [r["error"] for r in rows if "error" in r]
-            if errors:
-                raise RuntimeError(f"pruning cost of {m} not measured: {errors[0]}")
-            df = pd.DataFrame(rows).rename(columns={"model_and_run_mb": "model and run MB"})
-            base = df[(df.run == "pruned") & (df["kept layers"] == total)].iloc[0]
-            df["latency ratio"] = df.seconds / base.seconds
-            df["memory ratio"] = df["model and run MB"] / base["model and run MB"]
-            frames.append(df)
+        model that exits after the deepest top-k CoRe head, for every model of the profile
+        (``model_pruning_cost``: cached per model, so a stopped run keeps the models it timed)."""
+        frames = [self.model_pruning_cost(m, tokens, repeats) for m in self.p.models]
         return self.write("pruning_cost", pd.concat(frames, ignore_index=True))
+
+    def model_pruning_cost(self, m: str, tokens: int | None = None, repeats: int = 3) -> pd.DataFrame:
+        """One model's pruning cost. Each configuration runs in its own process (``bench.measure``:
+        median of ``repeats`` after a warm-up; peak memory above the process's baseline, or peak GPU
+        allocation) on one real prompt of about ``tokens`` tokens (default: the length of the
+        profile's first prompt). Ratios are to the unpruned model in the same call. The rows are
+        cached under ``$CORELIB_CACHE/timings``, keyed by everything that sets them (model, prompt
+        length, repeats, pruned shares, exit layer, device, threads, CPU, torch version), and carry
+        the time they were measured; delete that folder to measure again."""
+        from .bench import busy_cpu_share, machine_key, measure
+
+        total = self.s.spec(m).num_layers
+        exit_layers = max(l for l, _ in self.s.heads(m, "core")) + 1
+        n_tokens = tokens
+        if n_tokens is None:
+            lm, c = self.s.model(m), self.s.collection(self.p.collections[0])
+            cand = self.s.candidates(m, self.p.collections[0])
+            q = next(iter(cand.ranking))
+            docs = prompt_order([c.document(d, self.p.words) for d in cand.ranking[q]])
+            n_tokens = len(build_prompt(lm.tokenizer, c.queries[q], docs, lm.prefix, lm.suffix).input_ids)
+        key = {"model": m, "tokens": n_tokens, "repeats": repeats, "pruned shares": list(self.p.prune_levels),
+               "exit layers": exit_layers, **machine_key()}
+        cache = cache_root() / "timings" / "pruning_cost" / f"{m}-{_digest(key)}.json"
+        if cache.is_file():
+            log.info("pruning cost of %s: cached (%s)", m, cache)
+            return pd.DataFrame(json.loads(cache.read_text())["rows"])
+        busy = busy_cpu_share()
+        if not torch.cuda.is_available() and busy > 0.25:
+            log.warning("%.0f%% of the CPU is busy with other processes before timing %s: the latency ratios "
+                        "will be noisy; stop them (e.g. a `make warm` job) for clean numbers", 100 * busy, m)
+        rows = []
+        for share in self.p.prune_levels:
+            kept = kept_layers(total, share)
+            row = (measure(m, "pruned", n_tokens, repeats, self.s.data, layers=kept) if kept < total
+                   else measure(m, "b", n_tokens, repeats, self.s.data))
+            rows.append({**row, "pruned share": share, "kept layers": kept, "run": "pruned"})
+        rows.append({**measure(m, "eexit", n_tokens, repeats, self.s.data, layers=exit_layers),
+                     "pruned share": 0.0, "kept layers": total, "run": f"early exit after layer {exit_layers - 1}"})
+        errors = [r["error"] for r in rows if "error" in r]
+        if errors:
+            raise RuntimeError(f"pruning cost of {m} not measured: {errors[0]}")
+        df = pd.DataFrame(rows).rename(columns={"model_and_run_mb": "model and run MB"})
+        base = df[(df.run == "pruned") & (df["kept layers"] == total)].iloc[0]
+        df["latency ratio"] = df.seconds / base.seconds
+        df["memory ratio"] = df["model and run MB"] / base["model and run MB"]
+        df["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        df = df[self.columns("pruning_cost")]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "busy cpu share before": busy, "rows": df.to_dict("records")}, indent=1))
+        return df
 
     def practitioner_cost(self, pq: pd.DataFrame, queries: int = 10) -> pd.DataFrame:
         """Per-query latency of the bi-encoder re-ranker (cold: encoding the query and its candidates;
