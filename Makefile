@@ -1,5 +1,5 @@
 SHELL := /bin/bash
-# make reproduce  -> sets up .venv (first time) and executes every notebook into results/
+# make reproduce  -> sets up .venv (first time) and executes every notebook into results/ (FROM=05: from notebook 05 on)
 # make test       -> sets up .venv (first time) and runs the test suite
 PY      ?= python3
 VENV    := .venv
@@ -47,7 +47,8 @@ reproduce: setup
 	  print(f'== profile {x.name}: {\", \".join(x.models)}; {x.sizes()}'); \
 	  print(f'== expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes')"
 	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" | sed 's/^/== /'
-	@for nb in $$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(NOTEBOOKS)); do \
+	@nbs=$$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(NOTEBOOKS)) || exit 1; \
+	for nb in $$nbs; do \
 	  echo "== $$nb ($(PROFILE))"; \
 	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \
 	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results \

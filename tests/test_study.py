@@ -336,6 +336,13 @@ def test_a_profile_without_multilingual_sets_skips_their_notebook_and_never_subs
                  "notebooks/08_table2_multilingual.ipynb"]) == 0
     out, err = capsys.readouterr()
     assert out.split() == ["notebooks/07_fig3_layer_pruning.ipynb"] and "skip notebooks/08_table2_multilingual.ipynb" in err
+    # FROM=08 resumes a stopped reproduce: earlier notebooks are left out, without a skip message
+    assert main(["notebooks", "--profile", "quick", "--from", "08", "notebooks/07_fig3_layer_pruning.ipynb",
+                 "notebooks/08_table2_multilingual.ipynb", "notebooks/10_report.ipynb"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["notebooks/08_table2_multilingual.ipynb", "notebooks/10_report.ipynb"] and not err
+    assert main(["notebooks", "--profile", "quick", "--from", "5", "notebooks/07_fig3_layer_pruning.ipynb"]) == 2
+    assert "no notebook's name sorts at or after --from '5'" in capsys.readouterr().err
     S = Study("cpu-dense", data=shared_data, out=tmp_path)
     with pytest.raises(ValueError, match="no collections to evaluate for 'per_query_multilingual' in profile cpu-dense"):
         S.tables.per_query(S.p.multilingual, name="per_query_multilingual")

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     q.add_argument("--brief", action="store_true", help="only the summary line (`make reproduce` prints it first)")
     n = sub.add_parser("notebooks", help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
     n.add_argument("--profile", default="quick")
+    n.add_argument("--from", dest="start", default="", help="only notebooks whose file name sorts at or after this "
+                   "prefix (e.g. 05): resumes a stopped `make reproduce` (FROM=05) without re-running the earlier ones")
     n.add_argument("paths", nargs="+")
     t = sub.add_parser("time-pruning", help="measure and cache the pruning cost of a profile's models (on an idle "
                        "machine), which `make reproduce` then reuses")
@@ -67,7 +69,13 @@ def main(argv=None) -> int:
         from .profiles import profile
 
         skipped = profile(args.profile).skipped_notebooks()
+        if args.start and not any(Path(path).name >= args.start for path in args.paths):
+            print(f"error: no notebook's name sorts at or after --from {args.start!r}; the notebooks are "
+                  f"{', '.join(Path(p).name for p in args.paths)} (give a prefix such as 05)", file=sys.stderr)
+            return 2
         for path in args.paths:
+            if Path(path).name < args.start:
+                continue
             why = skipped.get(Path(path).stem)
             if why:
                 print(f"== skip {path}: {why}", file=sys.stderr)
