@@ -95,7 +95,8 @@ PROFILES: dict[str, Profile] = {
                    queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300), ("qwen2.5-coder-1.5b", 15)),
                    multilingual_queries=((DEFAULT_MODEL, 50), ("qwen2.5-coder-1.5b", 10)),
                    detection_by_model=(("qwen2.5-coder-1.5b", 50),),
-                   hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) first"),
+                   hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
+                         "(~35 min) first; then about 15 min of notebooks (session 12)"),
     # Issue 16: the default model on dense (minilm-l6) candidates at the cpu profile's query sample.
     "cpu-dense": Profile("cpu-dense", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=300,
                          detection_samples=100, negatives=19, positions=2, temperature=0.001, first_stage="dense",
