@@ -415,3 +415,4 @@ def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
     S.tables.model_pruning_cost("m", tokens=500, repeats=3)
     assert len(calls) == 2 * n
     assert len(list((tmp_path / "timings" / "pruning_cost").glob("m-*.json"))) == 2
+    assert not list((tmp_path / "timings" / "pruning_cost").glob("*.tmp"))  # written whole, then renamed

@@ -24,7 +24,7 @@ import torch
 
 from ..evaluate import evaluate_run, ndcg_rows, per_query
 from ..heads import in_domain_samples
-from ..models import cache_root
+from ..models import cache_root, publish
 from ..prompts import build_prompt, prompt_order
 from ..records import QueryRecord
 from ..scoring import cumulative_doc_scores, filtered_doc_sum, head_index, record_run
@@ -557,7 +557,8 @@ class Tables:
         the time they were measured; delete that folder to measure again."""
         from .bench import busy_cpu_share, machine_key, measure
 
-        total = self.s.spec(m).num_layers
+        spec = self.s.spec(m)
+        total = spec.num_layers
         exit_layers = max(l for l, _ in self.s.heads(m, "core")) + 1
         n_tokens = tokens
         if n_tokens is None:
@@ -594,7 +595,9 @@ class Tables:
         df["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         df = df[self.columns("pruning_cost")]
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "busy cpu share before": busy, "rows": df.to_dict("records")}, indent=1))
+        tmp = cache.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"key": key, "busy cpu share before": busy, "rows": df.to_dict("records")}, indent=1))
+        publish(tmp, cache)  # a killed run leaves no half-written cache file
         return df
 
     def practitioner_cost(self, pq: pd.DataFrame, queries: int = 10) -> pd.DataFrame:
