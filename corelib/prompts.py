@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,9 +53,53 @@ def document_text(title: str | None, body: str, words: int | None) -> str:
     return f"{title}\n{body}" if title else body
 
 
+@dataclass(frozen=True)
+class CandidateOrder:
+    """Where each first-stage candidate goes in the prompt.
+
+    ``permutation(query_id, n)[i]`` is the first-stage rank (0-based) of the document at prompt
+    position i. The default, ``CandidateOrder()``, is ICR's: the rank-1 candidate last, nearest the
+    query. ``CandidateOrder(shuffle_seed=s)`` places the candidates in a random order drawn from
+    ``s`` and the query id, the same on every run and machine, so that nearness to the query carries
+    no first-stage information. ``CandidateOrder(rank1_last=False)`` keeps the first-stage order.
+    """
+
+    rank1_last: bool = True
+    shuffle_seed: int | None = None
+
+    def __post_init__(self):
+        if self.shuffle_seed is not None and (isinstance(self.shuffle_seed, bool) or not isinstance(self.shuffle_seed, int)):
+            raise PromptError(f"shuffle_seed={self.shuffle_seed!r}: give a whole number (or None for first-stage order)")
+
+    @property
+    def shuffled(self) -> bool:
+        return self.shuffle_seed is not None
+
+    @property
+    def name(self) -> str:
+        if self.shuffled:
+            return f"shuffled (seed {self.shuffle_seed})"
+        return "rank 1 last" if self.rank1_last else "rank 1 first"
+
+    def permutation(self, query_id: str, n: int) -> tuple[int, ...]:
+        if self.shuffled:
+            ranks = list(range(n))
+            # str seeds hash with sha512 in random.Random: the same draw on every platform and run
+            random.Random(f"{self.shuffle_seed}:{query_id}").shuffle(ranks)
+            return tuple(ranks)
+        return tuple(range(n - 1, -1, -1)) if self.rank1_last else tuple(range(n))
+
+    def apply(self, docs: Sequence[Document], query_id: str = "") -> list[Document]:
+        """First-stage order -> prompt order."""
+        return [docs[r] for r in self.permutation(str(query_id), len(docs))]
+
+
+ICR_ORDER = CandidateOrder()
+
+
 def prompt_order(docs: Sequence[Document], rank1_last: bool = True) -> list[Document]:
     """First-stage order -> prompt order. ICR puts the rank-1 candidate last, nearest the query."""
-    return list(reversed(docs)) if rank1_last else list(docs)
+    return CandidateOrder(rank1_last=rank1_last).apply(docs)
 
 
 def _overlapping(offsets, start: int, end: int) -> tuple[int, int]:

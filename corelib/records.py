@@ -50,6 +50,8 @@ class QueryRecord:
     calibrated: bool
     num_tokens: int  # tokens run for the query prompt
     positive: int | None = None  # prompt index of the positive (detection records)
+    # first-stage rank (0-based) of the document at each prompt position, where the candidates were shuffled
+    permutation: tuple[int, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -79,6 +81,9 @@ class RecordRequest:
     docs: tuple[Document, ...]
     group: str = "adhoc"  # a folder of the store (the collection's name)
     positive: int | None = None  # prompt index of the positive (detection prompts)
+    # first-stage rank of the document at each prompt position, for shuffled candidates (None: the order's
+    # default, ICR's rank 1 last); part of the key, stored with the record
+    permutation: tuple[int, ...] | None = None
 
 
 # ----------------------------------------------------------------------------- building
@@ -164,7 +169,9 @@ def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request
             "layers": int(layers), "calibrate": bool(calibrate), "group": request.group,
             "query_id": str(request.query_id), "query": content_digest(request.query),
             "doc_ids": [d.doc_id for d in request.docs], "texts": content_digest([d.text for d in request.docs]),
-            "positive": request.positive}
+            "positive": request.positive,
+            # only shuffled requests carry it, so the keys of records in ICR's order are those they always had
+            **({"permutation": list(request.permutation)} if request.permutation is not None else {})}
 
 
 def record_key(fields: dict) -> str:
@@ -224,7 +231,8 @@ class RecordStore:
                 query_id=fields["query_id"], doc_ids=list(fields["doc_ids"]), bounds=tensors["bounds"],
                 token_scores=tensors["token_scores"], doc_mass=tensors["doc_mass"],
                 doc_mass_na=tensors.get("doc_mass_na"), calibrated=fields["calibrate"],
-                num_tokens=int(meta["num_tokens"]), positive=fields["positive"])
+                num_tokens=int(meta["num_tokens"]), positive=fields["positive"],
+                permutation=tuple(fields["permutation"]) if "permutation" in fields else None)
             n, layers = len(record.doc_ids), fields["layers"]
             if (record.token_scores.shape[0] != layers or record.doc_mass.shape[0] != layers
                     or record.doc_mass.shape[-1] != n or len(record.bounds) != n + 1
@@ -324,8 +332,9 @@ def get_records(
 
     def compute(req: RecordRequest) -> QueryRecord:
         lm = load()
-        return build_record(lm, req.query, list(req.docs), query_id=req.query_id, calibrate=calibrate,
-                            num_layers=layers, positive=req.positive, words=words)
+        record = build_record(lm, req.query, list(req.docs), query_id=req.query_id, calibrate=calibrate,
+                              num_layers=layers, positive=req.positive, words=words)
+        return record if req.permutation is None else replace(record, permutation=req.permutation)
 
     if store is None:
         return [compute(req) for req in progress_bar(requests, progress)]

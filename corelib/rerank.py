@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 from .data import Candidates, Collection, DetectionSample
 from .heads import HeadSet, HeadSpec, resolve_heads
 from .models import LoadedModel, ModelSpec
-from .prompts import Document, PromptError, document_text, prompt_order
+from .prompts import ICR_ORDER, CandidateOrder, Document, PromptError, document_text
 from .records import CacheStatus, QueryRecord, RecordRequest, RecordStore, get_records, record_status
 from .scoring import doc_scores
 
@@ -66,6 +66,7 @@ class Reranker:
         top_k: int | None = None,
         words: int | None = 300,
         rank1_last: bool = True,
+        order: CandidateOrder | None = None,
         store: RecordStore | None = None,
         heads_dir: str | os.PathLike | None = None,
     ):
@@ -81,7 +82,11 @@ class Reranker:
         self.calibrate = calibrate
         self.top_k = top_k
         self.words = words
-        self.rank1_last = rank1_last
+        if order is not None and not isinstance(order, CandidateOrder):
+            raise PromptError(f"order is a {type(order).__name__}: give a CandidateOrder, e.g. CandidateOrder(shuffle_seed=0)")
+        if order is not None and not rank1_last:
+            raise PromptError("give either order= or rank1_last=False, not both")
+        self.order = order if order is not None else (ICR_ORDER if rank1_last else CandidateOrder(rank1_last=False))
         self.store = store
         self.num_layers = self.layers_available if self.head_set is None else self.head_set.deepest_layer + 1
 
@@ -110,7 +115,9 @@ class Reranker:
 
     def requests(self, query: str, docs: Sequence[Document], query_id: str = "", group: str = "adhoc") -> RecordRequest:
         docs = list(docs)[: self.top_k] if self.top_k else list(docs)
-        return RecordRequest(str(query_id), query, tuple(prompt_order(docs, self.rank1_last)), group)
+        perm = self.order.permutation(str(query_id), len(docs))
+        return RecordRequest(str(query_id), query, tuple(docs[r] for r in perm), group,
+                             permutation=perm if self.order.shuffled else None)
 
     def _records(self, requests: Sequence[RecordRequest], progress: str | None = None) -> list[QueryRecord]:
         return get_records(self.model, requests, calibrate=self.calibrate, num_layers=self.num_layers,

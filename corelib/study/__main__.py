@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
     p.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
     p.add_argument("--no-multilingual", action="store_true")
+    p.add_argument("--step", action="append", help="only this step (repeatable; `pending` lists the steps), "
+                   "e.g. 'scifact (shuffled)'")
     q = sub.add_parser("pending", help="what `warm` has left: records needed, cached and missing per model and step")
     q.add_argument("--profile", default="quick")
     q.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     def warm():
         S = Study(args.profile, data=args.data, models=args.model)
         with shard(S) as part:
-            S.warm(multilingual=not args.no_multilingual)
+            S.warm(multilingual=not args.no_multilingual, steps=args.step)
         print(f"records of profile {S.p.name} cached for {', '.join(S.p.models)}" + (f" ({part})" if part else ""))
 
     def pending():

@@ -58,6 +58,19 @@ RULES = f"""\
   (supported when p < {ALPHA}, contradicted when the mirrored p < {ALPHA}). The queries are held fixed: this tests
   the head choice, not generalisation to new queries. The in-sample oracle (best single heads on
   the evaluated queries) is an upper bound, never a method.
+- *Candidate order* (added before any number with shuffled candidates existed). ICR's prompt puts the
+  first stage's rank-1 document nearest the query, so heads that favour nearby text can reproduce the first
+  stage's ranking. On a stratified part of each checked model's query sample (every query of a collection
+  whose sample has at most 100 queries, a seeded 64 of each larger one) the same candidates are also
+  placed in a random order per query (drawn from a fixed seed and the query id; the permutation is stored
+  with the record) and re-ranked with the same heads. "CoRe-R beats ICR", "CoRe-R beats QR-R", "CoRe-R beats
+  NIAH-R", "CoRe-R beats BM25" and "ICR beats BM25" are tested under each order on these queries with the
+  rules above (a family per claim and order: the models plus pooled, Holm), and the order's own effect,
+  "A in ICR's order beats A shuffled", per method in the same way. A claim is *robust to the order* when
+  its verdict with shuffled candidates equals its verdict in ICR's order on the same queries, and *depends
+  on the order* otherwise. Agreement with the first stage is descriptive: the Pearson correlation of a
+  method's per-query nDCG@10 with BM25's, and the mean (collections weighted equally) of Kendall's tau
+  between its ranking of the candidates and BM25's.
 - *Scale* (the `cpu` profile's four models; added before the two Qwen models' cpu-profile numbers existed).
   Descriptive only: each model's estimates with its own CI and verdict, against its parameter count. No
   trend is tested: four models differ in family, tuning and quantisation as well as size, and their samples

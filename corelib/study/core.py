@@ -18,6 +18,7 @@ from pathlib import Path
 from ..data import Candidates, Collection, first_stage, load_collection, load_detection, sample_queries
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..models import LoadedModel, ModelSpec, model_spec
+from ..prompts import CandidateOrder
 from ..niah import (NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores,
                     run_trials, trial_grid, trial_status)
 from ..records import CacheStatus, QueryRecord, RecordStore, record_status
@@ -35,6 +36,7 @@ POSITION_MATCHED_NEGATIVES = 4
 NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
 # warm's record steps besides the collections (whose steps are their names)
 DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS = "NQ detection", "calibrated NQ detection", "needle trials"
+SHUFFLED = " (shuffled)"  # warm's step for a collection's records with shuffled candidates: "<collection> (shuffled)"
 DETECTED = {"QR-R": "qr", "CoRe-R": "core"}  # methods whose heads are detected on a source (NQ or in-domain)
 
 
@@ -142,8 +144,33 @@ class Study:
         cand = self.candidates(model, collection)
         return self._reranker(model, calibrate).records(self.collection(collection), cand, self._share(list(cand.ranking)))
 
-    def _reranker(self, model: str, calibrate: bool = True) -> Reranker:
-        return Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store)
+    def _reranker(self, model: str, calibrate: bool = True, order: CandidateOrder | None = None) -> Reranker:
+        return Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store,
+                        order=order)
+
+    @property
+    def shuffled_order(self) -> CandidateOrder:
+        return CandidateOrder(shuffle_seed=self.p.order_seed)
+
+    def order_sample(self, model: str, collection: str) -> list[str]:
+        """The candidate-order check's queries of a collection: a stratified part of the model's sample
+        (all of it up to ``order_all_up_to`` queries, else a seeded ``order_queries`` of it), sorted."""
+        import random
+
+        qids = list(self.candidates(model, collection).ranking)
+        if len(qids) <= self.p.order_all_up_to or len(qids) <= self.p.order_queries:
+            return qids
+        return sorted(random.Random(f"order:{self.p.order_seed}").sample(qids, self.p.order_queries))
+
+    def shuffled_records(self, model: str, collection: str) -> list[QueryRecord]:
+        """All-head records of ``order_sample`` with the same candidates in a seeded random order per query
+        (the permutation is stored with each record and is part of its key)."""
+        if model not in self.p.order_models:
+            raise ValueError(f"profile {self.p.name!r} runs the candidate-order check for "
+                             f"{', '.join(self.p.order_models) or 'no model'}, not {model}")
+        rr = self._reranker(model, order=self.shuffled_order)
+        qids = self._share(self.order_sample(model, collection))
+        return rr.records(self.collection(collection), self.candidates(model, collection), qids)
 
     def _share(self, items: list) -> list:
         return items if self.shard is None else items[self.shard[0]:: self.shard[1]]
@@ -163,6 +190,8 @@ class Study:
         models (notebook 9), and the needle trials."""
         sizes = {c: len(self.candidates(model, c).ranking) for c in self.p.collections}
         steps = [DETECTION, *sorted(self.p.collections, key=sizes.get), *(self.p.multilingual if multilingual else ())]
+        if model in self.p.order_models:
+            steps += [c + SHUFFLED for c in sorted(self.p.collections, key=sizes.get)]
         if model in self.p.models_for_ablations:
             steps.append(CALIBRATED_DETECTION)
         if self.p.niah_needles:
@@ -175,6 +204,8 @@ class Study:
             return len(self.niah_trials(model))
         if step in (DETECTION, CALIBRATED_DETECTION):
             return len(self.detection(model, calibrate=step == CALIBRATED_DETECTION))
+        if step.endswith(SHUFFLED):
+            return len(self.shuffled_records(model, step.removesuffix(SHUFFLED)))
         return len(self.records(model, step))
 
     def step_status(self, model: str, step: str) -> CacheStatus:
@@ -187,14 +218,23 @@ class Study:
         if step in (DETECTION, CALIBRATED_DETECTION):
             requests = detection_requests(self._detection_samples(model))
             return record_status(spec, requests, calibrate=step == CALIBRATED_DETECTION, store=self.store)
+        if step.endswith(SHUFFLED):
+            c = step.removesuffix(SHUFFLED)
+            rr = self._reranker(model, order=self.shuffled_order)
+            return rr.status(rr.collection_requests(self.collection(c), self.candidates(model, c), self.order_sample(model, c)))
         rr = self._reranker(model)
         return rr.status(rr.collection_requests(self.collection(step), self.candidates(model, step)))
 
-    def warm(self, models=None, multilingual: bool = True) -> None:
+    def warm(self, models=None, multilingual: bool = True, steps=None) -> None:
         """Compute and cache every record the notebooks read, one model at a time, step by step
-        (``warm_steps``). Stop and re-run to resume."""
+        (``warm_steps``; ``steps``: only these). Stop and re-run to resume."""
         for m in models or self.p.models:
-            for step in self.warm_steps(m, multilingual):
+            known = self.warm_steps(m, multilingual)
+            unknown = [s for s in steps or () if s not in known]
+            if unknown:
+                raise ValueError(f"no warm step {', '.join(map(repr, unknown))} for {m} in profile {self.p.name}; "
+                                 f"its steps: {', '.join(known)}")
+            for step in (s for s in known if not steps or s in steps):
                 t0 = time.perf_counter()
                 n = self.run_step(m, step)
                 log.info("%s %s: %d %s (%.0f s)", m, step, n, "trials" if step == NIAH_TRIALS else "records",

@@ -39,6 +39,13 @@ class Profile:
     niah_lengths: tuple[int, ...] = (1000, 2000)
     niah_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     niah_haystack: str = "adi"
+    # The candidate-order check: the same candidates in a seeded random order per query (heads unchanged), for
+    # these models, on a stratified part of each model's query sample: every query of a collection whose sample
+    # has at most ``order_all_up_to`` queries, ``order_queries`` (a seeded subset) of each larger one
+    order_models: tuple[str, ...] = ()
+    order_queries: int = 64
+    order_all_up_to: int = 100
+    order_seed: int = 0
     hours: str = ""  # measured (or estimated) duration of `make reproduce` on a 2-core CPU, for the banner
 
     @property
@@ -79,7 +86,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", (DEFAULT_MODEL,), ("scifact", "cranfield"), top_k=8, words=40, queries=4,
                      detection_samples=4, negatives=7, positions=2, temperature=0.001,
                      prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",), control_sets=50,
-                     niah_needles=1, niah_lengths=(300,), niah_depths=(0.0, 1.0), hours="~4 min"),
+                     niah_needles=1, niah_lengths=(300,), niah_depths=(0.0, 1.0), order_models=(DEFAULT_MODEL,),
+                     order_queries=3, order_all_up_to=2, hours="~4 min"),
     # `make reproduce` with no PROFILE: every table and figure for the default model in about an hour.
     # Its records are a subset of the cpu profile's (same prompts), so they count towards it.
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
@@ -95,6 +103,8 @@ PROFILES: dict[str, Profile] = {
                    queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300), ("qwen2.5-coder-1.5b", 15)),
                    multilingual_queries=((DEFAULT_MODEL, 50), ("qwen2.5-coder-1.5b", 10)),
                    detection_by_model=(("qwen2.5-coder-1.5b", 50),),
+                   # 426 queries each: NPL 93, CISI 76, LISA 35, MED 30 whole; 64 of SciFact, ArguAna, Cranfield
+                   order_models=(DEFAULT_MODEL, "gemma3-270m"),
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
                          "(~35 min) first; then about 15 min of notebooks (session 12)"),
     # Issue 16: the default model on dense (minilm-l6) candidates at the cpu profile's query sample.
