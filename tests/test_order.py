@@ -1,0 +1,77 @@
+"""The candidate order: ICR's rank 1 last by default, a seeded shuffle per query for the order check."""
+
+import pytest
+
+from corelib.prompts import CandidateOrder, Document, PromptError
+from corelib.records import RecordStore, get_records, record_fields, record_key
+from corelib.rerank import Reranker
+from tiny_models import tiny_model
+
+DOCS = [Document(f"d{i}", f"Document number {i} talks about topic {i} at some length.") for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    return tiny_model("llama", tokenizer)
+
+
+def test_seeded_shuffle_is_a_fixed_permutation_per_query():
+    order = CandidateOrder(shuffle_seed=0)
+    p1 = order.permutation("q1", 20)
+    assert sorted(p1) == list(range(20))
+    assert p1 == CandidateOrder(shuffle_seed=0).permutation("q1", 20)  # the same on every call and run
+    assert p1 != order.permutation("q2", 20)  # each query its own draw
+    assert p1 != CandidateOrder(shuffle_seed=1).permutation("q1", 20)
+    # a fixed value: the draw must not change with the Python version or platform (str seeds hash with sha512)
+    assert order.permutation("q1", 5) == (3, 4, 2, 0, 1)
+    assert CandidateOrder().permutation("q1", 4) == (3, 2, 1, 0)  # ICR: rank 1 last
+    assert CandidateOrder(rank1_last=False).permutation("q1", 4) == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", True])
+def test_a_seed_that_is_not_a_whole_number_is_refused(seed):
+    with pytest.raises(PromptError, match="shuffle_seed"):
+        CandidateOrder(shuffle_seed=seed)
+
+
+def test_shuffled_requests_hold_the_same_candidates_and_their_permutation(tiny, tmp_path):
+    icr = Reranker(tiny, words=20)
+    shuffled = Reranker(tiny, words=20, order=CandidateOrder(shuffle_seed=3))
+    a = icr.requests("what is topic 3", DOCS, query_id="q1")
+    b = shuffled.requests("what is topic 3", DOCS, query_id="q1")
+    assert a.permutation is None and b.permutation is not None
+    assert sorted(d.doc_id for d in a.docs) == sorted(d.doc_id for d in b.docs)
+    assert [d.doc_id for d in b.docs] == [DOCS[r].doc_id for r in b.permutation]
+    assert [d.doc_id for d in b.docs] != [d.doc_id for d in a.docs]
+    fa, fb = (record_fields(tiny.fingerprint, tiny.dtype, tiny.total_layers, True, r) for r in (a, b))
+    assert "permutation" not in fa  # ICR-order keys are the ones records always had
+    assert fb["permutation"] == list(b.permutation) and record_key(fa) != record_key(fb)
+
+    store = RecordStore(tmp_path)
+    rec = get_records(tiny, [b], store=store)[0]
+    assert rec.permutation == b.permutation
+    again = get_records(tiny, [b], store=RecordStore(tmp_path))[0]  # read back from disk
+    assert again.permutation == b.permutation and again.doc_ids == rec.doc_ids
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+
+
+def test_order_and_rank1_last_false_together_are_refused(tiny):
+    with pytest.raises(PromptError, match="not both"):
+        Reranker(tiny, order=CandidateOrder(shuffle_seed=0), rank1_last=False)
+    with pytest.raises(PromptError, match="CandidateOrder"):
+        Reranker(tiny, order="shuffled")
+
+
+def test_the_cpu_order_sample_is_stratified_and_part_of_each_model_sample(shared_data):
+    from corelib.study import Study
+
+    S = Study("cpu", data=shared_data, models=["smollm2-135m"])
+    m = "smollm2-135m"
+    sizes = {c: len(S.order_sample(m, c)) for c in S.p.collections}
+    assert sizes == {"scifact": 64, "arguana": 64, "cranfield": 64, "cisi": 76, "med": 30, "npl": 93, "lisa": 35}
+    assert sum(sizes.values()) == 426
+    for c in S.p.collections:
+        assert set(S.order_sample(m, c)) <= set(S.candidates(m, c).ranking)
+    assert "scifact (shuffled)" in S.warm_steps(m)
+    with pytest.raises(ValueError, match="no warm step"):
+        S.warm(steps=["scifact shuffled"])
