@@ -111,7 +111,7 @@ def test_packed_calibration_equals_a_prefix_cache(arch, tokenizer):
 
 
 def test_calibration_is_one_forward_without_a_cache(tokenizer, monkeypatch):
-    """Memory (issue 15): the calibrated record runs one backbone forward and keeps no KV cache
+    """Memory: the calibrated record runs one backbone forward and keeps no KV cache
     (the prefix cache cost 1.5x a plain forward's memory for smollm2-135m at 8k tokens)."""
     lm = tiny_model("llama", tokenizer)
     q = build_prompt(tokenizer, "why is the sky blue?", DOCS, lm.prefix, lm.suffix)

@@ -1,5 +1,5 @@
 """Bad or unusual inputs: each gives a clear error naming the problem and the fix, never a silently
-wrong result (issue 15). Each test fails on the code before its fix."""
+wrong result. Each test fails on the code before its fix."""
 
 import os
 import subprocess

@@ -64,6 +64,10 @@ def main(argv=None) -> int:
     t.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
     t.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
     t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
+    r = sub.add_parser("robustness", help="per-collection differences (forest plot), leave-one-collection-out "
+                       "estimates and agreement with BM25, from a profile's per-query table (no forward)")
+    r.add_argument("--profile", default="quick")
+    r.add_argument("--out", default="results", help="the results directory holding <profile>/tables (default: results)")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -121,7 +125,15 @@ def main(argv=None) -> int:
             df = S.tables.model_pruning_cost(m, repeats=args.repeats)
             print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
 
-    return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning}[args.command])
+    def robustness():
+        from .robustness import write_all
+
+        S = Study(args.profile, out=args.out)
+        for name, df in write_all(S).items():
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+
+    return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning,
+                        "robustness": robustness}[args.command])
 
 
 if __name__ == "__main__":

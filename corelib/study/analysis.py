@@ -1,6 +1,6 @@
 """The analysis plan: how every claim of the paper is tested and judged.
 
-Written down (issue 11) before the numbers it judges existed; ``RULES`` is the prose the report
+Written down before the numbers it judges existed; ``RULES`` is the prose the report
 prints, and the functions below are the only code that computes verdicts.
 """
 

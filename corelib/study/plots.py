@@ -148,3 +148,38 @@ def scaling(df: pd.DataFrame):
         ax.annotate(r["model"], (r["parameters"], r["CoRe-R"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
     fig.tight_layout()
     return fig
+
+
+def forest(df: pd.DataFrame, title: str):
+    """Each claim's paired difference and 95% CI per collection and over all collections (the ``forest``
+    table): a panel per claim, a row per collection, a marker per model (pooled in black)."""
+    from .methods import MODEL_MARKERS
+    from .robustness import ALL_COLLECTIONS, POOLED
+
+    claims = list(dict.fromkeys(df["claim"]))
+    models = [m for m in dict.fromkeys(df["model"]) if m != POOLED] + ([POOLED] if POOLED in set(df["model"]) else [])
+    rows = [c for c in dict.fromkeys(df["collection"]) if c != ALL_COLLECTIONS] + [ALL_COLLECTIONS]
+    colours = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    colours[POOLED] = "black"
+    fig, axes = plt.subplots(1, len(claims), figsize=(3.1 * len(claims), 0.42 * len(rows) * max(1, len(models) / 3) + 1.2),
+                             sharey=True, squeeze=False)
+    step = 0.8 / max(1, len(models))
+    for ax, claim in zip(axes.flat, claims):
+        part = df[df["claim"] == claim]
+        for k, m in enumerate(models):
+            sub = part[part["model"] == m].set_index("collection").reindex(rows)
+            y = np.arange(len(rows)) - 0.4 + step * (k + 0.5)
+            err = [sub["difference"] - sub["ci low"], sub["ci high"] - sub["difference"]]
+            ax.errorbar(sub["difference"], y, xerr=err, fmt=MODEL_MARKERS[k % len(MODEL_MARKERS)], ms=4, lw=1,
+                        capsize=2, color=colours[m], label=m)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.axhline(len(rows) - 1.5, color="lightgrey", lw=0.8)
+        ax.set_title(claim, fontsize=9)
+        ax.set(xlabel="difference, points of nDCG@10")
+    axes[0, 0].set_yticks(range(len(rows)), [r.split(" (")[0] if r == ALL_COLLECTIONS else r for r in rows])
+    axes[0, 0].invert_yaxis()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(models), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -93,10 +93,9 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
                      detection_samples=60, negatives=19, positions=2, temperature=0.001,
                      multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), hours="about 1 h 40 min from a cold cache (measured in parts)"),
-    # Issue 11: every judged test query up to 300 per collection (~1,060 per model) for the two
-    # smallest models, so that a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection.
-    # Issue 13: qwen 1.5b at 15 per collection and 50 detection queries (about a minute per calibrated
-    # record of ~3.5k tokens here, timed ad hoc; about 3.5 h of forwards in all).
+    # Every judged test query up to 300 per collection (~1,060 per model) for the two smallest models, so that
+    # a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection; qwen 1.5b 15 per collection and
+    # 50 detection queries (about a minute per calibrated record of ~3.5k tokens on 2 CPU cores in fp32).
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"), COLLECTIONS_CPU,
                    top_k=20, words=100, queries=30, detection_samples=100, negatives=19, positions=2, temperature=0.001,
                    multilingual=XQUAD, ablation_models=(DEFAULT_MODEL,),
@@ -106,8 +105,8 @@ PROFILES: dict[str, Profile] = {
                    # 426 queries each: NPL 93, CISI 76, LISA 35, MED 30 whole; 64 of SciFact, ArguAna, Cranfield
                    order_models=(DEFAULT_MODEL, "gemma3-270m"),
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
-                         "(~35 min) first; then about 15 min of notebooks (session 12)"),
-    # Issue 16: the default model on dense (minilm-l6) candidates at the cpu profile's query sample.
+                         "(~35 min) first; then about 15 min of notebooks"),
+    # The default model on dense (minilm-l6) candidates at the cpu profile's query sample.
     "cpu-dense": Profile("cpu-dense", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=300,
                          detection_samples=100, negatives=19, positions=2, temperature=0.001, first_stage="dense",
                          hours="about 3 h of forwards (~1,060 calibrated records at ~10 s): run `make warm PROFILE=cpu-dense` (resumable) first"),

@@ -1,0 +1,43 @@
+"""The study's methods: one name, one colour and one line style per method, used by every figure and table.
+
+``key`` is the name the library and the CLI use for a head detector (``--heads core:8``); methods that
+select no heads (first stages, ICR, the bi-encoder) have none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # the name in tables, figures and the report
+    colour: str
+    key: str | None = None  # head detector (heads.detect_heads / niah), if the method selects heads
+    what: str = ""
+
+
+METHODS: dict[str, Method] = {m.label: m for m in (
+    Method("BM25", "#7f7f7f", what="the first stage (lexical)"),
+    Method("Dense", "#bcbd22", what="a dense first stage (its own top k)"),
+    Method("Bi-encoder", "#8c564b", what="the sentence encoder re-ranking the same candidates"),
+    Method("ICR", "#1f77b4", what="attention re-ranking with all heads"),
+    Method("QR-R", "#ff7f0e", "qr", "the top heads by attention mass on the positive"),
+    Method("CoRe-R", "#d62728", "core", "the top heads by the contrastive CoRe score"),
+    Method("NIAH-R", "#2ca02c", "niah", "the top retrieval heads of needle-in-a-haystack decoding"),
+    Method("Layer window", "#9467bd", what="all heads of the best contiguous layer window"),
+)}
+
+MODEL_MARKERS = ("o", "s", "D", "^", "v", "P")
+
+
+def colour(label: str) -> str:
+    """The method's colour (a method named with a suffix, 'CoRe-R (shuffled)', takes its base's)."""
+    base = next((m for m in sorted(METHODS, key=len, reverse=True) if label.startswith(m)), None)
+    if base is None:
+        raise ValueError(f"unknown method {label!r}: the study's methods are {', '.join(METHODS)}")
+    return METHODS[base].colour
+
+
+def palette(labels) -> dict[str, str]:
+    return {label: colour(label) for label in labels}

@@ -1,0 +1,53 @@
+"""Forest, leave-one-collection-out and first-stage agreement on hand-made per-query rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from corelib.study import Study, robustness
+
+
+def rows(model, collection, n, a_minus_b, method_a="CoRe-R", method_b="ICR", seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.2, 0.6, n)
+    out = []
+    for i in range(n):
+        q = f"{collection}-{i}"
+        for method, v in ((method_a, base[i] + a_minus_b / 100), (method_b, base[i]), ("BM25", base[i] * 0.5)):
+            out.append({"model": model, "first stage": "bm25", "collection": collection, "query_id": q, "method": method,
+                        "head source": "nq" if method == "CoRe-R" else ("all" if method == "ICR" else np.nan),
+                        "k": 8, "ndcg@10": v})
+    return out
+
+
+@pytest.fixture()
+def study(tmp_path):
+    return Study("smoke", out=tmp_path / "results")
+
+
+def test_one_collection_carries_the_gain_and_leaving_it_out_removes_it(study):
+    pq = pd.DataFrame(rows("m1", "big", 40, 10.0) + rows("m1", "flat", 40, 0.0) + rows("m2", "big", 40, 10.0)
+                      + rows("m2", "flat", 40, 0.0))
+    loo = robustness.leave_one_out(study, pq, claims=(("CoRe-R", "ICR"),))
+    m1 = loo[loo["model"] == "m1"].set_index("left out")
+    assert m1.loc["none", "difference"] == pytest.approx(5.0)  # collections weigh equally: (10 + 0) / 2
+    assert m1.loc["big", "difference"] == pytest.approx(0.0) and m1.loc["flat", "difference"] == pytest.approx(10.0)
+    pooled = loo[loo["model"] == robustness.POOLED].set_index("left out")
+    assert pooled.loc["none", "queries"] == 80  # the two models share their queries: each counted once
+    fo = robustness.forest(study, pq, claims=(("CoRe-R", "ICR"),))
+    big = fo[(fo["model"] == "m1") & (fo["collection"] == "big")].iloc[0]
+    assert big["difference"] == pytest.approx(10.0) and big["ci low"] == pytest.approx(10.0)
+    assert (study.tables_dir / "forest.csv").is_file()
+
+
+def test_agreement_with_bm25_is_the_per_query_correlation(study):
+    pq = pd.DataFrame(rows("m1", "c", 30, 3.0))
+    agree = robustness.first_stage_agreement(study, pq).set_index("method")
+    # every method here is an affine function of the same base score: correlation 1
+    assert agree.loc["CoRe-R", "correlation with BM25 (per-query ndcg@10)"] == pytest.approx(1.0)
+    assert agree.loc["ICR", "queries"] == 30
+
+
+def test_robustness_without_a_per_query_table_says_which_notebook_writes_it(study):
+    with pytest.raises(FileNotFoundError, match="notebook 03"):
+        robustness.write_all(study)

@@ -1,0 +1,44 @@
+"""The project speaks of itself: its tracked text (README, code, notebooks, reports, results) says what it is
+and how each number was produced (a command, a commit or date, a machine description), never the history
+of how it was written (work sessions, issue numbers, machines lent for a while)."""
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+HISTORY = re.compile(
+    r"\bsessions? \d+|\bsessions \d+ ?-|\b(this|last|next|that|the previous|an earlier|a later) session\b"
+    r"|\b(was|is|were) lent\b|\blent (once|to|for)\b|\bissues? #?\d+\b|\btravels? to (that|the GPU) machine\b"
+    r"|\brecord job (was )?paused\b",
+    re.IGNORECASE,
+)
+TEXT = (".md", ".py", ".ipynb", ".txt", ".toml", ".yml", ".yaml", ".json", ".csv", ".cfg", "Makefile", ".sh", "run")
+
+
+def tracked_text_files():
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [REPO / f for f in out.splitlines() if f.endswith(TEXT) and (REPO / f).is_file()]
+
+
+def test_no_tracked_text_speaks_of_how_the_project_was_written():
+    hits = []
+    for path in tracked_text_files():
+        if path.name == "test_self_description.py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if HISTORY.search(line):
+                hits.append(f"{path.relative_to(REPO)}:{n}: {HISTORY.search(line).group(0)!r}")
+    assert not hits, "history words in tracked text:\n" + "\n".join(hits[:30])
+
+
+@pytest.mark.parametrize("line, bad", [("last passed in session 12", True), ("sessions 9-12", True),
+                                       ("a GPU was lent once", True), ("(issue 11)", True),
+                                       ('@pytest.fixture(scope="session")', False), ("2 CPU cores, fp32", False)])
+def test_the_pattern_tells_history_from_plain_words(line, bad):
+    assert bool(HISTORY.search(line)) is bad
