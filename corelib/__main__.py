@@ -10,23 +10,16 @@ from pathlib import Path
 
 log = logging.getLogger("corelib")
 
-def _check_writable(path: str | Path) -> Path:
-    """Fail before any forward when an output file could not be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"cannot write {path}: {probe} is a file, not a directory; choose another --out")
-    if not os.access(probe, os.W_OK):
-        raise ValueError(f"cannot write {path}: {probe} is not writable; choose another --out")
-    if path.is_dir():
-        raise ValueError(f"cannot write {path}: it is a directory; give a file name for --out")
-    return path
+def _check_cache(args) -> None:
+    """The record cache must take new files before the first forward (not after it)."""
+    from .storage import cache_root, check_cache_writable
+
+    if not getattr(args, "no_cache", False):
+        check_cache_writable(Path(args.cache) if args.cache else cache_root() / "records")
 
 
 def _check_sizes(args) -> None:
+    """Sizes and the output path, before any model loads or forward runs."""
     for name in ("max_queries", "words", "top_k", "samples", "negatives", "positions"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -40,10 +33,12 @@ def cmd_rerank(args) -> None:
     from .models import model_spec
     from .records import RecordStore
     from .rerank import Reranker
+    from .storage import check_output
 
     _check_sizes(args)
     head_spec = parse_heads(args.heads)
-    out = _check_writable(args.out) if args.out else None
+    out = check_output(args.out) if args.out else None
+    _check_cache(args)
     collection = load_collection(args.collection, args.data)
     if not collection.has_corpus:
         raise SystemExit(f"error: {collection.name} has no corpus.jsonl in {collection.source}: re-ranking needs document texts")
@@ -73,14 +68,17 @@ def cmd_rerank(args) -> None:
 
 
 def cmd_detect(args) -> None:
+    from .checks import positive_finite
     from .heads import default_heads_dir, head_ranking_path
     from .models import model_spec
+    from .storage import check_output
 
     _check_sizes(args)
-    if args.temperature <= 0:
-        raise ValueError(f"--temperature {args.temperature}: it must be positive (the paper uses 0.001 or 0.1)")
+    positive_finite(args.temperature, "--temperature", " (the paper uses 0.001 or 0.1)")
     spec = model_spec(args.model, dtype=args.dtype, revision=args.revision, num_layers=args.num_layers)
-    out = _check_writable(args.out or head_ranking_path(args.heads_dir or default_heads_dir(), spec.model_id, args.method))
+    out = check_output(args.out or head_ranking_path(args.heads_dir or default_heads_dir(), spec.model_id, args.method,
+                                                     spec.fingerprint))
+    _check_cache(args)
     if args.method == "niah":
         scores = _niah_scores(args, spec)
     else:
@@ -104,7 +102,7 @@ def _niah_scores(args, spec):
     counted = sum(r.counted() for r in results)
     print(f"NIAH: {len(results)} trials ({args.needles} needles x lengths {args.lengths} x depths {args.depths} in "
           f"{args.haystack}); {counted} retrieved the needle and count")
-    return niah_scores(results, model_id=spec.model_id,
+    return niah_scores(results, model_id=spec.model_id, fingerprint=spec.fingerprint,
                        provenance={"haystack": args.haystack, "lengths": args.lengths, "depths": args.depths})
 
 
@@ -117,7 +115,7 @@ def _detection_scores(args, spec):
     samples = load_detection(args.data, args.samples, args.negatives, args.positions, words=args.words, seed=args.seed)
     records = detection_records(spec, samples, calibrate=args.calibrated, num_layers=args.num_layers,
                                 store=None if args.no_cache else RecordStore(args.cache))
-    return detect_heads(records, args.method, temperature=args.temperature, calibrated=args.calibrated,
+    return detect_heads(records, args.method, temperature=args.temperature, calibrated=args.calibrated, fingerprint=spec.fingerprint,
                         model_id=spec.model_id, provenance={"data": "nq-open-detection", "words": args.words})
 
 

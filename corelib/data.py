@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import logging
 import os
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .models import publish
+from .storage import write_output
 from .prompts import Document, document_text
 
 log = logging.getLogger(__name__)
@@ -67,19 +69,21 @@ def data_dir(path: str | os.PathLike | None = None) -> Path | None:
     return Path(path).expanduser() if path else None
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
 def _lines(path: Path):
-    """(line number, line) of a text file; bad UTF-8 is an error that names the file and line."""
+    """(line number, line) of a text file (``.gz``: gzip-compressed). Each line is decoded on its own, so bad
+    UTF-8 is an error that names the line holding the byte; a truncated or fake gzip file is an error too."""
     n = 0
     try:
-        with _open(path) as f:
-            for n, line in enumerate(f, 1):
-                yield n, line
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}:{n + 1}: not valid UTF-8 ({err.reason} at byte {err.start}): save the file as UTF-8") from None
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    yield n, raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{n}: not valid UTF-8 ({err.reason} at byte {err.start} of the line): "
+                                    "save the file as UTF-8") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(f"{path}: not a whole gzip file ({type(err).__name__}: {err}; {n} lines read): download or "
+                        "compress it again, or give the uncompressed file") from None
 
 
 def _read_jsonl(path: Path):
@@ -100,6 +104,25 @@ def _field(path: Path, n: int, row: dict, name: str, kind: str) -> str:
     return row[name]
 
 
+def _check_id(path: Path, n: int, value: str, what: str) -> str:
+    """Ids are part of every record key and of TREC runs: refuse empty ones and ones with whitespace when
+    the data is read, not after the forwards."""
+    if not value or any(c.isspace() for c in value):
+        raise DataError(f"{path}:{n}: the {what} {value!r} is empty or contains whitespace: ids must be single "
+                        "tokens (a TREC run cannot hold them); rename it in the data")
+    return value
+
+
+def _text(path: Path, n: int, row: dict, name: str, kind: str, required: bool) -> str:
+    value = _field(path, n, row, name, kind) if required else row.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{n}: the {kind}'s '{name}' is a {type(value).__name__} ({str(value)[:40]!r}), not a "
+                        f"string: quote it in the JSON")
+    return value
+
+
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """BEIR qrels: a tab-separated header ``query-id corpus-id score`` (optional) and one judgement
     per line. Any other shape is an error naming the file and line."""
@@ -116,9 +139,15 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             raise DataError(f"{path}:{n}: a qrels line needs 3 tab-separated columns (query-id, corpus-id, score), "
                             f"found {len(cols)}{hint}")
         try:
-            score = int(float(cols[2]))
+            value = float(cols[2])
         except ValueError:
             raise DataError(f"{path}:{n}: the score {cols[2]!r} is not a number") from None
+        if not math.isfinite(value) or not value.is_integer():
+            raise DataError(f"{path}:{n}: the grade {cols[2]!r} is not a whole number: qrels grades are integers "
+                            "(0 not relevant, 1 or more relevant); fix the line (no grade is rounded)")
+        score = int(value)
+        for what, x in (("query id", cols[0]), ("document id", cols[1])):
+            _check_id(path, n, x, what)
         if cols[1] in qrels.get(cols[0], {}):
             raise DataError(f"{path}:{n}: query {cols[0]} judges document {cols[1]} twice")
         qrels.setdefault(cols[0], {})[cols[1]] = score
@@ -146,20 +175,14 @@ def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
 
 
 def write_trec_run(run: dict[str, dict[str, float]], path: str | os.PathLike, tag: str = "corelib") -> None:
-    """Write a TREC run (atomically). Ids with whitespace are refused: no TREC reader could split them back."""
-    import tempfile
-
+    """Write a TREC run (atomically onto a regular file; a symlink is followed, a device or FIFO written
+    through). Ids with whitespace are refused: no TREC reader could split them back."""
     bad = [x for q, docs in run.items() for x in [q, *docs] if not x or any(c.isspace() for c in x)]
     if bad or any(c.isspace() for c in tag):
         raise DataError(f"ids {bad[:3] or [tag]} are empty or contain whitespace: a TREC run cannot hold them; rename them")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for q, docs in run.items():
-            for rank, (d, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
-                f.write(f"{q} Q0 {d} {rank} {s:.8g} {tag}\n")
-    publish(tmp, path)
+    lines = [f"{q} Q0 {d} {rank} {s:.8g} {tag}\n" for q, docs in run.items()
+             for rank, (d, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1)]
+    write_output(path, "".join(lines))
 
 
 def _load_local(name: str, root: Path, split: str) -> Collection:
@@ -170,17 +193,20 @@ def _load_local(name: str, root: Path, split: str) -> Collection:
     qrels = read_qrels(qrels_path)
     queries: dict[str, str] = {}
     for n, r in _read_jsonl(base / "queries.jsonl"):
-        qid, text = str(_field(base / "queries.jsonl", n, r, "_id", "query")), _field(base / "queries.jsonl", n, r, "text", "query")
+        qid = _check_id(base / "queries.jsonl", n, str(_field(base / "queries.jsonl", n, r, "_id", "query")), "query id")
+        text = _text(base / "queries.jsonl", n, r, "text", "query", required=True)
         if qid in queries:
             raise DataError(f"{base / 'queries.jsonl'}:{n}: query id {qid} appears twice")
         queries[qid] = text
     corpus = {}
     if (base / "corpus.jsonl").is_file():
         for n, r in _read_jsonl(base / "corpus.jsonl"):
-            did = str(_field(base / "corpus.jsonl", n, r, "_id", "document"))
+            did = _check_id(base / "corpus.jsonl", n, str(_field(base / "corpus.jsonl", n, r, "_id", "document")),
+                            "document id")
             if did in corpus:
                 raise DataError(f"{base / 'corpus.jsonl'}:{n}: document id {did} appears twice (an earlier line has it)")
-            corpus[did] = (r.get("title") or "", r.get("text") or "")
+            corpus[did] = (_text(base / "corpus.jsonl", n, r, "title", "document", required=False),
+                           _text(base / "corpus.jsonl", n, r, "text", "document", required=False))
     runs = sorted(p for p in (base / "runs").glob("*") if p.name.endswith((".txt", ".txt.gz", ".trec"))) if (base / "runs").is_dir() else []
     return Collection(name, queries, qrels, corpus, runs, source=str(base))
 
@@ -366,9 +392,14 @@ def load_detection(
         )
     samples = []
     rng = random.Random(seed)
-    for n, (_, row) in enumerate(_read_jsonl(Path(path))):
+    for n, (line, row) in enumerate(_read_jsonl(Path(path))):
         if n >= num_samples:
             break
+        for name in ("query_id", "query", "positive", "negatives"):
+            _field(Path(path), line, row, name, "detection row")
+        if not isinstance(row["negatives"], list) or not isinstance(row["positive"], dict):
+            raise DataError(f"{path}:{line}: a detection row needs 'positive' as an object and 'negatives' as a list "
+                            "of objects with _id, title and text")
         negs = row["negatives"][:num_negatives]
         if len(negs) < num_negatives:
             raise DataError(f"{row['query_id']} has {len(negs)} negatives, fewer than num_negatives={num_negatives}")

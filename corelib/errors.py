@@ -10,8 +10,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataError
     from .models import ModelLoadError
     from .prompts import PromptError
+    from .storage import StorageError
 
-    return (DataError, ModelLoadError, PromptError, ValueError, FileNotFoundError)
+    return (DataError, ModelLoadError, PromptError, StorageError, ValueError, FileNotFoundError)
 
 
 def run_command(command: Callable[[], object]) -> int:

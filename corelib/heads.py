@@ -6,7 +6,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +13,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from .models import publish
+from .storage import write_output
 from .records import QueryRecord
 
 HEAD_METHODS = ("core", "qr", "niah")  # detection methods whose rankings ``method:K`` names
@@ -60,9 +59,22 @@ class HeadSet:
     method: str = "manual"
     provenance: dict = field(default_factory=dict)
     ranking: bool = False  # True: every head of the model in score order (take ``top(k)`` to re-rank)
+    fingerprint: str | None = None  # the exact weights it was detected on (models.ModelSpec.fingerprint)
 
     def __post_init__(self):
-        self.heads = [(int(l), int(h)) for l, h in self.heads]
+        if isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Sequence):
+            raise ValueError(f"heads is a {type(self.heads).__name__}: give a list of (layer, head) pairs")
+        pairs = []
+        for item in self.heads:
+            if (isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2
+                    or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in item)):
+                raise ValueError(f"head {item!r} is not a (layer, head) pair of whole numbers: give e.g. [[20, 3], [15, 1]]")
+            pairs.append((int(item[0]), int(item[1])))
+        repeated = sorted({p for p in pairs if pairs.count(p) > 1})
+        if repeated:
+            raise ValueError(f"heads {repeated[:4]} are listed more than once: a head set names each head once "
+                             "(a repeated head would count its attention twice)")
+        self.heads = pairs
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -74,19 +86,19 @@ class HeadSet:
     def top(self, k: int) -> "HeadSet":
         if not 1 <= k <= len(self.heads):
             raise ValueError(f"k={k}: this head set has {len(self.heads)} heads; choose k between 1 and {len(self.heads)}")
-        return HeadSet(self.heads[:k], self.model_id, self.method, {**self.provenance, "k": k})
+        return HeadSet(self.heads[:k], self.model_id, self.method, {**self.provenance, "k": k},
+                       fingerprint=self.fingerprint)
 
     def to_json(self) -> dict:
         return {"model_id": self.model_id, "method": self.method, "kind": "ranking" if self.ranking else "set",
+                **({"model_fingerprint": self.fingerprint} if self.fingerprint else {}),
                 "heads": [list(h) for h in self.heads], "provenance": self.provenance}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.to_json(), indent=1))
-        publish(tmp, path)
+        if not (path.is_symlink() or path.exists()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write_output(path, json.dumps(self.to_json(), indent=1))
         return path
 
     @classmethod
@@ -97,16 +109,21 @@ class HeadSet:
             if kind not in ("set", "ranking"):
                 raise ValueError(kind)
             return cls(data["heads"], data["model_id"], data.get("method", "manual"), data.get("provenance", {}),
-                       ranking=kind == "ranking")
+                       ranking=kind == "ranking", fingerprint=data.get("model_fingerprint"))
         except FileNotFoundError:
             raise FileNotFoundError(f"head-set file {path} does not exist: run `python -m corelib detect` first") from None
-        except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{path} is not a head-set file (needs model_id and heads: [[layer, head], ...])") from err
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path} is not a head-set file (needs model_id and heads: [[layer, head], ...]): {err}") from None
 
-    def check(self, model_id: str, num_layers: int, num_heads: int) -> None:
-        """Raise if the set belongs to another model or names a head the model lacks."""
+    def check(self, model_id: str, num_layers: int, num_heads: int, fingerprint: str | None = None) -> None:
+        """Raise if the set belongs to another model (by id, or by weights where both fingerprints are known)
+        or names a head the model lacks."""
         if self.model_id.split("/")[-1] != model_id.split("/")[-1]:
             raise ValueError(f"this head set was detected on {self.model_id}, not on {model_id}: detect heads for {model_id}")
+        if self.fingerprint and fingerprint and self.fingerprint != fingerprint:
+            raise ValueError(f"this head set was detected on other weights named {self.model_id} ({self.fingerprint}), "
+                             f"not on the {model_id} given ({fingerprint}): detect heads for this model, or point "
+                             "--heads-dir at its own rankings")
         bad = [(l, h) for l, h in self.heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
         if bad:
             raise ValueError(f"heads {bad[:4]} are outside {model_id} ({num_layers} layers x {num_heads} heads, 0-based)")
@@ -121,6 +138,7 @@ class HeadScores:
     method: str
     provenance: dict
     tiebreak: torch.Tensor | None = None  # [L, H]: orders heads of equal score (higher first), e.g. NIAH's zeros
+    fingerprint: str | None = None  # the exact weights the scores were detected on
 
     def order(self) -> list[tuple[int, int]]:
         """All heads, best first (ties broken by ``tiebreak`` where given, then by layer and head)."""
@@ -131,11 +149,13 @@ class HeadScores:
         return [(i // H, i % H) for i in idx]
 
     def head_set(self, k: int) -> HeadSet:
-        return HeadSet(self.order()[:k], self.model_id, self.method, {**self.provenance, "k": k})
+        return HeadSet(self.order()[:k], self.model_id, self.method, {**self.provenance, "k": k},
+                       fingerprint=self.fingerprint)
 
     def ranking(self) -> HeadSet:
         """Every head in score order, marked as a ranking (a file of it needs ``:K`` to re-rank)."""
-        return HeadSet(self.order(), self.model_id, self.method, dict(self.provenance), ranking=True)
+        return HeadSet(self.order(), self.model_id, self.method, dict(self.provenance), ranking=True,
+                       fingerprint=self.fingerprint)
 
     def table(self) -> pd.DataFrame:
         L, H = self.scores.shape
@@ -153,16 +173,18 @@ def detect_heads(
     calibrated: bool = False,
     model_id: str = "",
     provenance: dict | None = None,
+    fingerprint: str | None = None,
 ) -> HeadScores:
     """Score every head on detection records (uncalibrated mass unless ``calibrated``)."""
     mass, positives = _stack_mass(records, calibrated)
     prov = {"samples": len(records), "queries": len({r.query_id for r in records}), "calibrated": calibrated,
             **(provenance or {})}
-    return scores_from_mass(mass, positives, method, temperature=temperature, model_id=model_id, provenance=prov)
+    return scores_from_mass(mass, positives, method, temperature=temperature, model_id=model_id, provenance=prov,
+                            fingerprint=fingerprint)
 
 
 def scores_from_mass(mass: torch.Tensor, positives: torch.Tensor, method: str = "core", *, temperature: float = 0.001,
-                     model_id: str = "", provenance: dict | None = None) -> HeadScores:
+                     model_id: str = "", provenance: dict | None = None, fingerprint: str | None = None) -> HeadScores:
     """Head scores from document masses [S, L, H, N] (absent documents: -inf) and the positive of each sample."""
     try:
         detector = DETECTORS[method]
@@ -173,7 +195,7 @@ def scores_from_mass(mass: torch.Tensor, positives: torch.Tensor, method: str = 
     prov = {"negatives": int(finite.max()) - 1 if len(finite) else 0,
             "positions": sorted({int(p) for p in positives}) if len(positives) <= 50 else "varied",
             "temperature": temperature if method == "core" else None, **(provenance or {})}
-    return HeadScores(scores, model_id, method, prov)
+    return HeadScores(scores, model_id, method, prov, fingerprint=fingerprint)
 
 
 def in_domain_samples(records: Sequence[QueryRecord], qrels: dict[str, dict[str, int]],
@@ -248,9 +270,14 @@ def default_heads_dir() -> Path:
     return Path(os.environ.get("CORELIB_HEADS", Path("results") / "heads"))
 
 
-def head_ranking_path(heads_dir: str | os.PathLike, model_id: str, method: str) -> Path:
-    """The one naming rule for a model's head ranking: ``<dir>/<model id, '/' as '__'>.<method>.json``."""
-    return Path(heads_dir) / f"{model_id.replace('/', '__')}.{method}.json"
+def head_ranking_path(heads_dir: str | os.PathLike, model_id: str, method: str, fingerprint: str | None = None) -> Path:
+    """The one naming rule for a model's head ranking: ``<dir>/<model id, '/' as '__'>.<method>.json``. A local
+    directory's id is only its folder name (two runs' ``checkpoint-500``), so its file name also carries
+    12 characters of the directory's fingerprint: ``checkpoint-500-1a2b3c4d5e6f.core.json``."""
+    name = model_id.replace("/", "__")
+    if fingerprint and fingerprint.startswith("dir:"):
+        name += "-" + fingerprint.removeprefix("dir:")[:12]
+    return Path(heads_dir) / f"{name}.{method}.json"
 
 
 @dataclass(frozen=True)
@@ -288,14 +315,15 @@ def parse_heads(spec: str) -> HeadSpec:
     return HeadSpec(path=Path(name), k=k)
 
 
-def resolve_heads(spec: str | HeadSpec, model_id: str, heads_dir: str | os.PathLike | None = None) -> HeadSet | None:
+def resolve_heads(spec: str | HeadSpec, model_id: str, heads_dir: str | os.PathLike | None = None,
+                  fingerprint: str | None = None) -> HeadSet | None:
     """The head set a spec names for a model (None = all heads). ``METHOD:K`` reads the ranking at
     ``head_ranking_path`` (or the paper's released heads for the paper's models)."""
     spec = parse_heads(spec) if isinstance(spec, str) else spec
     if spec.is_all:
         return None
     if spec.method is not None:
-        path = head_ranking_path(heads_dir or default_heads_dir(), model_id, spec.method)
+        path = head_ranking_path(heads_dir or default_heads_dir(), model_id, spec.method, fingerprint)
         if path.is_file():
             return HeadSet.load(path).top(spec.k)
         released = released_heads(model_id, spec.method)

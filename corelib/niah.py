@@ -29,9 +29,11 @@ import torch
 
 from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
-from .models import LoadedModel, ModelSpec, cache_root
+from .models import LoadedModel, ModelSpec
 from .prompts import PromptError, _overlapping
-from .records import CacheStatus, content_digest, header_metadata, progress_bar, save_tensors
+from .progress import progress_bar
+from .records import CacheStatus
+from .storage import cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -212,21 +214,16 @@ class TrialStore:
         return self.root / f"niah-v{NIAH_VERSION}" / model_id.replace("/", "__") / f"{content_digest(fields)[:32]}.safetensors"
 
     def get(self, model_id: str, fields: dict) -> TrialResult | None:
-        from safetensors import safe_open
-
         path = self.path(model_id, fields)
-        if not path.is_file():
+        found = read_checked_tensors(path, fields, ("hits", "needle_mass"), what="needle trial")
+        if found is None:
             return None
+        meta, tensors = found
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if json.loads(meta.get("fields", "null")) != fields:
-                    log.warning("%s was made for another trial: recomputing it", path)
-                    return None
-                info = json.loads(meta["result"])
-                return TrialResult(f.get_tensor("hits"), f.get_tensor("needle_mass"), info["answer"], info["recall"],
-                                   info["steps"], info["prompt_tokens"], info["seconds"])
-        except Exception as err:  # torn or foreign file
+            info = json.loads(meta["result"])
+            return TrialResult(tensors["hits"], tensors["needle_mass"], info["answer"], info["recall"],
+                               info["steps"], info["prompt_tokens"], info["seconds"])
+        except (KeyError, ValueError, TypeError) as err:  # a damaged or foreign file: recompute it
             log.warning("%s is unreadable (%s): recomputing it", path, err)
             return None
 
@@ -309,7 +306,7 @@ class NiahError(ValueError):
 
 
 def niah_scores(results: Sequence[TrialResult], *, min_recall: float = MIN_RECALL, model_id: str = "",
-                provenance: dict | None = None) -> HeadScores:
+                provenance: dict | None = None, fingerprint: str | None = None) -> HeadScores:
     """Retrieval score of every head: mean copy score over the counted trials, with the mean
     attention on the needle as the tie-breaker (so heads that never copy are not ranked by layer)."""
     if not results:
@@ -323,4 +320,4 @@ def niah_scores(results: Sequence[TrialResult], *, min_recall: float = MIN_RECAL
     prov = {"trials": len(results), "counted": len(counted), "counted share": len(counted) / len(results),
             "heads above 0": int((scores > 0).sum()), "min recall": min_recall,
             "tie-break": "mean attention on the needle while decoding", **(provenance or {})}
-    return HeadScores(scores.float(), model_id, "niah", prov, tiebreak=tiebreak.float())
+    return HeadScores(scores.float(), model_id, "niah", prov, tiebreak=tiebreak.float(), fingerprint=fingerprint)

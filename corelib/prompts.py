@@ -104,7 +104,7 @@ def prompt_order(docs: Sequence[Document], rank1_last: bool = True) -> list[Docu
 
 def _overlapping(offsets, start: int, end: int) -> tuple[int, int]:
     """Token range [first, last+1) of tokens whose character span overlaps [start, end).
-    An empty character range owns no token (an empty document scores 0)."""
+    An empty character range owns no token (an empty document ranks last)."""
     if end <= start:
         first = next((i for i, (s, e) in enumerate(offsets) if s >= start and e > s), len(offsets))
         return (first, first)

@@ -15,12 +15,10 @@ another format or another request is recomputed, never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -28,11 +26,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .attention import calibrated_head_token_scores, head_token_scores
-from .models import LoadedModel, ModelSpec, cache_root, publish
+from .models import LoadedModel, ModelSpec
 from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
+from .progress import progress_bar
+from .storage import cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +140,6 @@ def build_record(
 # ----------------------------------------------------------------------------- keys
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (a unique temporary name, renamed into place)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def content_digest(obj) -> str:
-    """sha256 of a JSON-able value (keys sorted): how cache keys name texts and fields."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request: RecordRequest) -> dict:
     """Everything a record depends on (and its identity: the query id), as JSON-able fields."""
     if not fingerprint:
@@ -215,18 +194,11 @@ class RecordStore:
     # disk ----------------------------------------------------------------------------
     def read(self, path: Path, fields: dict) -> QueryRecord | None:
         """The record at ``path`` if it is whole and was made for exactly ``fields``, else None."""
-        from safetensors import safe_open
-
-        if not path.is_file():
+        found = read_checked_tensors(path, fields, _TENSORS, what="record")
+        if found is None:
             return None
+        meta, tensors = found
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                stored = json.loads(meta.get("fields", "null"))
-                if stored != fields:
-                    log.warning("%s was made for another request (stored key fields differ): recomputing it", path)
-                    return None
-                tensors = {name: f.get_tensor(name) for name in _TENSORS if name in f.keys()}
             record = QueryRecord(
                 query_id=fields["query_id"], doc_ids=list(fields["doc_ids"]), bounds=tensors["bounds"],
                 token_scores=tensors["token_scores"], doc_mass=tensors["doc_mass"],
@@ -238,10 +210,10 @@ class RecordStore:
                     or record.doc_mass.shape[-1] != n or len(record.bounds) != n + 1
                     or record.token_scores.shape[-1] != int(record.bounds[-1])):
                 raise ValueError("tensor shapes do not match the key")
-            return record
-        except Exception as err:  # a torn, foreign or damaged file: recompute it
+        except (KeyError, ValueError) as err:  # a damaged or foreign file: recompute it
             log.warning("%s is unreadable (%s): recomputing it", path, err)
             return None
+        return record
 
     def write(self, path: Path, record: QueryRecord, fields: dict, seconds: float | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,20 +260,8 @@ class RecordStore:
         self._remember(key, record)
         return record
 
-    def get_or_compute(self, model_id: str, fields: dict, compute: Callable[[], QueryRecord]) -> QueryRecord:
-        record = self.get(model_id, fields)
-        return record if record is not None else self.put(model_id, fields, compute())
-
 
 # ----------------------------------------------------------------------------- many records
-
-
-def progress_bar(items: list, desc: str | None):
-    """A progress bar over items (none for nothing to do; CORELIB_PROGRESS=off hides it). `make reproduce`
-    shows bars live (papermill --log-output) and drops them from the stored notebooks."""
-    if desc is None or os.environ.get("CORELIB_PROGRESS") == "off" or not items:
-        return items
-    return tqdm(items, desc=desc, leave=False)
 
 
 def _identity(model: LoadedModel | ModelSpec) -> tuple[str, str, object, int, Callable[[], LoadedModel]]:
@@ -354,17 +314,6 @@ def get_records(
         record = compute(requests[i])
         out[i] = store.put(model_id, fields, record, seconds=time.perf_counter() - t0)
     return out
-
-
-def header_metadata(path: Path) -> dict[str, str]:
-    """A safetensors file's metadata (its header only is read); {} for an absent, torn or foreign file."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception:
-        return {}
 
 
 def header_seconds(path: Path) -> float | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .data import Candidates, Collection, DetectionSample
+from .checks import whole_number
 from .heads import HeadSet, HeadSpec, resolve_heads
 from .models import LoadedModel, ModelSpec
 from .prompts import ICR_ORDER, CandidateOrder, Document, PromptError, document_text
@@ -70,10 +71,8 @@ class Reranker:
         store: RecordStore | None = None,
         heads_dir: str | os.PathLike | None = None,
     ):
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k={top_k}: re-rank at least one candidate")
-        if words is not None and words < 1:
-            raise ValueError(f"words={words}: documents must keep at least one word")
+        top_k = whole_number(top_k, "top_k", allow_none=True)
+        words = whole_number(words, "words", allow_none=True)
         self.model = model
         # layers a loaded model has (a pruned model has fewer)
         self.layers_available = model.available_layers if isinstance(model, ModelSpec) else model.num_layers
@@ -92,21 +91,26 @@ class Reranker:
 
     def _resolve_heads(self, heads, heads_dir) -> HeadSet | None:
         m = self.model
+        if heads is None:
+            raise ValueError("heads=None: give 'all' (ICR), 'core:K', a head-set file or a list of (layer, head) pairs")
         if isinstance(heads, (str, HeadSpec)):
-            hs = resolve_heads(heads, m.model_id, heads_dir)
+            hs = resolve_heads(heads, m.model_id, heads_dir, m.fingerprint)
         elif isinstance(heads, Path):
-            hs = resolve_heads(str(heads), m.model_id, heads_dir)
+            hs = resolve_heads(str(heads), m.model_id, heads_dir, m.fingerprint)
         elif isinstance(heads, HeadSet):
             hs = heads
-        else:
+        elif isinstance(heads, Sequence) and not isinstance(heads, bytes):
             hs = HeadSet(list(heads), m.model_id)
+        else:
+            raise ValueError(f"heads is a {type(heads).__name__}: give 'all', 'core:K', a head-set file or a list of "
+                             "(layer, head) pairs")
         if hs is None:
             return None
         if hs.ranking:
             raise ValueError(f"this head set ranks all {len(hs)} heads: pass hs.top(K) (or 'FILE:K'), not the whole ranking")
         if not hs.heads:
             raise ValueError("the head set is empty: give at least one (layer, head) or heads='all'")
-        hs.check(m.model_id, self.layers_available, m.num_heads)
+        hs.check(m.model_id, self.layers_available, m.num_heads, m.fingerprint)
         return hs
 
     @property
@@ -131,6 +135,8 @@ class Reranker:
         """Documents (strings, or dicts with id/title/text) sorted by attention score, best first."""
         if not isinstance(query, str):
             raise PromptError(f"the query is a {type(query).__name__}: give the query as a string")
+        if docs is None:
+            raise PromptError("docs is None: give a list of documents (strings, or dicts with id, title and text)")
         record = self.record(query, as_documents(docs, self.words))
         scores = doc_scores(record, self.heads)
         order = sorted(zip(record.doc_ids, scores.tolist()), key=lambda x: -x[1])

@@ -19,8 +19,9 @@ def head_index(heads) -> torch.Tensor:
 def filtered_doc_sum(c: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """ICR's document score: per document, sum of c_j over its tokens with c_j > mean - 2 std.
 
-    c: [..., T] summed token scores; returns [..., N]. A document without tokens scores 0; a
-    one-token or constant document keeps all its tokens (with std 0 the strict test would drop all).
+    c: [..., T] summed token scores; returns [..., N]. A document without tokens (an empty text) scores
+    -inf, so it ranks last: calibrated scores can be negative, and 0 would put it above relevant documents.
+    A one-token or constant document keeps all its tokens (with std 0 the strict test would drop all).
     All documents at once: per-document mean and (unbiased, two-pass) std through segment sums.
     """
     bounds = torch.as_tensor(bounds, dtype=torch.long)
@@ -35,7 +36,8 @@ def filtered_doc_sum(c: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     var = segment_sum((c - mean[..., seg]) ** 2) / (lengths - 1).clamp(min=1)
     std = var.sqrt()[..., seg]
     keep = (c > mean[..., seg] - 2 * std) | (std == 0)  # a constant or one-token document keeps all
-    return segment_sum(torch.where(keep, c, torch.zeros_like(c)))
+    scores = segment_sum(torch.where(keep, c, torch.zeros_like(c)))
+    return scores.masked_fill(lengths == 0, float("-inf"))
 
 
 def summed_token_scores(record: QueryRecord, heads=None) -> torch.Tensor:

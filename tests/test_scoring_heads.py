@@ -25,8 +25,15 @@ def test_filter_drops_outlier_tokens_and_sums_the_rest():
 
 def test_no_length_normalisation_and_empty_docs():
     c = torch.ones(7)
-    assert filtered_doc_sum(c, torch.tensor([0, 2, 2, 7])).tolist() == [2.0, 0.0, 5.0]
+    assert filtered_doc_sum(c, torch.tensor([0, 2, 2, 7])).tolist() == [2.0, float("-inf"), 5.0]
     assert filtered_doc_sum(torch.tensor([3.0]), torch.tensor([0, 1])).tolist() == [3.0]
+
+
+def test_an_empty_document_ranks_below_negative_calibrated_scores():
+    # before: an empty document scored 0 and ranked above a relevant document at -0.60
+    c = torch.tensor([-0.6, -0.6, -2.0, -2.0])
+    scores = filtered_doc_sum(c, torch.tensor([0, 2, 2, 4]))
+    assert scores.argsort(descending=True).tolist() == [0, 2, 1]
 
 
 def test_batched_filter_equals_the_per_document_definition():
@@ -42,7 +49,7 @@ def test_batched_filter_equals_the_per_document_definition():
             keep = seg > seg.mean(-1, keepdim=True) - 2 * seg.std(-1, keepdim=True)
             expected[:, i] = (seg * keep).sum(-1)
         else:
-            expected[:, i] = seg.sum(-1)
+            expected[:, i] = seg.sum(-1) if seg.shape[-1] else float("-inf")  # an empty document ranks last
     assert torch.allclose(filtered_doc_sum(c, bounds), expected)
     assert filtered_doc_sum(c, bounds)[:, 3].lt(c[:, 6:36].clamp(min=0).sum(-1)).all()  # outliers dropped
 

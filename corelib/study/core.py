@@ -56,7 +56,7 @@ class Study:
             unknown = sorted(set(models) - set(p.models))
             if unknown:
                 raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
-            p = replace(p, models=tuple(models))
+            p = replace(p, models=tuple(models), order_models=tuple(m for m in p.order_models if m in models))
         self.p = p
         self.data = data
         self.out = Path(out)
@@ -312,20 +312,22 @@ class Study:
             t, source, exclude = None, NIAH_SOURCE, None
         key = (model, method, t, source, calibrated, exclude)
         if key not in self._scores:
+            spec = self.spec(model)
+            ident = {"model_id": spec.model_id, "fingerprint": spec.fingerprint}
             prov = {"source": HEAD_SOURCES.get(source, source), "words": self.p.words, "profile": self.p.name}
             if method == "niah":
                 p = self.p
                 prov = {"source": NIAH_SOURCE, "haystack": p.niah_haystack, "needles": p.niah_needles,
                         "lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "profile": p.name}
-                self._scores[key] = niah_scores(self.niah_trials(model), model_id=self.spec(model).model_id,
+                self._scores[key] = niah_scores(self.niah_trials(model), **ident,
                                                 provenance=prov)
             elif source == "nq":
                 self._scores[key] = detect_heads(self.detection(model, calibrate=calibrated), method, temperature=t,
-                                                 calibrated=calibrated, model_id=self.spec(model).model_id, provenance=prov)
+                                                 calibrated=calibrated, **ident, provenance=prov)
             elif source in ("in-domain", "in-domain, position-matched"):
                 nearest = POSITION_MATCHED_NEGATIVES if source.endswith("matched") else None
                 mass, pos = self.in_domain_mass(model, exclude, nearest)
-                self._scores[key] = scores_from_mass(mass, pos, method, temperature=t, model_id=self.spec(model).model_id,
+                self._scores[key] = scores_from_mass(mass, pos, method, temperature=t, **ident,
                                                      provenance={**prov, "left out": exclude, "samples": len(pos)})
             else:
                 raise ValueError(f"unknown head source {source!r}: use one of {sorted(HEAD_SOURCES)}")
@@ -365,7 +367,8 @@ class Study:
         where = self.heads_dir if t == self.p.temperature else self.heads_dir / f"t={t:g}"
         methods = {m: ("core", "qr") + (("niah",) if "NIAH-R" in self.head_methods(m) and t == self.p.temperature else ())
                    for m in self.p.models}
-        return [self.head_scores(m, method, t).ranking().save(head_ranking_path(where, self.spec(m).model_id, method))
+        return [self.head_scores(m, method, t).ranking().save(head_ranking_path(where, self.spec(m).model_id, method,
+                                                                           self.spec(m).fingerprint))
                 for m in self.p.models for method in methods[m]]
 
     # ------------------------------------------------------------------ tables (tables.py)

@@ -48,6 +48,32 @@ class Profile:
     order_seed: int = 0
     hours: str = ""  # measured (or estimated) duration of `make reproduce` on a 2-core CPU, for the banner
 
+    def __post_init__(self):
+        from ..checks import positive_finite, whole_number
+
+        whole_number(self.queries, "queries", allow_none=True)
+        for name in ("top_k", "words", "detection_samples", "negatives", "positions", "num_heads", "control_sets",
+                     "order_queries"):
+            whole_number(getattr(self, name), name)
+        whole_number(self.order_all_up_to, "order_all_up_to", minimum=0)
+        if self.positions > self.negatives + 1:
+            raise ValueError(f"positions={self.positions}: at most negatives + 1 = {self.negatives + 1} slots for the positive")
+        positive_finite(self.temperature, "temperature", " (the paper uses 0.001 or 0.1)")
+        for model, n in (*self.queries_by_model, *self.multilingual_queries):
+            whole_number(n, f"queries for {model}", allow_none=True)
+        for model, n in self.detection_by_model:
+            whole_number(n, f"detection queries for {model}")
+        if not self.models:
+            raise ValueError(f"profile {self.name!r} has no model: name at least one")
+        if not self.collections:
+            raise ValueError(f"profile {self.name!r} has no collection: name at least one")
+        bad = [p for p in self.prune_levels if not 0 <= p < 1]
+        if bad:
+            raise ValueError(f"prune_levels {bad}: a pruned share must be in [0, 1)")
+        unknown = sorted(set(self.order_models) - set(self.models))
+        if unknown:
+            raise ValueError(f"order_models {unknown} are not models of profile {self.name!r} ({', '.join(self.models)})")
+
     @property
     def models_for_ablations(self) -> tuple[str, ...]:
         return self.models if self.ablation_models is None else self.ablation_models

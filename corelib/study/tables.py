@@ -24,7 +24,7 @@ import torch
 
 from ..evaluate import evaluate_run, ndcg_rows, per_query
 from ..heads import in_domain_samples
-from ..models import cache_root, publish
+from ..storage import atomic_write_text, cache_root
 from ..prompts import build_prompt, prompt_order
 from ..records import QueryRecord
 from ..scoring import cumulative_doc_scores, filtered_doc_sum, head_index, record_run
@@ -600,10 +600,8 @@ class Tables:
         df["memory ratio"] = df["model and run MB"] / base["model and run MB"]
         df["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         df = df[self.columns("pruning_cost")]
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"key": key, "busy cpu share before": busy, "rows": df.to_dict("records")}, indent=1))
-        publish(tmp, cache)  # a killed run leaves no half-written cache file
+        # a killed run leaves no half-written cache file
+        atomic_write_text(cache, json.dumps({"key": key, "busy cpu share before": busy, "rows": df.to_dict("records")}, indent=1))
         return df
 
     def practitioner_cost(self, pq: pd.DataFrame, queries: int = 10) -> pd.DataFrame:
