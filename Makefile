@@ -41,11 +41,9 @@ large-if-needed = @if $(BIN)/python -c "import sys; from corelib.study import pr
 	then $(MAKE) --no-print-directory models-large; fi
 
 reproduce: setup
+	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) | sed 's/^/== /'; test $${PIPESTATUS[0]} -eq 0
 	$(large-if-needed)
 	@mkdir -p results/$(PROFILE) figures
-	@$(BIN)/python -c "from corelib.study import profile as p; x = p('$(PROFILE)'); \
-	  print(f'== profile {x.name}: {\", \".join(x.models)}; {x.sizes()}'); \
-	  print(f'== expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes')"
 	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" | sed 's/^/== /'
 	@nbs=$$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(NOTEBOOKS)) || exit 1; \
 	for nb in $$nbs; do \
@@ -60,12 +58,14 @@ reproduce: setup
 
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
 warm: setup
+	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) >/dev/null
 	$(large-if-needed)
 	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 
 # The pruning cost (notebook 07's timings) of the profile's models (MODEL=name for one), cached per model; time it on
 # an otherwise idle machine (no `make warm` running); `make reproduce` then reuses it
 time-pruning: setup
+	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) >/dev/null
 	$(large-if-needed)
 	$(BIN)/python -m corelib.study -v time-pruning --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
 

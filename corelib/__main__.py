@@ -27,9 +27,9 @@ def _check_sizes(args) -> None:
 
 
 def cmd_rerank(args) -> None:
-    from .data import first_stage, load_collection, sample_queries, write_trec_run
+    from .data import DataError, first_stage, load_collection, sample_queries, write_trec_run
     from .evaluate import evaluate_run
-    from .heads import parse_heads
+    from .heads import HeadSet, parse_heads
     from .models import model_spec
     from .records import RecordStore
     from .rerank import Reranker
@@ -37,23 +37,34 @@ def cmd_rerank(args) -> None:
 
     _check_sizes(args)
     head_spec = parse_heads(args.heads)
+    if head_spec.path is not None:
+        HeadSet.load(head_spec.path)  # a bad file is an error now, not after the first stage
     out = check_output(args.out) if args.out else None
     _check_cache(args)
+    spec = model_spec(args.model, dtype=args.dtype, revision=args.revision, num_layers=args.num_layers)
     collection = load_collection(args.collection, args.data)
     if not collection.has_corpus:
         raise SystemExit(f"error: {collection.name} has no corpus.jsonl in {collection.source}: re-ranking needs document texts")
     qids = sample_queries(collection, args.max_queries, args.seed)
+    if not qids:
+        raise DataError(f"{collection.name}: no query has both a text and a relevant judgement (grade 1 or more) in "
+                        f"its qrels ({len(collection.qrels)} judged queries): check qrels/test.tsv and queries.jsonl")
+    empty = [q for q in qids if not collection.queries[q].strip()]
+    if empty:
+        raise DataError(f"{collection.name}: queries {empty[:5]} have an empty text: give them a text or remove them")
     encoder = None
     if args.first_stage == "dense":
         from .dense import Encoder
 
         encoder = Encoder(args.encoder)
     candidates = first_stage(collection, args.top_k, qids, method=args.first_stage, encoder=encoder)
+    if not any(candidates.ranking.values()):
+        raise DataError(f"{collection.name}: the first stage ({candidates.source}) has no candidate for any of the "
+                        f"{len(qids)} sampled queries: its run shares no query id with the qrels")
     depth = max(len(d) for d in candidates.ranking.values())
     if depth < args.top_k:
         log.warning("%s: the first stage gives at most %d candidates per query, fewer than --top-k %d",
                     collection.name, depth, args.top_k)
-    spec = model_spec(args.model, dtype=args.dtype, revision=args.revision, num_layers=args.num_layers)
     reranker = Reranker(spec, head_spec, calibrate=not args.no_calibration, top_k=args.top_k, words=args.words,
                         store=None if args.no_cache else RecordStore(args.cache), heads_dir=args.heads_dir)
     run = reranker.rerank(collection, candidates, list(candidates.ranking))

@@ -328,7 +328,11 @@ def _bm25s(collection: Collection, qids: list[str], k: int, drop_self: bool):
     ids = list(collection.corpus)
     texts = [f"{t} {x}".strip() for t, x in (collection.corpus[i] for i in ids)]
     retriever = bm25s.BM25(k1=0.9, b=0.4)
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    try:
+        retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    except ValueError as err:  # bm25s on a corpus of stopwords only: "max() arg is an empty sequence"
+        raise DataError(f"{collection.name}: BM25 finds no word to index in its corpus ({len(ids)} documents; "
+                        f"bm25s: {err}): give documents with text, or a run file under runs/") from None
     q_tokens = bm25s.tokenize([collection.queries[q] for q in qids], stopwords="en", show_progress=False)
     docs, scores = retriever.retrieve(q_tokens, k=min(k, len(ids)), show_progress=False)
     ranking, score_lists = {}, {}

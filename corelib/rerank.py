@@ -148,6 +148,8 @@ class Reranker:
         qids = list(query_ids) if query_ids is not None else list(candidates.ranking)
         requests = []
         for q in qids:
+            if not isinstance(collection.queries.get(q), str) or not collection.queries[q].strip():
+                raise PromptError(f"query {q} of {collection.name} has no text: give it one, or leave it out")
             docs = [collection.document(d, self.words) for d in candidates.ranking[q]]
             if not docs:
                 raise PromptError(f"query {q} of {collection.name} has no candidates in {candidates.source}")

@@ -158,24 +158,36 @@ def read_checked_tensors(path: Path, fields: dict, names=None, what: str = "entr
 
 
 def check_output(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Fail before any forward when an output could not be written where ``path`` points."""
+    """Fail before any forward when an output could not be written where ``path`` points. The checks are
+    real attempts (opening the file for appending, creating a probe file beside it), not permission bits,
+    which say nothing for root or for files such as those under /proc."""
     path = Path(path)
     target = path.resolve() if path.is_symlink() else path
     if target.is_dir():
         raise StorageError(errno.EISDIR, f"cannot write {path}: it is a directory; give a file name for {option}")
     if target.exists():
-        if not os.access(target, os.W_OK):
-            raise StorageError(errno.EACCES, f"cannot write {path}: the file is not writable; choose another {option} "
-                               "or make it writable")
-        if not stat.S_ISREG(target.stat().st_mode):
-            return path  # a device or FIFO: written through, never replaced
+        mode = target.stat().st_mode
+        if stat.S_ISFIFO(mode):
+            return path  # written through when a reader is there; opening it now would wait for one
+        try:
+            open(target, "ab").close()  # appends nothing: the file is unchanged
+        except OSError as err:
+            raise StorageError(err.errno, f"cannot write {path} ({err.strerror}): choose another {option} or make it "
+                               "writable") from None
+        if not stat.S_ISREG(mode):
+            return path  # a character device: written through, never replaced
     probe = target.parent if str(target.parent) else Path(".")
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
         raise StorageError(errno.ENOTDIR, f"cannot write {path}: {probe} is a file, not a directory; choose another {option}")
-    if not os.access(probe, os.W_OK):
-        raise StorageError(errno.EACCES, f"cannot write {path}: {probe} is not writable; choose another {option}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise StorageError(err.errno, f"cannot write {path}: {probe} takes no new files ({err.strerror}); choose "
+                           f"another {option}") from None
     return path
 
 

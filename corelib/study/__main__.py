@@ -68,6 +68,8 @@ def main(argv=None) -> int:
                        "estimates and agreement with BM25, from a profile's per-query table (no forward)")
     r.add_argument("--profile", default="quick")
     r.add_argument("--out", default="results", help="the results directory holding <profile>/tables (default: results)")
+    b = sub.add_parser("banner", help="what a profile runs and how long it takes (`make reproduce` prints it first)")
+    b.add_argument("--profile", default="quick")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -88,6 +90,16 @@ def main(argv=None) -> int:
             else:
                 print(path)
         return 0
+    if args.command == "banner":
+        from ..errors import run_command
+        from .profiles import profile
+
+        def banner():
+            x = profile(args.profile)
+            print(f"profile {x.name}: {', '.join(x.models)}; {x.sizes()}")
+            print(f"expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes")
+
+        return run_command(banner)
     if args.command == "clean-outputs":
         for path in args.notebooks:
             clean_outputs(path)
