@@ -229,37 +229,91 @@ def in_domain_samples(records: Sequence[QueryRecord], qrels: dict[str, dict[str,
     return mass, torch.zeros(len(rows), dtype=torch.long), slots
 
 
-def _parse(spec: str) -> list[tuple[int, int]]:
-    return [tuple(int(x) for x in item.split("-")) for item in spec.split(",")]
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A model whose CoRe head scores the paper's authors released (``core-released-heads/<folder>/``)."""
+
+    folder: str
+    temperature: float
+    layers: int
+    heads: int
 
 
-RELEASED_HEADS: dict[str, HeadSet] = {
-    hs.model_id: hs
-    for hs in (
-        HeadSet(_parse("15-21,15-1,16-12,15-7,9-26,12-11,12-7,18-0"), "mistralai/Mistral-7B-Instruct-v0.2", "core",
-                {"source": "CoRe paper, released top-8", "temperature": 0.001}),
-        HeadSet(_parse("13-18,13-1,14-13,13-21,14-31,13-13,8-11,14-20"), "meta-llama/Llama-3.1-8B-Instruct", "core",
-                {"source": "CoRe paper, released top-8", "temperature": 0.1}),
-        HeadSet(_parse("17-1,23-1,19-5,19-29,19-34,19-0,18-6,19-7"), "microsoft/phi-4", "core",
-                {"source": "CoRe paper, released top-8", "temperature": 0.1}),
-        HeadSet(_parse("19-1,17-20,19-19,34-28,17-25,17-7,19-4,19-31"), "ibm-granite/granite-3.2-8b-instruct", "core",
-                {"source": "CoRe paper, released top-8", "temperature": 0.001}),
-    )
+RELEASED_MODELS: dict[str, ReleasedModel] = {
+    "mistralai/Mistral-7B-Instruct-v0.2": ReleasedModel("mistral", 0.001, 32, 32),
+    "meta-llama/Llama-3.1-8B-Instruct": ReleasedModel("llama", 0.1, 32, 32),
+    "microsoft/phi-4": ReleasedModel("phi", 0.1, 40, 40),
+    "ibm-granite/granite-3.2-8b-instruct": ReleasedModel("granite", 0.001, 40, 32),
 }
-RELEASED_QR_HEADS: dict[str, HeadSet] = {
-    "meta-llama/Llama-3.1-8B-Instruct": HeadSet(
-        _parse("14-22,13-16,14-28,14-31,16-19,14-1,16-26,17-24,14-0,13-0,16-25,13-12,13-1,13-10,17-27,20-14"),
-        "meta-llama/Llama-3.1-8B-Instruct", "qr", {"source": "QRHead release (NQ), top-16"},
-    )
-}
+RELEASED_PRUNE_LEVELS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
+RELEASED_DIR = "core-released-heads"
+# QRHead's released Llama-3.1-8B heads (NQ), top 16: published as a list only
+RELEASED_QR_HEADS = {"meta-llama/Llama-3.1-8B-Instruct": [
+    (14, 22), (13, 16), (14, 28), (14, 31), (16, 19), (14, 1), (16, 26), (17, 24), (14, 0), (13, 0), (16, 25),
+    (13, 12), (13, 1), (13, 10), (17, 27), (20, 14)]}
 
 
-def released_heads(model_id: str, method: str = "core") -> HeadSet | None:
-    table = {"core": RELEASED_HEADS, "qr": RELEASED_QR_HEADS}.get(method, {})
-    for key, hs in table.items():
-        if key.split("/")[-1].lower() == model_id.split("/")[-1].lower():
-            return hs
-    return None
+def _released_model(model_id: str) -> tuple[str, ReleasedModel] | None:
+    short = model_id.split("/")[-1].lower()
+    return next(((k, r) for k, r in RELEASED_MODELS.items() if k.split("/")[-1].lower() == short), None)
+
+
+def released_scores(model_id: str, prune: float = 0.0, data: str | os.PathLike | None = None) -> HeadScores:
+    """The authors' released CoRe score of every head of one of the paper's models, detected on the model
+    with its last ``prune`` share of layers removed (0: unpruned), from ``<data>/core-released-heads/``.
+    The file must name every head of the model once ("layer-head", 0-based) with a finite score, and give
+    0 to every head of a pruned layer; the scores cover the kept layers only."""
+    from .data import DataError, data_dir
+
+    found = _released_model(model_id)
+    if found is None:
+        raise ValueError(f"no released head scores for {model_id}: they exist for {', '.join(RELEASED_MODELS)}")
+    full_id, rel = found
+    if prune not in RELEASED_PRUNE_LEVELS:
+        raise ValueError(f"prune={prune}: the released scores are for pruned shares {list(RELEASED_PRUNE_LEVELS)}")
+    root = data_dir(data)
+    path = (root / RELEASED_DIR / rel.folder / f"core_temp{rel.temperature:g}_prune{prune}.json") if root else None
+    if path is None or not path.is_file():
+        raise DataError(f"released head scores not found at {path}: give the data directory holding {RELEASED_DIR}/ "
+                        "(--data DIR or CORELIB_DATA)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected an object mapping 'layer-head' to a score")
+    scores = torch.full((rel.layers, rel.heads), float("nan"), dtype=torch.float64)
+    for key, value in raw.items():
+        parts = key.split("-")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise DataError(f"{path}: key {key!r} is not 'layer-head' (0-based whole numbers)")
+        l, h = int(parts[0]), int(parts[1])
+        if not (l < rel.layers and h < rel.heads):
+            raise DataError(f"{path}: head {key} is outside {full_id} ({rel.layers} layers x {rel.heads} heads)")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise DataError(f"{path}: head {key} has score {value!r}, not a finite number")
+        scores[l, h] = float(value)
+    if torch.isnan(scores).any():
+        missing = [f"{l}-{h}" for l, h in torch.isnan(scores).nonzero().tolist()][:4]
+        raise DataError(f"{path}: {int(torch.isnan(scores).sum())} heads have no score (e.g. {missing}); "
+                        f"a release file scores all {rel.layers * rel.heads} heads")
+    kept = math.floor(round(rel.layers * (1 - prune), 6))
+    if (scores[kept:] != 0).any():
+        raise DataError(f"{path}: heads of the pruned layers {kept}-{rel.layers - 1} have non-zero scores")
+    prov = {"source": f"released by the CoRe authors ({RELEASED_DIR}/{rel.folder}/{path.name})", "temperature":
+            rel.temperature, "pruned share": prune, "kept layers": kept}
+    return HeadScores(scores[:kept].float(), full_id, "core", prov)
+
+
+def released_heads(model_id: str, method: str = "core", data: str | os.PathLike | None = None) -> HeadSet | None:
+    """The paper's released heads of a model (None if it has none): CoRe's ranking of every head from the
+    released scores (unpruned), or QRHead's published top 16 (Llama-3.1-8B)."""
+    if method == "qr":
+        found = next((k for k in RELEASED_QR_HEADS if k.split("/")[-1].lower() == model_id.split("/")[-1].lower()), None)
+        return None if found is None else HeadSet(RELEASED_QR_HEADS[found], found, "qr", {"source": "QRHead release (NQ), top-16"})
+    if method != "core" or _released_model(model_id) is None:
+        return None
+    return released_scores(model_id, 0.0, data).ranking()
 
 
 # ----------------------------------------------------------------------------- naming head sets

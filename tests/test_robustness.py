@@ -51,3 +51,18 @@ def test_agreement_with_bm25_is_the_per_query_correlation(study):
 def test_robustness_without_a_per_query_table_says_which_notebook_writes_it(study):
     with pytest.raises(FileNotFoundError, match="notebook 03"):
         robustness.write_all(study)
+
+
+def test_released_scores_of_the_paper_models(shared_data, tmp_path):
+    from corelib.study import released
+
+    S = Study("cpu", data=shared_data, out=tmp_path / "results")
+    depth = released.released_depth(S).set_index("model")
+    assert depth.loc["Mistral-7B-Instruct-v0.2", "in middle third"] == 7
+    assert depth.loc["phi-4", "top layers"] == [17, 18, 19, 19, 19, 19, 19, 23]
+    assert set(depth["source"]) == {"from released scores"}
+    pr = released.released_pruning(S).set_index(["model", "pruned share"])
+    assert pr.loc[("Mistral-7B-Instruct-v0.2", 0.5), "kept layers"] == 16
+    assert pr.loc[("Mistral-7B-Instruct-v0.2", 0.5), "unpruned top heads in kept layers"] == 6
+    assert pr.loc[("Llama-3.1-8B-Instruct", 0.6), "re-detected top heads shared with unpruned"] == 1
+    assert pr.loc[("phi-4", 0.0), "top-k share of all heads (%)"] == pytest.approx(0.5)

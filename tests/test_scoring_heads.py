@@ -112,8 +112,45 @@ def test_head_sets_roundtrip_and_checks(tmp_path):
         back.check("other", 30, 9)
     with pytest.raises(ValueError, match="outside"):
         HeadSet([(30, 0)], "smollm2-135m").check("smollm2-135m", 30, 9)
-    assert released_heads("meta-llama/Llama-3.1-8B-Instruct").heads[0] == (13, 18)
-    assert len(released_heads("Mistral-7B-Instruct-v0.2")) == 8
+
+
+# the paper's published top 8 (METHOD.md), which the released score files must reproduce
+PUBLISHED_TOP8 = {
+    "mistralai/Mistral-7B-Instruct-v0.2": "15-21,15-1,16-12,15-7,9-26,12-11,12-7,18-0",
+    "meta-llama/Llama-3.1-8B-Instruct": "13-18,13-1,14-13,13-21,14-31,13-13,8-11,14-20",
+    "microsoft/phi-4": "17-1,23-1,19-5,19-29,19-34,19-0,18-6,19-7",
+    "ibm-granite/granite-3.2-8b-instruct": "19-1,17-20,19-19,34-28,17-25,17-7,19-4,19-31",
+}
+
+
+def test_released_scores_give_the_published_top_heads(shared_data):
+    from corelib.heads import released_scores
+
+    for model, top in PUBLISHED_TOP8.items():
+        ranking = released_heads(model, data=shared_data)
+        assert ranking.ranking and [f"{l}-{h}" for l, h in ranking.top(8).heads] == top.split(",")
     assert len(released_heads("Llama-3.1-8B-Instruct", "qr")) == 16
+    pruned = released_scores("Mistral-7B-Instruct-v0.2", 0.5, shared_data)
+    assert pruned.scores.shape == (16, 32) and pruned.provenance["kept layers"] == 16
+
+
+def test_a_damaged_release_file_is_refused(tmp_path, shared_data):
+    import shutil
+
+    from corelib.data import DataError
+    from corelib.heads import released_scores
+
+    src = shared_data / "core-released-heads" / "mistral" / "core_temp0.001_prune0.0.json"
+    dst = tmp_path / "core-released-heads" / "mistral" / src.name
+    dst.parent.mkdir(parents=True)
+    data = json.loads(src.read_text())
+    data.pop("3-4")
+    dst.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="1 heads have no score"):
+        released_scores("mistralai/Mistral-7B-Instruct-v0.2", 0.0, tmp_path)
+    data["3-4"], data["40-0"] = 0.1, 0.2
+    dst.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="outside"):
+        released_scores("mistralai/Mistral-7B-Instruct-v0.2", 0.0, tmp_path)
 
 

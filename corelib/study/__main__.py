@@ -68,6 +68,11 @@ def main(argv=None) -> int:
                        "estimates and agreement with BM25, from a profile's per-query table (no forward)")
     r.add_argument("--profile", default="quick")
     r.add_argument("--out", default="results", help="the results directory holding <profile>/tables (default: results)")
+    rel = sub.add_parser("released", help="the paper's models from their authors' released head scores: depth, "
+                         "pruning survival, heat maps (no forward)")
+    rel.add_argument("--profile", default="cpu")
+    rel.add_argument("--data", default=None, help="data directory holding core-released-heads/ (default: $CORELIB_DATA)")
+    rel.add_argument("--out", default="results", help="the results directory (default: results)")
     b = sub.add_parser("banner", help="what a profile runs and how long it takes (`make reproduce` prints it first)")
     b.add_argument("--profile", default="quick")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
@@ -144,8 +149,15 @@ def main(argv=None) -> int:
         for name, df in write_all(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
+    def released():
+        from .released import write_all as write_released
+
+        S = Study(args.profile, data=args.data, out=args.out)
+        for name, df in write_released(S).items():
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning,
-                        "robustness": robustness}[args.command])
+                        "robustness": robustness, "released": released}[args.command])
 
 
 if __name__ == "__main__":

@@ -233,6 +233,14 @@ def middle_third_test(relative_depths) -> tuple[int, int, float, float]:
             stats.binomtest(inside, k, 1 / 3, alternative="less").pvalue)
 
 
+def middle_third_verdict(p_more_holm: float, p_fewer_holm: float) -> str:
+    """The middle-third claim: supported when more top heads than 1/3 sit in the middle third (Holm),
+    contradicted when fewer do (Holm), inconclusive otherwise."""
+    if p_more_holm < ALPHA:
+        return "supported"
+    return "contradicted" if p_fewer_holm < ALPHA else "inconclusive"
+
+
 def control_p(method_score: float, control_scores) -> tuple[float, float, float]:
     """(percentile of the method in the control distribution, empirical p of 'better than the
     controls', mirrored p of 'worse than the controls')."""

@@ -23,12 +23,30 @@ def save(fig, path_without_suffix: str | Path) -> list[Path]:
     return written
 
 
-def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = (), ax=None):
-    """Layer x head map of a head score (Figure 2); top heads outlined."""
-    ax = ax or plt.subplots(figsize=(max(4, scores.shape[1] * 0.45), max(4, scores.shape[0] * 0.22)))[1]
-    sns.heatmap(scores.numpy(), ax=ax, cmap="viridis", cbar_kws={"label": "score"})
+def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = (), ax=None,
+                 global_layers: list[int] | None = None):
+    """Layer x head map of a head score (Figure 2): the top heads outlined, the middle third of depth between
+    dashed lines, and, for models with sliding-window layers, the layers that see the whole prompt marked."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    L, H = scores.shape
+    ax = ax or plt.subplots(figsize=(max(5, H * 0.3 + 2), max(4, L * 0.2 + 1.5)))[1]
+    sns.heatmap(scores.float().numpy(), ax=ax, cmap="viridis", cbar_kws={"label": "score"},
+                xticklabels=max(1, H // 8), yticklabels=max(1, L // 16))
     for l, h in top:
         ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="red", lw=1.5))
+    for y in (L / 3, 2 * L / 3):
+        ax.axhline(y, color="white", ls="--", lw=1)
+    handles = [Patch(fill=False, edgecolor="red", label=f"top {len(top)} heads"),
+               Line2D([], [], color="grey", ls="--", label="middle third of depth")]
+    if global_layers:
+        for l in global_layers:
+            ax.annotate("", xy=(0, l + 0.5), xytext=(-1.2, l + 0.5), annotation_clip=False,
+                        arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.2})
+        handles.append(Line2D([], [], color="black", marker=">", ls="", label="global-attention layer"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(handles), fontsize=7,
+              frameon=False)
     ax.set(xlabel="head", ylabel="layer")
     ax.set_title(title, fontsize=9, wrap=True)
     return ax

@@ -88,6 +88,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "forest": ("claim", "model", "collection", "difference", "ci low", "ci high", "queries"),
     "leave_one_out": ("claim", "model", "left out", "difference", "ci low", "ci high", "p", "queries", "collections"),
     "first_stage_agreement": ("model", "method", "queries", "correlation with BM25 (per-query ndcg@10)"),
+    "released_depth": ("model", "source", "layers", "top heads", "top layers", "in middle third", "median relative depth",
+                       "p more", "p fewer", "p more holm", "p fewer holm", "verdict"),
+    "released_pruning": ("model", "source", "pruned share", "kept layers", "layers", "unpruned top heads in kept layers",
+                         "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
+                         "top-k share of all heads (%)"),
     "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
     "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
                 "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
@@ -518,8 +523,7 @@ class Tables:
                          "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum())})
         df = pd.DataFrame(rows)
         df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
-        df["verdict"] = ["supported" if a < analysis.ALPHA else "contradicted" if b < analysis.ALPHA else "inconclusive"
-                         for a, b in zip(df["p more holm"], df["p fewer holm"])]
+        df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]
         return self.write("depth", df)
 
     # ---------------------------------------------------------------- pruning (Figure 3)
