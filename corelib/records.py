@@ -31,7 +31,7 @@ from .attention import calibrated_head_token_scores, head_token_scores
 from .models import LoadedModel, ModelSpec
 from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
 from .progress import progress_bar
-from .storage import cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
+from .storage import StorageError, cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,11 @@ class RecordStore:
         meta = {"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "num_tokens": str(record.num_tokens)}
         if seconds is not None:  # what computing it took (for `pending`'s estimate; not part of the record)
             meta["seconds"] = f"{seconds:.3f}"
-        save_tensors(path, tensors, meta)
+        try:
+            save_tensors(path, tensors, meta)
+        except OSError as err:
+            raise StorageError(err.errno, f"cannot store a record in {self.root} ({err.strerror}): free space there, or "
+                               "point CORELIB_CACHE (or --cache) at a writable folder; cached records are kept") from None
 
     def _sweep(self, directory: Path, older_than_s: float = 3600) -> None:
         """Remove temporary files that killed writers left (once per folder and process)."""

@@ -118,6 +118,8 @@ class Reranker:
         return None if self.head_set is None else self.head_set.heads
 
     def requests(self, query: str, docs: Sequence[Document], query_id: str = "", group: str = "adhoc") -> RecordRequest:
+        if not isinstance(query, str) or not query.strip():
+            raise PromptError(f"query {query_id or ''} is empty: give a non-empty query text".replace("  ", " "))
         docs = list(docs)[: self.top_k] if self.top_k else list(docs)
         perm = self.order.permutation(str(query_id), len(docs))
         return RecordRequest(str(query_id), query, tuple(docs[r] for r in perm), group,

@@ -228,6 +228,9 @@ class Study:
     def warm(self, models=None, multilingual: bool = True, steps=None) -> None:
         """Compute and cache every record the notebooks read, one model at a time, step by step
         (``warm_steps``; ``steps``: only these). Stop and re-run to resume."""
+        from ..storage import check_cache_writable
+
+        check_cache_writable(self.store.root)  # before the first forward, not after it
         for m in models or self.p.models:
             known = self.warm_steps(m, multilingual)
             unknown = [s for s in steps or () if s not in known]
