@@ -1,6 +1,7 @@
 """CoRe heads: attention-based re-ranking with contrastive retrieval heads (reproduction library)."""
 
-from .data import Collection, first_stage, load_collection, load_detection, sample_queries
+from .data import Collection, load_collection, load_detection, sample_queries
+from .first_stage import first_stage
 from .evaluate import evaluate_run
 from .heads import HeadScores, HeadSet, detect_heads, released_heads
 from .models import LoadedModel, ModelSpec, load_model, model_spec

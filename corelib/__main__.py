@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,8 @@ def _check_sizes(args) -> None:
 
 
 def cmd_rerank(args) -> None:
-    from .data import DataError, first_stage, load_collection, sample_queries, write_trec_run
+    from .data import DataError, load_collection, sample_queries, write_trec_run
+    from .first_stage import first_stage
     from .evaluate import evaluate_run
     from .heads import HeadSet, parse_heads
     from .models import model_spec

@@ -21,7 +21,10 @@ from typing import Sequence
 
 import torch
 
-from .models import ModelLoadError, directory_fingerprint, file_sha256, module_dir
+from .data import Candidates, write_trec_run
+from .catalogue import ModelLoadError
+from .fingerprints import directory_fingerprint, file_sha256
+from .gguf_weights import module_dir
 from .progress import progress_bar
 from .storage import cache_root, content_digest, file_lock, publish_tree, read_checked_tensors, remove_orphans, save_tensors
 
@@ -205,8 +208,6 @@ def dense_candidates(collection, k: int, query_ids: Sequence[str], encoder: Enco
                      run_dir: str | os.PathLike | None = None):
     """Top-k dense candidates per query (exact inner product over the whole corpus). The top-``depth``
     run is also written as a TREC file under the cache (``run_dir``), never into the data directory."""
-    from .data import Candidates, write_trec_run
-
     ids, emb = corpus_embeddings(encoder, collection)
     qids = list(query_ids)
     q = encoder.encode([collection.queries[x] for x in qids])

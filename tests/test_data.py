@@ -1,7 +1,8 @@
 import pytest
 
-from corelib.data import (DataError, first_stage, load_collection, load_detection, positive_positions,
-                          read_trec_run, sample_queries, choose_run_file)
+from corelib.data import (DataError, choose_run_file, load_collection, load_detection, positive_positions,
+                          read_trec_run, sample_queries)
+from corelib.first_stage import first_stage
 from corelib.evaluate import evaluate_run
 
 

@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from corelib.data import first_stage, load_collection, read_trec_run
+from corelib.data import load_collection, read_trec_run
+from corelib.first_stage import first_stage
 from corelib.dense import Encoder, bi_encoder_run, corpus_embeddings, dense_candidates, read_settings
 from corelib.models import ModelLoadError
 

@@ -108,7 +108,7 @@ def test_two_checkpoints_with_one_folder_name_get_two_ranking_files(tokenizer, t
 
 
 def test_converted_weights_are_checked_against_their_digest(tmp_path, monkeypatch):
-    from corelib import models
+    from corelib import catalogue, gguf_weights as models
 
     monkeypatch.setenv("CORELIB_CACHE", str(tmp_path))
     name = "smollm2-135m"
@@ -118,19 +118,19 @@ def test_converted_weights_are_checked_against_their_digest(tmp_path, monkeypatc
     weights.write_bytes(b"\x01" * 4096)
     import hashlib
 
-    marker = {"gguf_sha256": models.BUILTIN_MODELS[name].sha256, "converter": models.CONVERTER_VERSION,
+    marker = {"gguf_sha256": catalogue.BUILTIN_MODELS[name].sha256, "converter": catalogue.CONVERTER_VERSION,
               "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "weights_bytes": 4096}
     (folder / "corelib.json").write_text(json.dumps(marker))
-    assert models._converted_dir(name, verify=True) == folder
+    assert models.converted_dir(name, verify=True) == folder
     with weights.open("r+b") as f:  # zero a block in place (before: every score changed, exit 0)
         f.seek(1024)
         f.write(b"\x00" * 512)
     os.utime(weights, ns=(1, 1))
-    with pytest.raises(models.ModelLoadError, match="damaged or changed after conversion.*delete"):
-        models._converted_dir(name, verify=True)
+    with pytest.raises(catalogue.ModelLoadError, match="damaged or changed after conversion.*delete"):
+        models.converted_dir(name, verify=True)
     weights.write_bytes(b"\x01" * 100)  # truncated: a clear message, not a SafetensorError
-    with pytest.raises(models.ModelLoadError, match="100 bytes, not 4,096"):
-        models._converted_dir(name, verify=True)
+    with pytest.raises(catalogue.ModelLoadError, match="100 bytes, not 4,096"):
+        models.converted_dir(name, verify=True)
 
 
 def test_a_converted_tree_is_readable_by_others(tmp_path):

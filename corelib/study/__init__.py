@@ -5,7 +5,8 @@ fixes the sizes, ``tables`` defines every table's columns once, ``analysis`` hol
 verdicts follow, ``report`` and ``plots`` lay them out, ``bench`` measures costs.
 """
 
-from .core import HEAD_SOURCES, Study
+from .core import Study
+from .methods import HEAD_SOURCES
 from .profiles import PROFILES, Profile, kept_layers, profile
 
 __all__ = ["HEAD_SOURCES", "PROFILES", "Profile", "Study", "kept_layers", "profile"]

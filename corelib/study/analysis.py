@@ -13,6 +13,8 @@ import pandas as pd
 from scipy import stats
 
 ALPHA = 0.05
+POOLED = "pooled (a query once)"  # the label of a claim's pooled test (every model's queries, each counted once)
+ALL_COLLECTIONS = "all (collections weighted equally)"  # a forest plot's overall row
 PRUNING_MARGIN = 0.5  # points of nDCG@10: "50% pruning costs at most half a point"
 FEW_HEADS = 10  # "the best head count is below 10"
 N_RESAMPLES = 10_000

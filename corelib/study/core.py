@@ -3,7 +3,7 @@
 Built from a profile, a data directory and an output directory. It knows where every input and
 output lives, computes records only on a cache miss (record keys need no loaded model; a model is
 loaded the first time a record is missing), keeps records in memory within a budget, and owns
-every table (``tables.py`` defines their columns once; the report reads them through it).
+every table (``tables/schema.py`` defines their columns once; the report reads them through it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
-from ..data import Candidates, Collection, first_stage, load_collection, load_detection, sample_queries
+from ..data import Candidates, Collection, load_collection, load_detection, sample_queries
+from ..first_stage import first_stage
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..models import LoadedModel, ModelSpec, model_spec
 from ..prompts import CandidateOrder
@@ -23,21 +24,15 @@ from ..niah import (NEEDLES, NiahError, TrialResult, TrialStore, collection_hays
                     run_trials, trial_grid, trial_status)
 from ..records import CacheStatus, QueryRecord, RecordStore, record_status
 from ..rerank import Reranker, detection_records, detection_requests
+from .methods import DETECTED, HEAD_SOURCES, NIAH_SOURCE
 from .profiles import Profile, profile
 
 log = logging.getLogger(__name__)
 
-HEAD_SOURCES = {
-    "nq": "NQ detection set (the paper's source)",
-    "in-domain": "in-domain BM25 candidates, leave-one-collection-out",
-    "in-domain, position-matched": "in-domain, each positive against its 4 nearest-slot negatives, leave-one-collection-out",
-}
 POSITION_MATCHED_NEGATIVES = 4
-NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
 # warm's record steps besides the collections (whose steps are their names)
 DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS = "NQ detection", "calibrated NQ detection", "needle trials"
 SHUFFLED = " (shuffled)"  # warm's step for a collection's records with shuffled candidates: "<collection> (shuffled)"
-DETECTED = {"QR-R": "qr", "CoRe-R": "core"}  # methods whose heads are detected on a source (NQ or in-domain)
 
 
 class Study:
@@ -374,7 +369,7 @@ class Study:
                                                                            self.spec(m).fingerprint))
                 for m in self.p.models for method in methods[m]]
 
-    # ------------------------------------------------------------------ tables (tables.py)
+    # ------------------------------------------------------------------ tables (the tables package)
     @cached_property
     def tables(self):
         from .tables import Tables

@@ -99,7 +99,7 @@ def _doc_scores(lm, prompt, na):
 
 def _timed(fn, repeats: int, cuda: bool) -> float:
     """Median of ``repeats`` timings after a warm-up."""
-    from .bench import timed
+    from .timing import timed
 
     timed(fn, cuda)
     return statistics.median(timed(fn, cuda) for _ in range(repeats))
@@ -226,7 +226,8 @@ def precision_check(model: str = "smollm2-135m", collection: str = "scifact", qu
     """
     from scipy.stats import kendalltau
 
-    from ..data import first_stage, load_collection, sample_queries
+    from ..data import load_collection, sample_queries
+    from ..first_stage import first_stage
     from ..evaluate import per_query
     from ..heads import resolve_heads
     from ..models import load_model

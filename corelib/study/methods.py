@@ -28,6 +28,18 @@ METHODS: dict[str, Method] = {m.label: m for m in (
     Method("Layer window", "#9467bd", what="all heads of the best contiguous layer window"),
 )}
 
+# Table 1's method columns, in order (first stages, the bi-encoder, then the attention re-rankers)
+TABLE1 = ("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R")
+FIRST_STAGE_METHODS = {"bm25": "BM25", "dense": "Dense"}  # the profile's first stage -> its method
+# methods whose heads are detected on a detection source (NQ or in-domain): label -> detector key
+DETECTED = {label: m.key for label, m in METHODS.items() if m.key in ("qr", "core")}
+NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
+HEAD_SOURCES = {
+    "nq": "NQ detection set (the paper's source)",
+    "in-domain": "in-domain BM25 candidates, leave-one-collection-out",
+    "in-domain, position-matched": "in-domain, each positive against its 4 nearest-slot negatives, leave-one-collection-out",
+}
+
 MODEL_MARKERS = ("o", "s", "D", "^", "v", "P")
 
 

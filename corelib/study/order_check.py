@@ -18,7 +18,7 @@ from scipy import stats
 from ..evaluate import per_query
 from ..scoring import record_run
 from . import analysis
-from .core import NIAH_SOURCE
+from .methods import NIAH_SOURCE
 
 if TYPE_CHECKING:
     from .core import Study

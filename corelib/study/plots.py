@@ -171,8 +171,8 @@ def scaling(df: pd.DataFrame):
 def forest(df: pd.DataFrame, title: str):
     """Each claim's paired difference and 95% CI per collection and over all collections (the ``forest``
     table): a panel per claim, a row per collection, a marker per model (pooled in black)."""
+    from .analysis import ALL_COLLECTIONS, POOLED
     from .methods import MODEL_MARKERS
-    from .robustness import ALL_COLLECTIONS, POOLED
 
     claims = list(dict.fromkeys(df["claim"]))
     models = [m for m in dict.fromkeys(df["model"]) if m != POOLED] + ([POOLED] if POOLED in set(df["model"]) else [])

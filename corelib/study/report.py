@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import analysis
-from .tables import METHODS, attention_note
+from ..architecture import global_attention_layers, model_config
+from .tables import METHODS
 
 if TYPE_CHECKING:
     from .core import Study
@@ -36,6 +37,19 @@ PAPER = {
     "peak below 10 heads": "DBPedia top-40: 1 head ~35.0, peak 38.0 at 9 heads, all 1,024 heads (ICR) ~36.0 (Figure 1)",
     "heads beat random heads": "(implicit) the contrastive choice of heads, not any small set, is what helps",
 }
+
+
+def attention_note(name: str, model) -> str | None:
+    """A sentence for the report where a model's layers do not all see the whole prompt (None otherwise)."""
+    layers = global_attention_layers(model)
+    if layers is None:
+        return None
+    window = getattr(model_config(model), "sliding_window", None)
+    return (f"{name}: {model.num_layers - len(layers)} of its {model.num_layers} layers attend only to the last "
+            f"{window} tokens (sliding window); only layers {layers} see the whole prompt, so from the query a head "
+            f"of the other layers reaches only the documents within {window} tokens of it. ICR sums every layer's "
+            "heads; the depth table counts the top CoRe heads in the global layers, and the head-set controls "
+            "include the global-attention heads as a set.")
 
 
 def _paper(claim: str) -> str:

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
-from .core import NIAH_SOURCE
+from .methods import NIAH_SOURCE
 
 if TYPE_CHECKING:
     from .core import Study
 
 MAIN_CLAIMS = (("CoRe-R", "ICR"), ("CoRe-R", "QR-R"), ("CoRe-R", "NIAH-R"), ("CoRe-R", "BM25"), ("ICR", "BM25"))
-POOLED = "pooled (a query once)"
-ALL_COLLECTIONS = "all (collections weighted equally)"
+POOLED = analysis.POOLED
+ALL_COLLECTIONS = analysis.ALL_COLLECTIONS
 
 
 def _nq(pq: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""Detected heads: the top heads of each method, NIAH detection, overlaps, temperature, depth (Figure 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from typing import TYPE_CHECKING
+
+from ...architecture import global_attention_layers
+from .. import analysis
+from ..methods import NIAH_SOURCE
+from .schema import write
+
+if TYPE_CHECKING:
+    from ..core import Study
+
+
+def top_heads(study: "Study", k: int | None = None, temperature: float | None = None) -> pd.DataFrame:
+    k = k or study.p.num_heads
+    rows = []
+    for m in study.p.models:
+        for method in study.head_methods(m).values():
+            t = study.head_scores(m, method, temperature).table().head(k)
+            rows.append(t.assign(model=m, method=method, **{"head source": NIAH_SOURCE if method == "niah" else "nq"}))
+    df = pd.concat(rows).rename(columns={"relative_depth": "relative depth"})
+    return write(study, "top_heads", df)
+
+
+def niah_detection(study: "Study") -> pd.DataFrame:
+    """NIAH-R's detection per model: the grid, how many trials retrieved the needle (and so
+    count), how many heads ever copied, and the decoding time the trials took."""
+    from ...niah import MIN_RECALL
+
+    p, rows = study.p, []
+    for m in study.p.models:
+        trials = study.niah_trials(m)
+        counted = [r for r in trials if r.counted()]
+        rows.append({"model": m, "haystack": p.niah_haystack, "needles": p.niah_needles,
+                     "context lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "trials": len(trials),
+                     "counted": len(counted), "counted share": len(counted) / len(trials),
+                     "mean recall": float(np.mean([r.recall for r in trials])),
+                     "decode tokens (max)": max(r.steps for r in trials),
+                     "heads above 0": int((torch.stack([r.hits for r in counted]).mean(0) > 0).sum()) if counted else 0,
+                     "ties broken by": f"mean attention on the needle (counted: ROUGE-1 recall > {MIN_RECALL})",
+                     "decode seconds": float(sum(r.seconds for r in trials))})
+    return write(study, "niah_detection", pd.DataFrame(rows))
+
+
+def overlap(study: "Study", k: int | None = None, temperature: float | None = None, sources=("nq",)) -> pd.DataFrame:
+    """Top-k heads that CoRe, QR and NIAH share (NIAH: from its needle trials, whatever the source)."""
+    k = k or study.p.num_heads
+    rows = []
+    for m in study.p.models:
+        niah = set(study.heads(m, "niah", k)) if "NIAH-R" in study.head_methods(m) else None
+        for src in sources:
+            excl = [None] if src == "nq" else list(study.p.collections)
+            sets = [(set(study.heads(m, "core", k, temperature, src, e)), set(study.heads(m, "qr", k, temperature, src, e)))
+                    for e in excl]
+            nan = float("nan")
+            rows.append({"model": m, "head source": src if src == "nq" else f"{src} (mean over held-out collections)",
+                         "k": k, "CoRe and QR share": float(np.mean([len(c & q) for c, q in sets])),
+                         "CoRe and NIAH share": float(np.mean([len(c & niah) for c, _ in sets])) if niah else nan,
+                         "QR and NIAH share": float(np.mean([len(q & niah) for _, q in sets])) if niah else nan})
+    return write(study, "overlap", pd.DataFrame(rows))
+
+
+def detection_temperature(study: "Study", k: int | None = None, temperatures=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> pd.DataFrame:
+    k = k or study.p.num_heads
+    rows = []
+    for m in study.p.models:
+        ref = study.head_scores(m, "core")
+        for t in temperatures:
+            s = study.head_scores(m, "core", t)
+            rho = pd.Series(s.scores.flatten().numpy()).corr(pd.Series(ref.scores.flatten().numpy()), method="spearman")
+            rows.append({"model": m, "temperature": t,
+                         "top-k shared with the profile's t": len(set(s.order()[:k]) & set(ref.order()[:k])),
+                         "spearman vs the profile's t": round(rho, 3), "best head": s.order()[0]})
+    return write(study, "detection_temperature", pd.DataFrame(rows))
+
+
+def depth(study: "Study", k: int | None = None, temperature: float | None = None) -> pd.DataFrame:
+    k = k or study.p.num_heads
+    rows = []
+    for m in study.p.models:
+        top = study.head_scores(m, "core", temperature).table().head(k)
+        inside, kk, p_more, p_fewer = analysis.middle_third_test(top["relative_depth"])
+        spec = study.spec(m)
+        global_layers = global_attention_layers(spec)
+        rows.append({"model": m, "layers": spec.num_layers, "top heads": kk,
+                     "top layers": sorted(top["layer"].tolist()), "in middle third": inside,
+                     "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer,
+                     "global-attention layers": "all" if global_layers is None else str(global_layers),
+                     "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum())})
+    df = pd.DataFrame(rows)
+    df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
+    df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]
+    return write(study, "depth", df)

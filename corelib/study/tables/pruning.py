@@ -1,0 +1,61 @@
+"""Layer pruning (Figure 3): nDCG@10 by pruned share and the non-inferiority test at 50%."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from typing import TYPE_CHECKING
+
+from ...evaluate import per_query
+from ...scoring import record_run
+from .. import analysis
+from ..profiles import kept_layers
+from .schema import write
+
+if TYPE_CHECKING:
+    from ..core import Study
+
+
+def pruning(study: "Study", k: int | None = None, temperature: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """nDCG@10 of CoRe-R, QR-R and NIAH-R with the heads re-selected among the kept layers, per pruned share
+    (exact from all-layer records), and the per-query table of CoRe-R at 0% and 50% for the margin test."""
+    k = k or study.p.num_heads
+    rows, pq = [], []
+    for m in study.p.models:
+        total = study.spec(m).num_layers
+        for share in study.p.prune_levels:
+            kept = kept_layers(total, share)
+            for method, key in study.head_methods(m).items():
+                heads = study.heads(m, key, k, temperature, max_layers=kept)
+                vals = []
+                for c in study.p.collections:
+                    pqs = per_query(record_run(study.records(m, c), heads), study.collection(c).qrels)
+                    vals.append(pqs.mean())
+                    if method == "CoRe-R" and share in (0.0, 0.5):
+                        pq.append(pd.DataFrame({"model": m, "collection": c, "query_id": pqs.index.astype(str),
+                                                "method": f"{share:.0%} pruned", "ndcg@10": pqs.values,
+                                                "head source": "nq"}))
+                rows.append({"model": m, "method": method, "pruned share": share, "kept layers": kept,
+                             "ndcg@10": float(np.mean(vals)), "deepest head": max(l for l, _ in heads)})
+    return write(study, "pruning", pd.DataFrame(rows)), (pd.concat(pq, ignore_index=True) if pq else pd.DataFrame())
+
+
+def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PRUNING_MARGIN) -> pd.DataFrame:
+    """Non-inferiority (TOST) of CoRe-R on the 50%-pruned model against the unpruned one."""
+    rows = []
+    models = list(dict.fromkeys(pq["model"]))
+    for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
+        pool = m.startswith("pooled")
+        d = analysis.paired_differences(pq if pool else pq[pq["model"] == m], "50% pruned", "0% pruned", pool=pool)
+        r = analysis.paired(d)
+        rows.append({"claim": f"50% pruning within {margin} point", "model": m, "a": "CoRe-R, 50% pruned",
+                     "b": "CoRe-R, unpruned", "head source": "nq", "difference": r.estimate, "ci low": r.ci_low,
+                     "ci high": r.ci_high, "p": analysis.one_sided_p(d, margin, greater=True),
+                     "p inferior": analysis.one_sided_p(d, margin, greater=False),
+                     "detectable (80% power)": r.mde, "queries": r.queries, "collections": r.collections,
+                     "identical": r.identical})
+    df = pd.DataFrame(rows)
+    df["p holm"] = analysis.holm(df["p"])
+    df["p holm inferior"] = analysis.holm(df["p inferior"])  # the test that can contradict: both are shown
+    df["verdict"] = [analysis.margin_verdict(a, b, i) for a, b, i in zip(df["p holm"], df["p holm inferior"], df["identical"])]
+    return df.drop(columns=["identical"])

@@ -1,0 +1,123 @@
+"""Every table's columns (defined once, here), and how a table is written to and read from the study's
+tables folder. The report reads tables through ``read``, with the same columns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..methods import TABLE1
+
+if TYPE_CHECKING:
+    from ..core import Study
+
+
+# BM25 and Dense: first stages (nDCG@10 of their own top-k for the same queries); Bi-encoder: the profile's
+# encoder re-ranking the same candidates as the LLM methods. NIAH-R: NaN where a model has none (too few needles).
+METHODS = TABLE1  # Table 1's method columns (methods.TABLE1)
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "collections": ("collection", "documents", "judged queries", "first stage", "BM25 nDCG@10 (all queries)"),
+    "prompt_lengths": ("model", "layers", "heads per layer", "kv heads", "collection", "mean tokens", "max tokens"),
+    "top_heads": ("model", "method", "head source", "rank", "layer", "head", "score", "relative depth"),
+    "niah_detection": ("model", "haystack", "needles", "context lengths", "depths", "trials", "counted",
+                       "counted share", "mean recall", "decode tokens (max)", "heads above 0", "ties broken by",
+                       "decode seconds"),
+    "overlap": ("model", "head source", "k", "CoRe and QR share", "CoRe and NIAH share", "QR and NIAH share"),
+    "detection_temperature": ("model", "temperature", "top-k shared with the profile's t", "spearman vs the profile's t",
+                              "best head"),
+    "per_query": ("model", "first stage", "collection", "query_id", "method", "head source", "k", "ndcg@10"),
+    "table1": ("model", "first stage", "collection", "queries", *METHODS, "CoRe-R - ICR", "CoRe-R - QR-R",
+               "CoRe-R - NIAH-R", "CoRe-R - Bi-encoder"),
+    "table1_average": ("model", "first stage", "collections", "queries", *METHODS),
+    "table2": ("model", "first stage", "collection", "data", "queries", *METHODS, "CoRe-R - ICR", "CoRe-R - QR-R",
+               "CoRe-R - NIAH-R", "CoRe-R - Bi-encoder"),
+    "table2_average": ("model", "first stage", "collections", "queries", *METHODS),
+    # "p inferior"/"p holm inferior": margin claims only (the one-sided test of loss <= margin, which can
+    # contradict them); empty for the others
+    "comparisons": ("claim", "model", "a", "b", "head source", "difference", "ci low", "ci high", "p", "p holm",
+                    "p inferior", "p holm inferior", "detectable (80% power)", "queries", "collections", "verdict"),
+    "in_domain_sources": ("model", "head source", "CoRe and QR share", "CoRe-R", "QR-R", "ICR", "CoRe-R - QR-R",
+                          "CoRe-R - ICR"),
+    "positive_slots": ("collection", "model", "slot", "positives"),
+    "controls": ("model", "control", "sets", "median", "p5", "p95"),
+    "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "verdict"),
+    "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
+    "sweep_peaks": ("model", "collection", "order", "peak ndcg@10", "heads at peak", "1 head", "8 heads", "ICR"),
+    "depth": ("model", "layers", "top heads", "top layers", "in middle third", "median relative depth", "p more",
+              "p fewer", "p more holm", "p fewer holm", "verdict", "global-attention layers", "top heads in global layers"),
+    "pruning": ("model", "method", "pruned share", "kept layers", "ndcg@10", "deepest head"),
+    "practitioner_cost": ("model", "collection", "method", "queries timed", "seconds per query", "ratio to bi-encoder (cold)",
+                          "nDCG@10 (mean over collections)", "device"),
+    "pruning_cost": ("model", "run", "pruned share", "kept layers", "tokens", "seconds", "model and run MB",
+                     "latency ratio", "memory ratio", "device", "measured"),
+    "ablation_temperature": ("model", "temperature", "CoRe-R nDCG@10"),
+    "ablation_calibrated_detection": ("model", "method", "calibrated detection", "nDCG@10"),
+    "ablation_negatives_positions": ("model", "ablation", "nDCG@10"),
+    "ablation_length_bias": ("model", "collection", "method", "spearman(score, length)", "top-1 length / mean length"),
+    "order_per_query": ("model", "collection", "query_id", "order", "method", "ndcg@10", "kendall tau vs BM25"),
+    "order_agreement": ("model", "order", "method", "queries", "mean ndcg@10", "correlation with BM25 (per-query ndcg@10)",
+                        "kendall tau vs BM25 (mean)"),
+    "forest": ("claim", "model", "collection", "difference", "ci low", "ci high", "queries"),
+    "leave_one_out": ("claim", "model", "left out", "difference", "ci low", "ci high", "p", "queries", "collections"),
+    "first_stage_agreement": ("model", "method", "queries", "correlation with BM25 (per-query ndcg@10)"),
+    "released_depth": ("model", "source", "layers", "top heads", "top layers", "in middle third", "median relative depth",
+                       "p more", "p fewer", "p more holm", "p fewer holm", "verdict"),
+    "released_pruning": ("model", "source", "pruned share", "kept layers", "layers", "unpruned top heads in kept layers",
+                         "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
+                         "top-k share of all heads (%)"),
+    "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
+    "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
+                "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
+                "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
+}
+
+
+# Columns added after tables were committed: an older table without them reads them as empty
+LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",)}
+
+
+def with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:
+    for c in LATER_COLUMNS.get(base, ()):
+        if c not in df:
+            df[c] = np.nan
+    return df
+
+
+def base_table(name: str) -> str:
+    """``comparisons_*`` and ``per_query_*`` tables share their base table's columns."""
+    return next((base for base in ("comparisons", "per_query") if name.startswith(base + "_")), name)
+
+
+def columns(name: str) -> list[str]:
+    return list(COLUMNS[base_table(name)])
+
+
+def write(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFrame:
+    cols = columns(name)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"table {name} lacks columns {missing}")
+    df = df[cols].reset_index(drop=True)
+    study.tables_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(study.tables_dir / f"{name}.csv", index=False)
+    return df
+
+
+def read(study: "Study", name: str) -> pd.DataFrame | None:
+    path = study.tables_dir / f"{name}.csv"
+    if not path.is_file():
+        return None
+    return with_later_columns(pd.read_csv(path), base_table(name))[columns(name)]
+
+
+def mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
+    return float(df.groupby("collection")[value].mean().mean())
+
+
+def digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,154 @@
+"""Table 1: the per-query table every comparison reads, the per-collection means, the paired comparisons
+(analysis.RULES) and the in-domain head sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from typing import TYPE_CHECKING
+
+from ...evaluate import per_query as per_query_ndcg
+from ...heads import in_domain_samples
+from ...scoring import record_run
+from .. import analysis
+from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_SOURCE
+from .schema import COLUMNS, METHODS, mean_over_collections, with_later_columns, write
+
+if TYPE_CHECKING:
+    from ..core import Study
+
+
+def method_runs(study: "Study", m: str, collection: str, k: int, temperature, sources) -> list[tuple[str, str, int, dict]]:
+    recs = study.records(m, collection)
+    spec = study.spec(m)
+    out = [(label, "", 0, study.candidates(m, collection, stage).run()) for stage, label in FIRST_STAGE_METHODS.items()]
+    out += [("Bi-encoder", "", 0, study.bi_encoder_run(m, collection)),
+            ("ICR", "all", spec.num_layers * spec.num_heads, record_run(recs))]
+    for src in sources:
+        exclude = collection if src.startswith("in-domain") else None
+        for method, key in DETECTED.items():
+            heads = study.heads(m, key, k, temperature, src, exclude)
+            out.append((method, src, k, record_run(recs, heads)))
+    if "NIAH-R" in study.head_methods(m):
+        out.append(("NIAH-R", NIAH_SOURCE, k, record_run(recs, study.heads(m, "niah", k))))
+    return out
+
+
+def per_query(study: "Study", collections=None, k: int | None = None, temperature: float | None = None,
+              sources=("nq",), write: bool = True, name: str = "per_query") -> pd.DataFrame:
+    """nDCG@10 of every query, method and head source (the long table all comparisons read)."""
+    k = k or study.p.num_heads
+    collections = list(study.p.collections if collections is None else collections)
+    if not collections:  # an empty list is not "the profile's collections": profile cpu-dense has no multilingual sets
+        raise ValueError(f"no collections to evaluate for {name!r} in profile {study.p.name}: pass None for the "
+                         "profile's collections, or use a profile that has this kind of collection")
+    rows = []
+    for m in study.p.models:
+        for c in collections:
+            qrels = study.collection(c).qrels
+            srcs = [s for s in sources if not (s.startswith("in-domain") and c in study.p.multilingual)]
+            for method, src, kk, run in method_runs(study, m, c, k, temperature, srcs):
+                pq = per_query_ndcg(run, qrels)
+                rows.append(pd.DataFrame({"model": m, "first stage": study.p.first_stage, "collection": c,
+                                          "query_id": pq.index.astype(str), "method": method, "head source": src,
+                                          "k": kk, "ndcg@10": pq.values}))
+    df = pd.concat(rows, ignore_index=True)
+    return write(study, name, df) if write else df[list(COLUMNS["per_query"])]
+
+
+def nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
+    sel = pq[pq["head source"].isin(["", "all", "nq", NIAH_SOURCE])]
+    wide = sel.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
+    return wide.reindex(columns=list(METHODS))  # a method no model has (NIAH-R without retrieved needles): NaN
+
+
+def table1(study: "Study", pq: pd.DataFrame, name: str = "table1") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """nDCG@10 per model and collection (NQ heads), and the per-model mean over collections."""
+    wide = nq_wide(pq).reset_index()
+    g = wide.groupby(["model", "collection"], sort=False)
+    t = g[list(METHODS)].mean()
+    t["queries"] = g.size()
+    t["CoRe-R - ICR"] = 100 * (t["CoRe-R"] - t["ICR"])
+    t["CoRe-R - QR-R"] = 100 * (t["CoRe-R"] - t["QR-R"])
+    t["CoRe-R - NIAH-R"] = 100 * (t["CoRe-R"] - t["NIAH-R"])
+    t["CoRe-R - Bi-encoder"] = 100 * (t["CoRe-R"] - t["Bi-encoder"])
+    t["first stage"] = study.p.first_stage
+    t = t.reset_index()
+    if name == "table2":
+        t["data"] = ["MLDR" if c.startswith("mldr/") else "XQuAD-R (stand-in for MLDR)" for c in t["collection"]]
+    avg = t.groupby("model", sort=False)[list(METHODS)].mean()
+    avg["collections"] = t.groupby("model", sort=False).size()
+    avg["queries"] = t.groupby("model", sort=False)["queries"].sum()
+    avg["first stage"] = study.p.first_stage
+    return write(study, name, t), write(study, f"{name}_average", avg.reset_index())
+
+
+def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "") -> pd.DataFrame:
+    """Paired comparisons of method pairs per model and pooled (a query once), with CI, p,
+    Holm-adjusted p within each claim's family and a verdict (analysis.RULES)."""
+    rows = []
+    for a, b, src in pairs:
+        claim = f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
+        sel = pq[pq["head source"].isin({"", "all", src, NIAH_SOURCE})]
+        family = []
+        models = list(dict.fromkeys(sel["model"]))
+        for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
+            pool = m.startswith("pooled")
+            part = sel if pool else sel[sel["model"] == m]
+            if not {a, b} <= set(part["method"]):  # e.g. NIAH-R for a model that retrieved no needle
+                continue
+            d = analysis.paired_differences(part, a, b, pool=pool)
+            r = analysis.paired(d)
+            family.append({"claim": claim, "model": m, "a": a, "b": b, "head source": src, "difference": r.estimate,
+                           "ci low": r.ci_low, "ci high": r.ci_high, "p": r.p, "detectable (80% power)": r.mde,
+                           "queries": r.queries, "collections": r.collections, "identical": r.identical})
+        adj = analysis.holm([f["p"] for f in family])
+        for f, ph in zip(family, adj):
+            f["p holm"] = ph
+            f["verdict"] = analysis.superiority_verdict(f["difference"], ph, f.pop("identical"))
+        rows += family
+    return pd.DataFrame(rows)
+
+
+def table1_pairs(study: "Study", sources=("nq",)) -> list[tuple[str, str, str]]:
+    """The Table 1 analog's comparisons (analysis.RULES), as (a, b, head source) for ``compare``:
+    CoRe-R against ICR, QR-R, NIAH-R and the bi-encoder; ICR and CoRe-R against the first stage
+    whose candidates they re-rank (the profile's); with a dense first stage, dense against BM25
+    (each its own top k for the same queries); CoRe-R against ICR and QR-R with every other head source."""
+    first = FIRST_STAGE_METHODS[study.p.first_stage]
+    pairs = [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"), ("CoRe-R", "NIAH-R", "nq"),
+             ("CoRe-R", "Bi-encoder", "nq"), ("ICR", first, "all"), ("CoRe-R", first, "nq")]
+    if first != "BM25":
+        pairs.append((first, "BM25", ""))
+    return pairs + [(a, b, src) for src in sources if src != "nq" for a, b in (("CoRe-R", "ICR"), ("CoRe-R", "QR-R"))]
+
+
+def comparisons(study: "Study", name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Write comparison rows as the table ``comparisons_<name>`` (the report reads every one)."""
+    return write(study, f"comparisons_{name}", with_later_columns(pd.concat(frames, ignore_index=True), "comparisons"))
+
+
+def in_domain_sources(study: "Study", pq: pd.DataFrame, k: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both detection sources side by side, and where the in-domain positives sit in the prompt."""
+    k = k or study.p.num_heads
+    rows = []
+    for m in study.p.models:
+        sub = pq[pq["model"] == m]
+        for src in ("nq", "in-domain", "in-domain, position-matched"):
+            if src == "nq":
+                shared = len(set(study.heads(m, "core", k)) & set(study.heads(m, "qr", k)))
+            else:
+                shared = float(np.mean([len(set(study.heads(m, "core", k, None, src, c)) & set(study.heads(m, "qr", k, None, src, c)))
+                                        for c in study.p.collections]))
+            means = {meth: mean_over_collections(sub[(sub["method"] == meth) & (sub["head source"] == (src if meth in DETECTED else "all"))])
+                     for meth in ("CoRe-R", "QR-R", "ICR")}
+            rows.append({"model": m, "head source": src, "CoRe and QR share": shared, **means,
+                         "CoRe-R - QR-R": 100 * (means["CoRe-R"] - means["QR-R"]),
+                         "CoRe-R - ICR": 100 * (means["CoRe-R"] - means["ICR"])})
+    slots = []
+    for m in study.p.models:
+        for c in study.p.collections:
+            _, _, pos = in_domain_samples(study.records(m, c), study.collection(c).qrels)
+            for slot, n in pd.Series(pos).value_counts().sort_index().items():
+                slots.append({"collection": c, "model": m, "slot": int(slot), "positives": int(n)})
+    return write(study, "in_domain_sources", pd.DataFrame(rows)), write(study, "positive_slots", pd.DataFrame(slots))
