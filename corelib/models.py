@@ -39,6 +39,7 @@ class LoadedModel:
     suffix: str  # chat-turn closing, after the query
     max_positions: int | None
     fingerprint: str = ""  # identity of the weights and tokenizer (ModelSpec.fingerprint): part of every record key
+    spec: "ModelSpec | None" = field(default=None, repr=False, compare=False)  # what it was loaded from
 
     @property
     def device(self) -> torch.device:
@@ -86,9 +87,11 @@ class ModelSpec:
         return self.num_layers * self.num_heads
 
     def config(self):
-        """The model's (text) config, read without loading weights."""
+        """The model's (text) config, read without loading weights (an in-memory model's own)."""
         from transformers import AutoConfig
 
+        if self.fingerprint.startswith("memory:") and self._loaded is not None:
+            return self._loaded.backbone.config
         source = str(converted_dir(self.name)) if self.name in BUILTIN_MODELS else self.name
         config = AutoConfig.from_pretrained(source, revision=self.revision)
         return getattr(config, "text_config", None) or config
@@ -221,7 +224,7 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    spec = spec or model_spec(name_or_path, dtype=dtype, device=device, revision=revision)
+    spec = spec or model_spec(name_or_path, dtype=dtype, device=device, revision=revision, num_layers=num_layers)
     device, torch_dtype = spec.device, spec.dtype
     source = str(converted_dir(spec.name, verify=True)) if spec.name in BUILTIN_MODELS else spec.name
     try:
@@ -242,7 +245,7 @@ def load_model(
     backbone.requires_grad_(False)
     prefix, suffix = chat_markers(tokenizer, name_or_path)
     max_pos = getattr(config, "max_position_embeddings", None)
-    return LoadedModel(
+    lm = LoadedModel(
         backbone=backbone,
         tokenizer=tokenizer,
         model_id=spec.model_id,
@@ -254,7 +257,11 @@ def load_model(
         suffix=suffix,
         max_positions=max_pos,
         fingerprint=spec.fingerprint,
+        spec=spec,
     )
+    if spec.available_layers == lm.num_layers:
+        spec._loaded = lm  # spec.load() returns this model from now on
+    return lm
 
 
 def output_embeddings(name_or_path: str, lm: LoadedModel, revision: str | None = None) -> torch.Tensor:
@@ -292,20 +299,39 @@ def output_embeddings(name_or_path: str, lm: LoadedModel, revision: str | None =
 
 
 def from_modules(backbone, tokenizer, model_id: str, total_layers: int | None = None) -> LoadedModel:
-    """Wrap an already built backbone (e.g. a random-weight test model) in a LoadedModel."""
+    """Wrap an already built backbone (e.g. a random-weight test model) in a LoadedModel, with a ModelSpec
+    whose ``load()`` returns it."""
     config = backbone.config
     prefix, suffix = chat_markers(tokenizer, model_id)
     backbone.eval()
-    return LoadedModel(
+    total = total_layers or config.num_hidden_layers
+    fingerprint = f"memory:{weights_fingerprint(backbone)}:{type(tokenizer).__name__}:{len(tokenizer)}"
+    lm = LoadedModel(
         backbone=backbone,
         tokenizer=tokenizer,
         model_id=model_id,
         num_layers=config.num_hidden_layers,
-        total_layers=total_layers or config.num_hidden_layers,
+        total_layers=total,
         num_heads=config.num_attention_heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         prefix=prefix,
         suffix=suffix,
         max_positions=getattr(config, "max_position_embeddings", None),
-        fingerprint=f"memory:{weights_fingerprint(backbone)}:{type(tokenizer).__name__}:{len(tokenizer)}",
+        fingerprint=fingerprint,
     )
+    param = next(backbone.parameters())
+    lm.spec = ModelSpec(model_id, model_id, fingerprint, total, config.num_attention_heads, param.dtype,
+                        param.device.type, loaded_layers=None if config.num_hidden_layers == total else config.num_hidden_layers,
+                        _loaded=lm)
+    return lm
+
+
+def as_spec(model: "ModelSpec | LoadedModel") -> ModelSpec:
+    """The identity every function works from: a ModelSpec as it is, a loaded model's own spec. Accepting
+    both here is what lets every other signature take one type."""
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, LoadedModel) and model.spec is not None:
+        return model.spec
+    raise ModelLoadError(f"{type(model).__name__} is not a model: give a ModelSpec (model_spec) or a loaded model "
+                         "(load_model, from_modules)")

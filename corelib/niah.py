@@ -29,7 +29,7 @@ import torch
 
 from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
-from .models import LoadedModel, ModelSpec
+from .models import LoadedModel, ModelSpec, as_spec
 from .prompts import PromptError, _overlapping
 from .progress import progress_bar
 from .records import CacheStatus
@@ -270,15 +270,14 @@ def run_trials(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], ha
     loaded, with its LM head, only when a trial is missing. ``max_new_tokens``: see ``decode_budget``."""
     from .models import output_embeddings
 
-    spec = model if isinstance(model, ModelSpec) else None
-    model_id, fingerprint, dtype = model.model_id, model.fingerprint, model.dtype
+    spec = as_spec(model)
+    model_id, fingerprint, dtype = spec.model_id, spec.fingerprint, spec.dtype
     state: dict = {}
 
     def loaded() -> tuple[LoadedModel, torch.Tensor]:
         if "lm" not in state:
-            state["lm"] = spec.load() if spec is not None else model
-            state["head"] = lm_head if lm_head is not None else output_embeddings(
-                spec.name if spec is not None else model.model_id, state["lm"], getattr(spec, "revision", None))
+            state["lm"] = spec.load()
+            state["head"] = lm_head if lm_head is not None else output_embeddings(spec.name, state["lm"], spec.revision)
         return state["lm"], state["head"]
 
     out: list[TrialResult | None] = []

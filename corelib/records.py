@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .attention import calibrated_head_token_scores, head_token_scores
-from .models import LoadedModel, ModelSpec
+from .models import LoadedModel, ModelSpec, as_spec
 from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
 from .progress import progress_bar
 from .storage import StorageError, cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
@@ -268,11 +268,10 @@ class RecordStore:
 # ----------------------------------------------------------------------------- many records
 
 
-def _identity(model: LoadedModel | ModelSpec) -> tuple[str, str, object, int, Callable[[], LoadedModel]]:
+def _identity(model) -> tuple[str, str, object, int, Callable[[], LoadedModel]]:
     """model_id, fingerprint, dtype, layers of the full model, and how to get the loaded model."""
-    if isinstance(model, ModelSpec):
-        return model.model_id, model.fingerprint, model.dtype, model.num_layers, model.load
-    return model.model_id, model.fingerprint, model.dtype, model.total_layers, lambda: model
+    spec = as_spec(model)
+    return spec.model_id, spec.fingerprint, spec.dtype, spec.num_layers, spec.load
 
 
 def get_records(

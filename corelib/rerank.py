@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 from .data import Candidates, Collection, DetectionSample
 from .checks import whole_number
 from .heads import HeadSet, HeadSpec, resolve_heads
-from .models import LoadedModel, ModelSpec
+from .models import LoadedModel, ModelSpec, as_spec
 from .prompts import ICR_ORDER, CandidateOrder, Document, PromptError, document_text
 from .records import CacheStatus, QueryRecord, RecordRequest, RecordStore, get_records, record_status
 from .scoring import doc_scores
@@ -74,9 +74,9 @@ class Reranker:
         top_k = whole_number(top_k, "top_k", allow_none=True)
         words = whole_number(words, "words", allow_none=True)
         self.model = model
-        # layers a loaded model has (a pruned model has fewer)
-        self.layers_available = model.available_layers if isinstance(model, ModelSpec) else model.num_layers
-        self.total_heads = model.num_heads
+        spec = as_spec(model)
+        self.layers_available = spec.available_layers  # layers the model loads (a pruned model has fewer)
+        self.total_heads = spec.num_heads
         self.head_set = self._resolve_heads(heads, heads_dir)
         self.calibrate = calibrate
         self.top_k = top_k

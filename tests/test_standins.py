@@ -88,7 +88,11 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     assert f"| {cell['brief']}: {cell['verdict']} |" in text  # the matrix's cell is the verdict row's
     assert "**Attention window.** " + str(dirs["gemma3"]) + ": 2 of its 4 layers attend only to the last 24 tokens" in text
     assert "**Attention window.** " + m not in text
-    assert (S.heads_dir / "tiny-mistral.core.json").is_file()
+    from corelib.heads import HeadSet, head_ranking_path
+
+    spec = S.spec(m)  # a local directory: its ranking file is named with its fingerprint, and carries it
+    saved = head_ranking_path(S.heads_dir, spec.model_id, "core", spec.fingerprint)
+    assert saved.name.startswith("tiny-mistral-") and HeadSet.load(saved).fingerprint == spec.fingerprint
 
 
 @pytest.mark.shared_data

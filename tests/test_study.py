@@ -238,7 +238,7 @@ def test_claims_at_a_glance_is_the_verdicts_as_a_matrix_with_pooled_last():
 def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_that_test():
     """Either one-sided test can decide a margin claim, so the table keeps both and the report prints both."""
     from corelib.study.report import _fmt_comparison
-    from corelib.study.tables import Tables
+    from corelib.study.tables.pruning import pruning_margin
 
     rng = np.random.default_rng(0)
     rows = []
@@ -247,7 +247,7 @@ def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_t
             base = rng.uniform(0.3, 0.8)
             rows += [("m", c, f"{c}{q}", "0% pruned", base), ("m", c, f"{c}{q}", "50% pruned", base - 0.05 + rng.normal(0, 0.01))]
     pq = pd.DataFrame(rows, columns=["model", "collection", "query_id", "method", "ndcg@10"])
-    r = Tables.pruning_margin(None, pq).iloc[0]  # a 5-point loss against a 0.5-point margin
+    r = pruning_margin(None, pq).iloc[0]  # a 5-point loss against a 0.5-point margin
     assert r["verdict"] == "contradicted" and r["p holm"] > 0.5 and r["p holm inferior"] < 0.05
     text = _fmt_comparison(r)
     assert "p (loss >= 0.5) = 1" in text and "p (loss <= 0.5) = " in text
@@ -386,7 +386,7 @@ def test_models_with_sliding_window_layers_are_named_with_their_global_layers():
 def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
     """A stopped `make reproduce` keeps the models it timed: the rows are cached under the cache root,
     keyed by what sets them, and a different setting (here the repeats) measures again."""
-    from corelib.study import bench
+    from corelib.study import timing
 
     monkeypatch.setenv("CORELIB_CACHE", str(tmp_path))
     S = Study("smoke", out=tmp_path / "results")
@@ -404,8 +404,8 @@ def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
 
     monkeypatch.setattr(S, "spec", lambda m: Spec())
     monkeypatch.setattr(S, "heads", lambda m, method, k=None, *a, **kw: [(2, 0), (6, 1)])
-    monkeypatch.setattr(bench, "measure", fake_measure)
-    monkeypatch.setattr(bench, "busy_cpu_share", lambda: 0.0)
+    monkeypatch.setattr(timing, "measure", fake_measure)
+    monkeypatch.setattr(timing, "busy_cpu_share", lambda: 0.0)
     first = S.tables.model_pruning_cost("m", tokens=500, repeats=2)
     n = len(calls)
     assert n == len(S.p.prune_levels) + 1 and calls[-1] == ("eexit", 7)  # exits after layer 6

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..data import Candidates, Collection, load_collection, load_detection, sample_queries
 from ..first_stage import first_stage
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
-from ..models import LoadedModel, ModelSpec, model_spec
+from ..models import LoadedModel, ModelSpec, as_spec, model_spec
 from ..prompts import CandidateOrder
 from ..niah import (NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores,
                     run_trials, trial_grid, trial_status)
@@ -51,7 +51,7 @@ class Study:
             unknown = sorted(set(models) - set(p.models))
             if unknown:
                 raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
-            p = replace(p, models=tuple(models), order_models=tuple(m for m in p.order_models if m in models))
+            p = profile(p, models=tuple(models))
         self.p = p
         self.data = data
         self.out = Path(out)
@@ -59,7 +59,7 @@ class Study:
         self.figures_dir = Path(figures) / p.name if figures else self.out.parent / "figures" / p.name
         self.heads_dir = self.out / ("heads" if p.name == "cpu" else f"{p.name}/heads")
         self.store = store or RecordStore(memory_mb=float(os.environ.get("CORELIB_RECORD_MEMORY_MB", 6144)))
-        self._specs: dict[str, ModelSpec | LoadedModel] = {}
+        self._specs: dict[str, ModelSpec] = {}
         self._collections: dict[str, Collection] = {}
         self._scores: dict[tuple, HeadScores] = {}
         self._candidates: dict[tuple, Candidates] = {}
@@ -74,7 +74,7 @@ class Study:
         return f"Study({self.p.name!r}: {', '.join(self.p.models)}; {self.p.sizes()})"
 
     # ------------------------------------------------------------------ inputs
-    def spec(self, model: str) -> ModelSpec | LoadedModel:
+    def spec(self, model: str) -> ModelSpec:
         """The model's identity; ``.load()`` loads it once (only when a record is missing)."""
         if model not in self._specs:
             self._specs[model] = model_spec(model)
@@ -82,13 +82,11 @@ class Study:
 
     def use_model(self, name: str, model: LoadedModel | ModelSpec) -> None:
         """Use an already built model under ``name`` (e.g. a random-weight stand-in in a test)."""
-        self._specs[name] = model
+        self._specs[name] = as_spec(model)
 
     def parameter_count(self, model: str) -> int:
         """Parameters of the model's backbone, counted on the meta device from its config (no weights read)."""
         s = self.spec(model)
-        if isinstance(s, LoadedModel):
-            return sum(p.numel() for p in s.backbone.parameters())
         import torch
         from transformers import AutoModel
 
@@ -96,8 +94,7 @@ class Study:
             return sum(p.numel() for p in AutoModel.from_config(s.config()).parameters())
 
     def model(self, model: str) -> LoadedModel:
-        s = self.spec(model)
-        return s.load() if isinstance(s, ModelSpec) else s
+        return self.spec(model).load()
 
     def collection(self, name: str) -> Collection:
         if name not in self._collections:

@@ -173,12 +173,17 @@ MODEL_FACTS: dict[str, ModelFacts] = {
 
 
 def profile(name: str | Profile, **overrides) -> Profile:
+    """A profile by name (or a Profile), with fields overridden. Narrowing ``models`` narrows the models of
+    the candidate-order check with it (it runs on the profile's models that remain)."""
     if isinstance(name, Profile):
-        return replace(name, **overrides)
-    try:
-        return replace(PROFILES[name], **overrides)
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r}: use one of {sorted(PROFILES)}") from None
+        base = name
+    elif name in PROFILES:
+        base = PROFILES[name]
+    else:
+        raise ValueError(f"unknown profile {name!r}: use one of {sorted(PROFILES)}")
+    if "models" in overrides and "order_models" not in overrides:
+        overrides["order_models"] = tuple(m for m in base.order_models if m in overrides["models"])
+    return replace(base, **overrides)
 
 
 def kept_layers(total: int, prune: float) -> int:

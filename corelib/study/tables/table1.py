@@ -13,6 +13,7 @@ from ...scoring import record_run
 from .. import analysis
 from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_SOURCE
 from .schema import COLUMNS, METHODS, mean_over_collections, with_later_columns, write
+from .schema import write as write_table  # per_query's `write` argument shadows the name
 
 if TYPE_CHECKING:
     from ..core import Study
@@ -53,7 +54,7 @@ def per_query(study: "Study", collections=None, k: int | None = None, temperatur
                                           "query_id": pq.index.astype(str), "method": method, "head source": src,
                                           "k": kk, "ndcg@10": pq.values}))
     df = pd.concat(rows, ignore_index=True)
-    return write(study, name, df) if write else df[list(COLUMNS["per_query"])]
+    return write_table(study, name, df) if write else df[list(COLUMNS["per_query"])]
 
 
 def nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
