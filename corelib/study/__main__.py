@@ -40,41 +40,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corelib.study", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("warm", help="compute and cache all records a profile's notebooks need (resumable)")
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
-    p.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
-    p.add_argument("--no-multilingual", action="store_true")
+    # what every study command takes: the profile, and for those that read data, the data and the models
+    prof = argparse.ArgumentParser(add_help=False)
+    prof.add_argument("--profile", default="quick", help="quick (default), smoke, cpu, cpu-dense or paper")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
+    models = argparse.ArgumentParser(add_help=False)
+    models.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
+    models.add_argument("--no-multilingual", action="store_true")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--out", default="results", help="the results directory holding <profile>/tables (default: results)")
+
+    p = sub.add_parser("warm", parents=[prof, data, models],
+                       help="compute and cache all records a profile's notebooks need (resumable)")
     p.add_argument("--step", action="append", help="only this step (repeatable; `pending` lists the steps), "
                    "e.g. 'scifact (shuffled)'")
-    q = sub.add_parser("pending", help="what `warm` has left: records needed, cached and missing per model and step")
-    q.add_argument("--profile", default="quick")
-    q.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
-    q.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
-    q.add_argument("--no-multilingual", action="store_true")
+    q = sub.add_parser("pending", parents=[prof, data, models],
+                       help="what `warm` has left: records needed, cached and missing per model and step")
     q.add_argument("--brief", action="store_true", help="only the summary line (`make reproduce` prints it first)")
-    n = sub.add_parser("notebooks", help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
-    n.add_argument("--profile", default="quick")
+    n = sub.add_parser("notebooks", parents=[prof],
+                       help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
     n.add_argument("--from", dest="start", default="", help="only notebooks whose file name sorts at or after this "
                    "prefix (e.g. 05): resumes a stopped `make reproduce` (FROM=05) without re-running the earlier ones")
     n.add_argument("paths", nargs="+")
-    t = sub.add_parser("time-pruning", help="measure and cache the pruning cost of a profile's models (on an idle "
-                       "machine), which `make reproduce` then reuses")
-    t.add_argument("--profile", default="quick")
-    t.add_argument("--data", default=None, help="data directory in BEIR layout (default: $CORELIB_DATA)")
-    t.add_argument("--model", action="append", help="only this model of the profile (repeatable)")
+    t = sub.add_parser("time-pruning", parents=[prof, data, models], help="measure and cache the pruning cost of a "
+                       "profile's models (on an idle machine), which `make reproduce` then reuses")
     t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
-    r = sub.add_parser("robustness", help="per-collection differences (forest plot), leave-one-collection-out "
-                       "estimates and agreement with BM25, from a profile's per-query table (no forward)")
-    r.add_argument("--profile", default="quick")
-    r.add_argument("--out", default="results", help="the results directory holding <profile>/tables (default: results)")
-    rel = sub.add_parser("released", help="the paper's models from their authors' released head scores: depth, "
-                         "pruning survival, heat maps (no forward)")
-    rel.add_argument("--profile", default="cpu")
-    rel.add_argument("--data", default=None, help="data directory holding core-released-heads/ (default: $CORELIB_DATA)")
-    rel.add_argument("--out", default="results", help="the results directory (default: results)")
-    b = sub.add_parser("banner", help="what a profile runs and how long it takes (`make reproduce` prints it first)")
-    b.add_argument("--profile", default="quick")
+    sub.add_parser("robustness", parents=[prof, out], help="per-collection differences (forest plot), "
+                   "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
+    sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
+                   "scores: depth, pruning survival, heat maps (no forward)")
+    sub.add_parser("banner", parents=[prof], help="what a profile runs and how long it takes (`make reproduce` prints it first)")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)

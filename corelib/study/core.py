@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -20,19 +18,15 @@ from ..first_stage import first_stage
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..models import LoadedModel, ModelSpec, as_spec, model_spec
 from ..prompts import CandidateOrder
-from ..niah import (NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores,
-                    run_trials, trial_grid, trial_status)
-from ..records import CacheStatus, QueryRecord, RecordStore, record_status
-from ..rerank import Reranker, detection_records, detection_requests
+from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
+from ..records import QueryRecord, RecordStore
+from ..rerank import Reranker, detection_records
 from .methods import DETECTED, HEAD_SOURCES, NIAH_SOURCE
 from .profiles import Profile, profile
 
 log = logging.getLogger(__name__)
 
-POSITION_MATCHED_NEGATIVES = 4
-# warm's record steps besides the collections (whose steps are their names)
-DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS = "NQ detection", "calibrated NQ detection", "needle trials"
-SHUFFLED = " (shuffled)"  # warm's step for a collection's records with shuffled candidates: "<collection> (shuffled)"
+POSITION_MATCHED_NEGATIVES = 4  # the in-domain, position-matched source: negatives from the nearest prompt slots
 
 
 class Study:
@@ -57,7 +51,7 @@ class Study:
         self.out = Path(out)
         self.tables_dir = self.out / p.name / "tables"
         self.figures_dir = Path(figures) / p.name if figures else self.out.parent / "figures" / p.name
-        self.heads_dir = self.out / ("heads" if p.name == "cpu" else f"{p.name}/heads")
+        self.heads_dir = self.out / p.heads_folder
         self.store = store or RecordStore(memory_mb=float(os.environ.get("CORELIB_RECORD_MEMORY_MB", 6144)))
         self._specs: dict[str, ModelSpec] = {}
         self._collections: dict[str, Collection] = {}
@@ -175,93 +169,24 @@ class Study:
         return detection_records(self.spec(model), self._share(self._detection_samples(model)), calibrate=calibrate,
                                  store=self.store)
 
-    # ------------------------------------------------------------------ warm: the record steps
+    # ------------------------------------------------------------------ warm (the plan lives in warm.py)
     def warm_steps(self, model: str, multilingual: bool = True) -> list[str]:
-        """A model's record steps in the order ``warm`` runs them: NQ detection, the collections
-        (smallest first), the multilingual ones, the calibrated detection records of the ablation
-        models (notebook 9), and the needle trials."""
-        sizes = {c: len(self.candidates(model, c).ranking) for c in self.p.collections}
-        steps = [DETECTION, *sorted(self.p.collections, key=sizes.get), *(self.p.multilingual if multilingual else ())]
-        if model in self.p.order_models:
-            steps += [c + SHUFFLED for c in sorted(self.p.collections, key=sizes.get)]
-        if model in self.p.models_for_ablations:
-            steps.append(CALIBRATED_DETECTION)
-        if self.p.niah_needles:
-            steps.append(NIAH_TRIALS)
-        return steps
+        """The names of a model's record steps, in the order ``warm`` runs them (``warm.steps``)."""
+        from .warm import steps
 
-    def run_step(self, model: str, step: str) -> int:
-        """Read, or compute and cache, a step's records (or needle trials); returns how many it has."""
-        if step == NIAH_TRIALS:
-            return len(self.niah_trials(model))
-        if step in (DETECTION, CALIBRATED_DETECTION):
-            return len(self.detection(model, calibrate=step == CALIBRATED_DETECTION))
-        if step.endswith(SHUFFLED):
-            return len(self.shuffled_records(model, step.removesuffix(SHUFFLED)))
-        return len(self.records(model, step))
-
-    def step_status(self, model: str, step: str) -> CacheStatus:
-        """What the cache holds of a step's records (or trials): from file names and a few file headers;
-        nothing is loaded or computed."""
-        spec = self.spec(model)
-        if step == NIAH_TRIALS:
-            haystack = collection_haystack(self.collection(self.p.niah_haystack))
-            return trial_status(spec, self.niah_grid(), haystack, store=TrialStore(self.store.root))
-        if step in (DETECTION, CALIBRATED_DETECTION):
-            requests = detection_requests(self._detection_samples(model))
-            return record_status(spec, requests, calibrate=step == CALIBRATED_DETECTION, store=self.store)
-        if step.endswith(SHUFFLED):
-            c = step.removesuffix(SHUFFLED)
-            rr = self._reranker(model, order=self.shuffled_order)
-            return rr.status(rr.collection_requests(self.collection(c), self.candidates(model, c), self.order_sample(model, c)))
-        rr = self._reranker(model)
-        return rr.status(rr.collection_requests(self.collection(step), self.candidates(model, step)))
+        return [step.name for step in steps(self, model, multilingual)]
 
     def warm(self, models=None, multilingual: bool = True, steps=None) -> None:
-        """Compute and cache every record the notebooks read, one model at a time, step by step
-        (``warm_steps``; ``steps``: only these). Stop and re-run to resume."""
-        from ..storage import check_cache_writable
+        """Compute and cache every record the notebooks read (``warm.warm``); stop and re-run to resume."""
+        from .warm import warm
 
-        check_cache_writable(self.store.root)  # before the first forward, not after it
-        for m in models or self.p.models:
-            known = self.warm_steps(m, multilingual)
-            unknown = [s for s in steps or () if s not in known]
-            if unknown:
-                raise ValueError(f"no warm step {', '.join(map(repr, unknown))} for {m} in profile {self.p.name}; "
-                                 f"its steps: {', '.join(known)}")
-            for step in (s for s in known if not steps or s in steps):
-                t0 = time.perf_counter()
-                n = self.run_step(m, step)
-                log.info("%s %s: %d %s (%.0f s)", m, step, n, "trials" if step == NIAH_TRIALS else "records",
-                         time.perf_counter() - t0)
+        warm(self, models, multilingual, steps)
 
     def pending(self, models=None, multilingual: bool = True):
-        """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing,
-        and the time left at the median compute time of the step's cached records; for a step with
-        none timed yet, of the model's other steps of the same kind (a calibrated record, one packed
-        forward with the N/A suffix, costs more than an uncalibrated NQ detection record), else of all
-        its other record steps (``timed on`` says which). Records written before their files stored a
-        time have none. A damaged file counts as cached until it is read."""
-        import pandas as pd
+        """What ``warm`` has left, per model and step, with an estimate (``warm.pending``)."""
+        from .warm import pending
 
-        nan, rows = float("nan"), []
-        for m in models or self.p.models:
-            statuses = {step: self.step_status(m, step) for step in self.warm_steps(m, multilingual)}
-            timed = {step: st.seconds for step, st in statuses.items() if step != NIAH_TRIALS}
-            calibrated = [t for step, ts in timed.items() if step != DETECTION for t in ts]  # all but NQ detection
-            pooled = [t for ts in timed.values() for t in ts]
-            for step, st in statuses.items():
-                timed_on = "this step" if st.seconds else "-"
-                if not st.seconds and st.missing and step in timed:
-                    if step != DETECTION and calibrated:
-                        st, timed_on = replace(st, seconds=calibrated), "calibrated steps"
-                    elif pooled:
-                        st, timed_on = replace(st, seconds=pooled), "other steps"
-                rows.append({"model": m, "step": step, "needed": st.needed, "cached": st.needed - len(st.missing),
-                             "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
-                             "timed on": timed_on, "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
-        return pd.DataFrame(rows, columns=["model", "step", "needed", "cached", "missing", "s each (median)", "timed on",
-                                           "estimate (h)"])
+        return pending(self, models, multilingual)
 
     # ------------------------------------------------------------------ NIAH
     def niah_grid(self):
@@ -309,23 +234,16 @@ class Study:
         if key not in self._scores:
             spec = self.spec(model)
             ident = {"model_id": spec.model_id, "fingerprint": spec.fingerprint}
-            prov = {"source": HEAD_SOURCES.get(source, source), "words": self.p.words, "profile": self.p.name}
             if method == "niah":
                 p = self.p
                 prov = {"source": NIAH_SOURCE, "haystack": p.niah_haystack, "needles": p.niah_needles,
                         "lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "profile": p.name}
-                self._scores[key] = niah_scores(self.niah_trials(model), **ident,
-                                                provenance=prov)
-            elif source == "nq":
-                self._scores[key] = detect_heads(self.detection(model, calibrate=calibrated), method, temperature=t,
-                                                 calibrated=calibrated, **ident, provenance=prov)
-            elif source in ("in-domain", "in-domain, position-matched"):
-                nearest = POSITION_MATCHED_NEGATIVES if source.endswith("matched") else None
-                mass, pos = self.in_domain_mass(model, exclude, nearest)
-                self._scores[key] = scores_from_mass(mass, pos, method, temperature=t, **ident,
-                                                     provenance={**prov, "left out": exclude, "samples": len(pos)})
+                self._scores[key] = niah_scores(self.niah_trials(model), **ident, provenance=prov)
+            elif source in HEAD_SCORERS:
+                prov = {"source": HEAD_SOURCES[source], "words": self.p.words, "profile": self.p.name}
+                self._scores[key] = HEAD_SCORERS[source](self, model, method, t, calibrated, exclude, ident, prov)
             else:
-                raise ValueError(f"unknown head source {source!r}: use one of {sorted(HEAD_SOURCES)}")
+                raise ValueError(f"unknown head source {source!r}: use one of {sorted(HEAD_SCORERS)}")
         return self._scores[key]
 
     def in_domain_mass(self, model: str, exclude: str | None, nearest: int | None = None):
@@ -372,3 +290,23 @@ class Study:
         from .tables import Tables
 
         return Tables(self)
+
+
+# ---------------------------------------------------------------------- head sources: name -> how its scores are made
+def _nq_scores(study: Study, model, method, t, calibrated, exclude, ident, prov) -> HeadScores:
+    return detect_heads(study.detection(model, calibrate=calibrated), method, temperature=t, calibrated=calibrated,
+                        **ident, provenance=prov)
+
+
+def _in_domain_scores(nearest: int | None):
+    def scores(study: Study, model, method, t, calibrated, exclude, ident, prov) -> HeadScores:
+        if calibrated:
+            raise ValueError("in-domain detection uses uncalibrated mass only (calibrated=True is the NQ ablation)")
+        mass, pos = study.in_domain_mass(model, exclude, nearest)
+        return scores_from_mass(mass, pos, method, temperature=t, **ident,
+                                provenance={**prov, "left out": exclude, "samples": len(pos)})
+    return scores
+
+
+HEAD_SCORERS = {"nq": _nq_scores, "in-domain": _in_domain_scores(None),
+                "in-domain, position-matched": _in_domain_scores(POSITION_MATCHED_NEGATIVES)}

@@ -46,6 +46,8 @@ class Profile:
     order_queries: int = 64
     order_all_up_to: int = 100
     order_seed: int = 0
+    # where the detected head rankings go, under the results directory (None: <profile>/heads)
+    heads_dir: str | None = None
     hours: str = ""  # measured (or estimated) duration of `make reproduce` on a 2-core CPU, for the banner
 
     def __post_init__(self):
@@ -73,6 +75,10 @@ class Profile:
         unknown = sorted(set(self.order_models) - set(self.models))
         if unknown:
             raise ValueError(f"order_models {unknown} are not models of profile {self.name!r} ({', '.join(self.models)})")
+
+    @property
+    def heads_folder(self) -> str:
+        return self.heads_dir or f"{self.name}/heads"
 
     @property
     def models_for_ablations(self) -> tuple[str, ...]:
@@ -130,6 +136,7 @@ PROFILES: dict[str, Profile] = {
                    detection_by_model=(("qwen2.5-coder-1.5b", 50),),
                    # 426 queries each: NPL 93, CISI 76, LISA 35, MED 30 whole; 64 of SciFact, ArguAna, Cranfield
                    order_models=(DEFAULT_MODEL, "gemma3-270m"),
+                   heads_dir="heads",  # results/heads: the CLI's default --heads-dir reads the cpu profile's rankings
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
                          "(~35 min) first; then about 15 min of notebooks"),
     # The default model on dense (minilm-l6) candidates at the cpu profile's query sample.
