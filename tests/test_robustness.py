@@ -66,3 +66,22 @@ def test_released_scores_of_the_paper_models(shared_data, tmp_path):
     assert pr.loc[("Mistral-7B-Instruct-v0.2", 0.5), "unpruned top heads in kept layers"] == 6
     assert pr.loc[("Llama-3.1-8B-Instruct", 0.6), "re-detected top heads shared with unpruned"] == 1
     assert pr.loc[("phi-4", 0.0), "top-k share of all heads (%)"] == pytest.approx(0.5)
+
+
+def test_the_report_leads_with_its_answer_and_links_its_figures(tmp_path):
+    import shutil
+
+    from conftest import REPO
+    from corelib.study import report
+
+    out = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "cpu" / "tables", out / "cpu" / "tables")
+    (tmp_path / "figures" / "cpu").mkdir(parents=True)
+    (tmp_path / "figures" / "cpu" / "forest.png").write_bytes(b"png")
+    S = Study("cpu", out=out)
+    text = report.write_report(S, out / "cpu" / "REPORT.md").read_text()
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads[:3] == ["## Summary", "## Claims at a glance", "## Contents"]
+    assert heads[-1] == "## Appendix: the analysis plan"
+    assert "- **CoRe-R beats ICR**: pooled +3.68 [+2.73, +4.64], supported" in text
+    assert "[forest](../../figures/cpu/forest.png)" in text and "(tables/forest.csv)" in text

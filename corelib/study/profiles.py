@@ -106,7 +106,7 @@ class Profile:
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
         stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
         return (f"top-{self.top_k} {stage} candidates, {self.words} words/doc, "
-                f"{q or 'all'} queries/collection; detection {self.detection_for(model)} NQ queries x {self.positions} "
+                f"{f'up to {q}' if q else 'all'} queries/collection; detection {self.detection_for(model)} NQ queries x {self.positions} "
                 f"positions, {self.negatives} negatives, t={self.temperature}{niah}")
 
 

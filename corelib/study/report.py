@@ -92,6 +92,15 @@ def verdicts(study: "Study") -> pd.DataFrame:
                                  f"(layers {r['top layers']}; median relative depth {r['median relative depth']:.2f}); "
                                  f"binomial vs 1/3: Holm p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
                          "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"})
+    released = t.read("released_depth")
+    if released is not None:
+        for _, r in released.iterrows():
+            rows.append({"claim": "top heads in middle layers (paper's models, from released scores)", "model": r["model"],
+                         "paper": PAPER["top heads in middle layers"],
+                         "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth "
+                                 f"(layers {r['top layers']}; {r['source']}); binomial vs 1/3 over the four models: Holm p "
+                                 f"more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
+                         "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"})
     controls = t.read("control_positions")
     if controls is not None:
         for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R", "NIAH-R"])].iterrows():
@@ -144,66 +153,153 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-# The report's sections: (title, table name[, view]). A view lays a table out another way (columns it drops
-# or a reshaping). Tables not produced yet are listed as missing.
+def _forest_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The pooled test's difference [95% CI] per claim and collection (every model's rows: the figure)."""
+    pooled = df[df["model"] == analysis.POOLED] if (df["model"] == analysis.POOLED).any() else df
+    cells = pooled.assign(cell=[f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in
+                                zip(pooled["difference"], pooled["ci low"], pooled["ci high"])])
+    return cells.pivot_table(index=["claim", "model"], columns="collection", values="cell", aggfunc="first",
+                             sort=False).reset_index()
+
+
+def _leave_one_out_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Each claim's estimate per model with each collection left out (columns), none left out first."""
+    wide = df.pivot_table(index=["claim", "model"], columns="left out", values="difference", aggfunc="first", sort=False)
+    return wide.map(lambda x: f"{x:+.2f}").reset_index()  # points, as every difference prints
+
+
+# The report's sections: (title, table name, figures, [view]). Figures are file stems under the profile's figures
+# folder ("{model}" is filled in per model); a view lays a table out another way. Tables not produced are listed.
 SECTIONS = [
-    ("Claims at a glance (points of nDCG@10 [95% CI] or the test's statistic: verdict)", "verdicts", at_a_glance),
-    ("Verdicts", "verdicts", lambda df: df.drop(columns="brief")),
-    ("Table 1 analog: nDCG@10 per collection (NQ heads)", "table1"),
-    ("Table 1 analog: mean over collections per model", "table1_average"),
-    ("Cost a practitioner reads: latency per query against a bi-encoder", "practitioner_cost"),
-    ("Scaling view: the methods and CoRe-R's differences by model size", "scaling"),
-    ("Head-set controls: random 8-head sets", "controls"),
-    ("Head-set controls: where each method falls", "control_positions"),
-    ("Detection sources side by side (NQ vs in-domain, leave-one-collection-out)", "in_domain_sources"),
-    ("NIAH-R detection: needle trials per model", "niah_detection"),
-    ("Top-8 overlap of CoRe, QR and NIAH heads", "overlap"),
-    ("Figure 1 analog: head-count sweep peaks", "sweep_peaks"),
-    ("Figure 2 analog: depth of the top CoRe heads", "depth"),
-    ("Figure 3 analog: layer pruning", "pruning"),
-    ("Figure 3 analog: measured cost of the pruned forward and of the early exit", "pruning_cost"),
-    ("Table 2 analog (MLDR; XQuAD-R stand-in offline)", "table2"),
-    ("Table 2 analog: mean over languages", "table2_average"),
-    ("Ablation: temperature", "ablation_temperature"),
-    ("Ablation: calibrated detection", "ablation_calibrated_detection"),
-    ("Ablation: negatives and positive position", "ablation_negatives_positions"),
-    ("Ablation: length bias", "ablation_length_bias"),
+    ("Verdicts", "verdicts", (), lambda df: df.drop(columns="brief")),
+    ("Table 1 analog: nDCG@10 per collection (NQ heads)", "table1", ("table1_rerank",)),
+    ("Table 1 analog: mean over collections per model", "table1_average", ("table1_rerank",)),
+    ("Per-collection differences of the main claims (pooled; per model in the figure)", "forest", ("forest",),
+     _forest_view),
+    ("The main claims leaving out one collection at a time", "leave_one_out", ("forest",), _leave_one_out_view),
+    ("Agreement of each method with the first stage", "first_stage_agreement", ()),
+    ("Candidate order: the claims with shuffled candidates and in ICR's order, same queries", "comparisons_order", ()),
+    ("Candidate order: agreement with BM25 under each order", "order_agreement", ()),
+    ("Cost a practitioner reads: latency per query against a bi-encoder", "practitioner_cost", ()),
+    ("Scaling view: the methods and CoRe-R's differences by model size", "scaling", ("scaling",)),
+    ("Head-set controls: random 8-head sets", "controls", ("controls_{model}",)),
+    ("Head-set controls: where each method falls", "control_positions", ("controls_{model}",)),
+    ("Detection sources side by side (NQ vs in-domain, leave-one-collection-out)", "in_domain_sources", ()),
+    ("NIAH-R detection: needle trials per model", "niah_detection", ()),
+    ("Top-8 overlap of CoRe, QR and NIAH heads", "overlap", ()),
+    ("Figure 1 analog: head-count sweep peaks", "sweep_peaks", ("fig1_head_count_sweep_{model}",)),
+    ("Figure 2 analog: depth of the top CoRe heads", "depth", ("fig2_heatmap_{model}",)),
+    ("The paper's own models (from released scores): depth of the top CoRe heads", "released_depth",
+     ("fig2_heatmap_released_{released}",)),
+    ("The paper's own models (from released scores): the top heads under pruning", "released_pruning", ()),
+    ("Figure 3 analog: layer pruning", "pruning", ("fig3_pruning",)),
+    ("Figure 3 analog: measured cost of the pruned forward and of the early exit", "pruning_cost", ("fig3_pruning",)),
+    ("Table 2 analog (MLDR; XQuAD-R stand-in offline)", "table2", ("table2_multilingual",)),
+    ("Table 2 analog: mean over languages", "table2_average", ("table2_multilingual",)),
+    ("Ablation: temperature", "ablation_temperature", ()),
+    ("Ablation: calibrated detection", "ablation_calibrated_detection", ()),
+    ("Ablation: negatives and positive position", "ablation_negatives_positions", ()),
+    ("Ablation: length bias", "ablation_length_bias", ()),
 ]
+SUMMARY_CLAIMS = ("CoRe-R beats ICR", "CoRe-R beats QR-R", "CoRe-R beats NIAH-R", "ICR beats BM25", "CoRe-R beats BM25",
+                  "CoRe-R heads beat random heads (random (layer-matched to CoRe))", "top heads in middle layers",
+                  "50% pruning within 0.5 point")
+
+
+def summary(verdicts_table: pd.DataFrame) -> list[str]:
+    """The report's opening: one generated sentence per main claim (pooled first where there is a pooled test,
+    then each model's verdict), and the candidate-order and released-score results where they exist."""
+    v = verdicts_table
+    out = []
+    for claim in SUMMARY_CLAIMS:
+        rows = v[v["claim"] == claim]
+        if rows.empty:
+            continue
+        pooled = rows[rows["model"].str.startswith("pooled")]
+        per_model = rows[~rows["model"].str.startswith("pooled")]
+        head = (f"pooled {pooled.iloc[0]['brief']}, {pooled.iloc[0]['verdict']}; " if len(pooled) else "")
+        models = ", ".join(f"{r['model']} {r['brief']} {r['verdict']}" for _, r in per_model.iterrows())
+        out.append(f"- **{claim}**: {head}per model: {models}.")
+    order = v[v["claim"].str.contains(": ", regex=False) & v["claim"].str.startswith(("shuffled", "rank 1 last"))]
+    for claim in ("CoRe-R beats ICR", "ICR beats BM25", "CoRe-R beats QR-R"):
+        both = order[order["claim"].str.endswith(": " + claim)]
+        if both.empty:
+            continue
+        cells = "; ".join(f"{r['claim'].split(': ')[0]}, {r['model']} {r['brief']} {r['verdict']}" for _, r in both.iterrows())
+        out.append(f"- **Candidate order, {claim}** (order-check queries): {cells}.")
+    rel = v[v["claim"].str.startswith("top heads in middle layers (paper's models")]
+    if len(rel):
+        out.append("- **The paper's own models** (from released scores): top heads in the middle third: "
+                   + ", ".join(f"{r['model']} {r['brief']} ({r['verdict']})" for _, r in rel.iterrows()) + ".")
+    return out
+
+
+def _anchor(title: str) -> str:
+    return "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
+def _figure_links(study: "Study", stems, rel_prefix: str) -> list[str]:
+    from ..heads import RELEASED_MODELS
+
+    links = []
+    for stem in stems:
+        names = ([stem.format(model=m) for m in study.p.models] if "{model}" in stem else
+                 [stem.format(released=m.split("/")[-1]) for m in RELEASED_MODELS] if "{released}" in stem else [stem])
+        links += [f"[{n}]({rel_prefix}/{n}.png)" for n in names if (study.figures_dir / f"{n}.png").is_file()]
+    return links
 
 
 def write_report(study: "Study", path: Path, notes: str = "") -> Path:
-    p = study.p
-    sizes = "; ".join(f"{m}: {p.sizes(m)}" for m in p.models)
-    def shown(path: Path) -> str:
-        try:
-            return str(path.resolve().relative_to(study.out.resolve().parent))
-        except ValueError:
-            return str(path)
+    """REPORT.md: the answer first (a generated summary and the claims at a glance), a table of contents, then
+    every table with the figures that show it, and the analysis plan as an appendix."""
+    import os
 
+    p = study.p
+    t = study.tables
+    v = t.read("verdicts")
+    rel_figures = os.path.relpath(study.figures_dir.resolve(), path.parent.resolve())
+    rel_tables = os.path.relpath(study.tables_dir.resolve(), path.parent.resolve())
+    sizes = "; ".join(f"{m}: {p.sizes(m)}" for m in p.models)
     text = [f"# Report: CoRe heads reproduction ({p.name} profile)", "",
-            f"Models: {', '.join(p.models)}. Collections: {', '.join(p.collections)}; multilingual: "
-            f"{', '.join(p.multilingual) or 'none'}.", f"Sizes: {sizes}.", "",
-            f"Produced by `make reproduce PROFILE={p.name}` (tables in `{shown(study.tables_dir)}`, figures in "
-            f"`{shown(study.figures_dir)}`). nDCG@10 via ranx. QR-R is the CoRe paper's QR baseline (uncalibrated "
-            "attention mass on the positive, same detection prompts as CoRe), not QRHead's own procedure. "
-            "nDCG@10 is shown as a fraction (0-1); differences (columns named \"A - B\", and every verdict) are in "
-            "points, i.e. 100 x the difference in nDCG@10.", ""]
+            f"Produced by `make reproduce PROFILE={p.name}`; tables in [`{rel_tables}`]({rel_tables}), figures in "
+            f"[`{rel_figures}`]({rel_figures}). Models: {', '.join(p.models)}. Sizes: {sizes}.", ""]
+    if v is not None:
+        text += ["## Summary", "", "Points of nDCG@10 [95% CI] and the verdict under the analysis plan (appendix); "
+                 "Holm within each claim's family; the pooled test counts a query once (the models' samples differ "
+                 "in size, so a model with more queries weighs more in it).", "", *summary(v), ""]
+        ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
+        text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
+    present = [(title, name, figs, view) for title, name, figs, *view in SECTIONS if t.read(name) is not None]
+    text += ["## Contents", "", *[f"- [{title}](#{_anchor(title)})" for title, *_ in present],
+             "- [Appendix: the analysis plan](#appendix-the-analysis-plan)", ""]
     if notes:
         text += [notes, ""]
+    text += ["Setup: nDCG@10 via ranx, shown as a fraction (0-1); differences (columns named \"A - B\", and every "
+             "verdict) are in points, i.e. 100 x the difference in nDCG@10. QR-R is the CoRe paper's QR baseline "
+             "(uncalibrated attention mass on the positive, same detection prompts as CoRe), not QRHead's own procedure.", ""]
+    depth = t.read("depth")
     for m in p.models:
-        if note := attention_note(m, study.spec(m)):
+        if note := _attention_note_from(depth, m, study):
             text += [f"**Attention window.** {note}", ""]
-    text += [analysis.RULES, ""]
-    missing = []
-    for title, name, *view in SECTIONS:
-        df = study.tables.read(name)
-        if df is None:
-            if name not in missing:
-                missing.append(name)
-            continue
-        text += [f"## {title}", "", markdown_table(view[0](df) if view else df), ""]
+    missing = [name for title, name, *_ in SECTIONS if t.read(name) is None]
+    for title, name, figs, view in present:
+        df = t.read(name)
+        text += [f"## {title}", "", f"Table: [`{name}.csv`]({rel_tables}/{name}.csv)."
+                 + (" Figures: " + ", ".join(links) + "." if (links := _figure_links(study, figs, rel_figures)) else ""),
+                 "", markdown_table(view[0](df) if view else df), ""]
     if missing:
-        text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in missing), ""]
+        text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in dict.fromkeys(missing)), ""]
+    text += ["## Appendix: the analysis plan", "", analysis.RULES, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
     return path
+
+
+def _attention_note_from(depth: pd.DataFrame | None, model: str, study: "Study") -> str | None:
+    """The attention-window note, from the depth table's global layers where it has them (no model file is
+    read), else from the model's config."""
+    if depth is not None and "global-attention layers" in depth:
+        row = depth[depth["model"] == model]
+        if len(row) and str(row.iloc[0]["global-attention layers"]) == "all":
+            return None
+    return attention_note(model, study.spec(model))
