@@ -2,8 +2,8 @@
 
 ICR's prompt puts the first stage's rank-1 document nearest the query, so heads that favour nearby text
 can reproduce the first stage's ranking. Here the same candidates of a stratified part of each query
-sample (``Study.order_sample``) are re-ranked twice from records: in ICR's order and in a seeded random
-order per query (``Study.shuffled_records``), with the same heads. The rules are in ``analysis.RULES``
+sample (``Study.order_sample``) are re-ranked in a seeded random order per query (``Study.shuffled_records``),
+with the same heads, beside the same queries in ICR's order (notebook 03's per-query table). The rules are in ``analysis.RULES``
 (*Candidate order*); the three functions below are that section's tables.
 """
 
@@ -34,12 +34,18 @@ def _kendall(scores: dict[str, float], reference: dict[str, float]) -> float:
     return float(tau)
 
 
-def order_per_query(study: "Study") -> pd.DataFrame:
+def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
     """nDCG@10 of every order-check query under both orders for each method, with Kendall's tau of the
-    method's ranking of the candidates against BM25's (table ``order_per_query``)."""
+    method's ranking of the candidates against BM25's (table ``order_per_query``).
+
+    Shuffled order: from the shuffled records (computed on a cache miss). ICR's order: the nDCG@10 is the
+    per-query table's (``pq``, notebook 03's, NQ heads), so the two orders' rows come from one definition of
+    each method; its tau is computed from the ICR-order records where the cache holds all of a collection's
+    (they are the records notebook 03 read), else left empty. No ICR-order forward is run here."""
     s = study
     if not s.p.order_models:
         raise ValueError(f"profile {s.p.name!r} has no candidate-order check (order_models is empty)")
+    nq = pq[pq["head source"].fillna("").isin(["", "all", "nq", NIAH_SOURCE])].assign(query_id=lambda d: d["query_id"].astype(str))
     rows = []
     for m in s.p.order_models:
         heads = {"ICR": None, "QR-R": s.heads(m, "qr"), "CoRe-R": s.heads(m, "core")}
@@ -49,15 +55,28 @@ def order_per_query(study: "Study") -> pd.DataFrame:
             coll, cand = s.collection(c), s.candidates(m, c)
             qids = s.order_sample(m, c)
             bm25 = cand.run()
-            recs = {ICR_ORDER_NAME: s._reranker(m).records(coll, cand, qids), s.shuffled_order.name: s.shuffled_records(m, c)}
-            bm25_run = {q: bm25[q] for q in qids}
-            for order, records in recs.items():
-                runs = {"BM25": bm25_run, **{method: record_run(records, h) for method, h in heads.items()}}
-                for method, run in runs.items():
-                    pq = per_query(run, coll.qrels)
-                    taus = [_kendall(run[q], bm25[q]) for q in pq.index.astype(str)]
-                    rows.append(pd.DataFrame({"model": m, "collection": c, "query_id": pq.index.astype(str), "order": order,
-                                              "method": method, "ndcg@10": pq.values, "kendall tau vs BM25": taus}))
+            shuffled = s.shuffled_records(m, c)
+            runs = {"BM25": {q: bm25[q] for q in qids}, **{method: record_run(shuffled, h) for method, h in heads.items()}}
+            for method, run in runs.items():
+                got = per_query(run, coll.qrels)
+                rows.append(pd.DataFrame({"model": m, "collection": c, "query_id": got.index.astype(str),
+                                          "order": s.shuffled_order.name, "method": method, "ndcg@10": got.values,
+                                          "kendall tau vs BM25": [_kendall(run[q], bm25[q]) for q in got.index.astype(str)]}))
+            rr = s._reranker(m)
+            requests = rr.collection_requests(coll, cand, qids)
+            icr_runs = ({method: record_run(rr.records(coll, cand, qids), h) for method, h in heads.items()}
+                        if not rr.status(requests).missing else {})
+            mine = nq[(nq["model"] == m) & (nq["collection"] == c) & nq["query_id"].isin(qids)]
+            for method in runs:
+                part = mine[mine["method"] == method]
+                if len(part) != len(qids):
+                    raise ValueError(f"the per-query table has {len(part)} of the {len(qids)} order-check queries of {m} "
+                                     f"{c} for {method}: run notebook 03 (Table 1) of profile {s.p.name} first")
+                run = {q: bm25[q] for q in qids} if method == "BM25" else icr_runs.get(method)
+                taus = [_kendall(run[q], bm25[q]) for q in part["query_id"]] if run else np.nan
+                rows.append(pd.DataFrame({"model": m, "collection": c, "query_id": part["query_id"].values,
+                                          "order": ICR_ORDER_NAME, "method": method, "ndcg@10": part["ndcg@10"].values,
+                                          "kendall tau vs BM25": taus}))
     return s.tables.write("order_per_query", pd.concat(rows, ignore_index=True))
 
 
@@ -99,5 +118,18 @@ def order_agreement(study: "Study", opq: pd.DataFrame) -> pd.DataFrame:
                          "mean ndcg@10": analysis.weighted_mean([x.to_numpy() for _, x in mg.groupby("collection")["ndcg@10"]]),
                          "correlation with BM25 (per-query ndcg@10)": float(np.corrcoef(wide[method], wide["BM25"])[0, 1]),
                          "kendall tau vs BM25 (mean)": analysis.weighted_mean(
-                             [x.to_numpy() for _, x in mg.groupby("collection")["kendall tau vs BM25"]])})
+                             [x.to_numpy() for _, x in mg.groupby("collection")["kendall tau vs BM25"]])
+                         if mg["kendall tau vs BM25"].notna().all() else float("nan")})
     return study.tables.write("order_agreement", pd.DataFrame(rows))
+
+
+def write_all(study: "Study") -> dict[str, pd.DataFrame]:
+    """The three tables from the study's per-query table and its shuffled records:
+    ``python -m corelib.study order-check --profile cpu``."""
+    pq = study.tables.read("per_query")
+    if pq is None:
+        raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
+                                "(`make reproduce`) first")
+    opq = order_per_query(study, pq)
+    return {"order_per_query": opq, "comparisons_order": order_claims(study, opq),
+            "order_agreement": order_agreement(study, opq)}
