@@ -417,3 +417,28 @@ def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
     assert len(calls) == 2 * n
     assert len(list((tmp_path / "timings" / "pruning_cost").glob("m-*.json"))) == 2
     assert not list((tmp_path / "timings" / "pruning_cost").glob("*.tmp"))  # written whole, then renamed
+
+
+def test_the_explorer_never_starts_forwards_unasked(tmp_path, shared_data, monkeypatch):
+    """On an empty cache explore() refuses (NotCached, naming `make warm` and what is missing) and the explorer
+    notebook, run whole, writes no record and says what it would compute."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from conftest import REPO
+    from corelib.study.explorer import NotCached, explore
+
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CORELIB_DATA", str(shared_data))
+    monkeypatch.setattr("corelib.models.load_model", lambda *a, **kw: pytest.fail("a model was loaded"))
+    S = Study("smoke", data=shared_data, out=tmp_path / "results")
+    with pytest.raises(NotCached, match=r"make warm PROFILE=smoke MODEL=smollm2-135m"):
+        explore(S, "smollm2-135m", "core", 8, 0.001)
+    nb = nbformat.read(REPO / "notebooks" / "explorer.ipynb", as_version=4)
+    nb.cells[1].source = f'PROFILE = "smoke"\nDATA = {str(shared_data)!r}\nOUT = {str(tmp_path / "results")!r}'
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # no record, no needle trial
+    text = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
+    assert "Traceback" not in text and "error" not in text.lower()
+    widgets = json.dumps(nb.metadata.get("widgets", {}))
+    assert "make warm PROFILE=smoke MODEL=smollm2-135m" in widgets

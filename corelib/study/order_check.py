@@ -46,6 +46,10 @@ def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
     if not s.p.order_models:
         raise ValueError(f"profile {s.p.name!r} has no candidate-order check (order_models is empty)")
     nq = pq[pq["head source"].fillna("").isin(["", "all", "nq", NIAH_SOURCE])].assign(query_id=lambda d: d["query_id"].astype(str))
+    ks = set(nq.loc[nq["method"] == "CoRe-R", "k"])
+    if ks != {s.p.num_heads}:
+        raise ValueError(f"the per-query table's CoRe-R rows use k={sorted(ks)}, the order check the profile's "
+                         f"k={s.p.num_heads}: write the per-query table with the profile's head count")
     rows = []
     for m in s.p.order_models:
         heads = {"ICR": None, "QR-R": s.heads(m, "qr"), "CoRe-R": s.heads(m, "core")}
