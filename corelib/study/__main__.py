@@ -72,6 +72,8 @@ def main(argv=None) -> int:
                    "candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
                    "scores: depth, pruning survival, heat maps (no forward)")
+    sub.add_parser("figures", parents=[prof, out], help="redraw the figures that need no record from a profile's "
+                   "committed tables (Tables 1-2, Figures 1 and 3, scaling, forest)")
     sub.add_parser("banner", parents=[prof], help="what a profile runs and how long it takes (`make reproduce` prints it first)")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
@@ -154,6 +156,13 @@ def main(argv=None) -> int:
         for name, df in write_released(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
+    def figures():
+        from . import plots
+
+        S = Study(args.profile, out=args.out)
+        for path in plots.redraw(S):
+            print(path)
+
     def order_check():
         from .order_check import write_all as write_order
 
@@ -162,7 +171,7 @@ def main(argv=None) -> int:
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
-                        "released": released, "order-check": order_check}[args.command])
+                        "released": released, "order-check": order_check, "figures": figures}[args.command])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,20 +51,32 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
     return ax
 
 
+ORDER_LABELS = {"core": "CoRe-R", "qr": "QR-R", "niah": "NIAH-R"}  # a head order -> the method that reads it
+
+
 def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None):
-    """nDCG@10 against heads added in score order (Figure 1); peak marked, ICR as a line.
-    ``curves``: one column per order, indexed by the number of heads."""
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    """nDCG@10 against heads added in score order (Figure 1), a line per order in its method's colour, each peak
+    marked (labels stacked so they never overlap), ICR as a dashed line; the legend outside the axes.
+    ``curves``: one column per order (core, qr, niah), indexed by the number of heads."""
+    from .methods import colour
+
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    peaks = []
     for name in curves.columns:
         s = curves[name].dropna()
-        ax.plot(s.index, s.values, label=name)
+        label = ORDER_LABELS.get(name, name)
+        ax.plot(s.index, s.values, color=colour(label), label=f"{label} order")
         k = int(s.idxmax())
-        ax.scatter([k], [s.max()], zorder=3)
-        ax.annotate(f"peak {s.max():.3f} @ {k}", (k, s.max()), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axhline(icr, color="grey", ls="--", label="ICR (all heads)")
+        ax.scatter([k], [s.max()], color=colour(label), zorder=3)
+        peaks.append((label, k, float(s.max())))
+    for i, (label, k, v) in enumerate(sorted(peaks, key=lambda x: -x[2])):  # one line each, top right
+        ax.annotate(f"{label} peak {v:.3f} at {k} heads", xy=(k, v), xytext=(1.02, 0.95 - 0.1 * i),
+                    textcoords="axes fraction", fontsize=7, color=colour(label),
+                    arrowprops={"arrowstyle": "-", "color": colour(label), "lw": 0.5})
+    ax.axhline(icr, color=colour("ICR"), ls="--", label="ICR (all heads)")
     ax.set(xscale="log", xlabel="number of heads (score order)", ylabel="nDCG@10")
     ax.set_title(title, fontsize=9, wrap=True)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0))
     return ax
 
 
@@ -79,14 +90,18 @@ def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
     for ax, name in zip(axes.flat, names):
         part = sub[sub["collection"] == name].pivot(index="heads", columns="order", values="ndcg@10")
         icr = peaks[(peaks["model"] == model) & (peaks["collection"] == name)]["ICR"].iloc[0]
+        from .methods import colour
+
         for order in part.columns:
-            ax.plot(part.index, part[order], label=order, lw=1)
-        ax.axhline(icr, color="grey", ls="--", lw=0.8, label="ICR")
+            label = ORDER_LABELS.get(order, order)
+            ax.plot(part.index, part[order], label=f"{label} order", lw=1, color=colour(label))
+        ax.axhline(icr, color=colour("ICR"), ls="--", lw=0.8, label="ICR")
         ax.set(xscale="log")
         ax.set_title(name, fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), fontsize=8, frameon=False)
     fig.supxlabel("number of heads (score order)")
     fig.supylabel("nDCG@10")
     fig.suptitle(f"Figure 1 analog per collection: {model}", y=1.01)
@@ -94,39 +109,69 @@ def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
     return fig
 
 
-def pruning(df: pd.DataFrame, cost: pd.DataFrame | None, title: str):
-    """Figure 3: nDCG@10 of CoRe-R, QR-R and NIAH-R by pruned share, and the measured latency and
-    peak-memory ratios of the pruned forward when measured."""
-    fig, axes = plt.subplots(1, 1 + (cost is not None), figsize=(6 + 4.5 * (cost is not None), 3.5), squeeze=False)
-    sns.lineplot(data=df, x="pruned share", y="ndcg@10", hue="model", style="method", marker="o", ax=axes[0, 0])
-    axes[0, 0].set_title(title, fontsize=9, wrap=True)
-    axes[0, 0].set(xlabel="share of layers pruned")
-    if cost is not None:
-        pruned = cost[cost["run"] == "pruned"]
-        long = pruned.melt(id_vars=["model", "pruned share"], value_vars=["latency ratio", "memory ratio"],
-                           var_name="ratio", value_name="pruned / unpruned")
-        sns.lineplot(data=long, x="pruned share", y="pruned / unpruned", hue="model", style="ratio", marker="o",
-                     ax=axes[0, 1])
-        axes[0, 1].axhline(1.0, color="grey", lw=0.8)
-        axes[0, 1].set_title("cost of the pruned forward (measured)", fontsize=9)
-        axes[0, 1].set(xlabel="share of layers pruned")
+def pruning(df: pd.DataFrame, title: str, margin: float = 0.5):
+    """Figure 3: a panel per model, nDCG@10 of each method by pruned share, with CoRe-R's unpruned value and the
+    band of ``margin`` points below it (the non-inferiority margin); the legend below the panels."""
+    from .methods import colour
+
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False, sharey=True)
+    for ax, m in zip(axes.flat, models):
+        part = df[df["model"] == m]
+        for method, g in part.groupby("method", sort=False):
+            ax.plot(g["pruned share"], g["ndcg@10"], marker="o", color=colour(method), label=method)
+        ref = part[(part["method"] == "CoRe-R") & (part["pruned share"] == 0)]["ndcg@10"]
+        if len(ref):
+            r = float(ref.iloc[0])
+            ax.axhspan(r - margin / 100, r, color=colour("CoRe-R"), alpha=0.12, lw=0,
+                       label=f"CoRe-R unpruned, minus {margin} point")
+            ax.axhline(r, color=colour("CoRe-R"), ls=":", lw=1)
+        ax.set_title(m, fontsize=9)
+        ax.set(xlabel="share of layers pruned")
+    axes[0, 0].set(ylabel="mean nDCG@10")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def pruning_cost(cost: pd.DataFrame, title: str):
+    """The measured cost of the pruned forward: latency and peak-memory ratios to the unpruned forward by
+    pruned share, a line per model (the early exit's point is in the table)."""
+    pruned = cost[cost["run"] == "pruned"]
+    models = list(dict.fromkeys(pruned["model"]))
+    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, ratio in zip(axes, ("latency ratio", "memory ratio")):
+        for k, m in enumerate(models):
+            g = pruned[pruned["model"] == m]
+            ax.plot(g["pruned share"], g[ratio], marker="osD^v"[k % 5], color=palette[m], label=m)
+        ax.plot([0, 1], [1, 0], color="grey", ls=":", lw=0.8, label="proportional to the layers kept")
+        ax.set(xlabel="share of layers pruned", xlim=(-0.03, 0.73), ylim=(0, 1.05))
+        ax.set_title(ratio.replace("ratio", "(pruned / unpruned)"), fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def method_bars(table: pd.DataFrame, title: str,
-                methods=("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R")):
-    """nDCG@10 of each method per collection, one panel per model; the axis spans the values shown,
-    so that differences of a point or two are visible. A method no model has (all NaN) is left out."""
+                methods=("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R"), order=None):
+    """nDCG@10 of each method per collection, one panel per model (``order``: the models in this order, e.g. by
+    size), bars from 0 in each method's colour. A method no model has (all NaN) is left out."""
+    from .methods import palette
+
     methods = [m for m in methods if m in table and table[m].notna().any()]
     long = table.melt(id_vars=["model", "collection"], value_vars=list(methods), var_name="method", value_name="nDCG@10")
-    grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar",
-                       height=3.2, aspect=1.3, hue_order=list(methods), sharey=True)
-    lo, hi = long["nDCG@10"].min(), long["nDCG@10"].max()
-    pad = max(0.01, (hi - lo) * 0.15)
-    grid.set(ylim=(max(0, lo - pad), min(1, hi + pad)))
+    grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar", col_wrap=2,
+                       height=3.0, aspect=1.6, hue_order=list(methods), palette=palette(methods), sharey=True,
+                       col_order=order or list(dict.fromkeys(long["model"])))
+    grid.set(ylim=(0, min(1, long["nDCG@10"].max() * 1.1)))
     grid.set_titles("{col_name}")
-    grid.figure.suptitle(title, y=1.04, fontsize=10)
+    grid.tick_params(axis="x", labelrotation=30)
+    grid.figure.suptitle(title, y=1.03, fontsize=10)
     return grid.figure
 
 
@@ -146,24 +191,43 @@ def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame,
     return fig
 
 
-def scaling(df: pd.DataFrame):
-    """The scaling view: mean nDCG@10 of each method, and CoRe-R's paired differences with their 95% CIs,
-    against the parameter count (log scale)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    methods = [m for m in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R", "random 8 heads (median)") if df[m].notna().any()]
-    for m in methods:
-        axes[0].plot(df["parameters"], df[m], marker="o", label=m, ls="--" if m.startswith("random") else "-")
-    axes[0].set(xscale="log", xlabel="parameters", ylabel="mean nDCG@10 over collections")
-    axes[0].legend(fontsize=7)
+def _size_label(n: float) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None):
+    """The scaling view: a column per model in size order (parameter counts as labels; points, not lines, since the
+    models differ in family as well as size). Left: mean nDCG@10 of each method (the bi-encoder from the Table 1
+    means when given); right: CoRe-R's paired differences with their 95% CIs."""
+    from .methods import colour
+
+    df = df.sort_values("parameters").reset_index(drop=True)
+    if average is not None and "Bi-encoder" in average:
+        df = df.merge(average[["model", "Bi-encoder"]], on="model", how="left")
+    x = np.arange(len(df))
+    labels = [f"{_size_label(n)}\n{m}" for m, n in zip(df["model"], df["parameters"])]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    methods = [m for m in ("BM25", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R") if m in df and df[m].notna().any()]
+    step = 0.6 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        axes[0].scatter(x - 0.3 + step * (i + 0.5), df[m], color=colour(m), label=m, zorder=3)
+    if df["random 8 heads (median)"].notna().any():
+        axes[0].scatter(x + 0.35, df["random 8 heads (median)"], marker="_", s=200, color="black",
+                        label="random 8 heads (median)")
+    axes[0].set(ylabel="mean nDCG@10 over collections")
+    axes[0].set_title("the methods by model (size order)", fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for k, other in enumerate(("ICR", "QR-R")):
         y, lo, hi = (df[f"CoRe-R - {other}{c}"].to_numpy(dtype=float) for c in ("", " ci low", " ci high"))
-        x = df["parameters"].to_numpy(dtype=float) * (1 + 0.04 * k)  # side by side
-        axes[1].errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=f"CoRe-R - {other}")
+        axes[1].errorbar(x - 0.1 + 0.2 * k, y, yerr=[y - lo, hi - y], fmt="o", capsize=3, color=colour(other),
+                         label=f"CoRe-R - {other}")
     axes[1].axhline(0, color="grey", lw=0.8)
-    axes[1].set(xscale="log", xlabel="parameters", ylabel="paired difference, points (95% CI)")
-    axes[1].legend(fontsize=7)
-    for ax, (_, r) in itertools.product(axes[:1], df.iterrows()):
-        ax.annotate(r["model"], (r["parameters"], r["CoRe-R"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    axes[1].set(ylabel="paired difference, points (95% CI)")
+    axes[1].set_title("CoRe-R against ICR and QR-R", fontsize=9)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in axes:
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xlim(-0.6, len(df) - 0.4)
     fig.tight_layout()
     return fig
 
@@ -201,3 +265,40 @@ def forest(df: pd.DataFrame, title: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def redraw(study) -> list[Path]:
+    """Redraw, from the study's committed tables alone, the figures that need no record: Table 1 and 2, Figure 1
+    (sweep), Figure 3 (pruning and its cost), the scaling view and the forest plot
+    (``python -m corelib.study figures --profile cpu``)."""
+    t, out, p = study.tables, study.figures_dir, study.p
+    written = []
+    avg = t.read("table1_average")
+    order = list(t.read("scaling").sort_values("parameters")["model"]) if t.read("scaling") is not None else None
+    if (table := t.read("table1")) is not None:
+        written += save(method_bars(table, f"Table 1 analog ({p.name} profile): nDCG@10 per collection", order=order),
+                        out / "table1_rerank")
+    if (table2 := t.read("table2")) is not None:
+        written += save(method_bars(table2, f"Table 2 analog: {table2['data'].iloc[0]}, nDCG@10 per language", order=order),
+                        out / "table2_multilingual")
+    sweep, peaks = t.read("sweep"), t.read("sweep_peaks")
+    if sweep is not None and peaks is not None:
+        for m in dict.fromkeys(sweep["model"]):
+            mean = sweep[(sweep.model == m) & (sweep.collection == "mean over collections")].pivot(
+                index="heads", columns="order", values="ndcg@10")
+            icr = peaks[(peaks.model == m) & (peaks.collection == "mean over collections")].ICR.iloc[0]
+            ax = head_count_sweep(mean, icr, f"Figure 1 analog: {m}, mean nDCG@10 over {len(p.collections)} collections")
+            written += save(ax.figure, out / f"fig1_head_count_sweep_{m}")
+            written += save(sweep_grid(sweep, peaks, m), out / f"fig1_per_collection_{m}")
+    if (prune := t.read("pruning")) is not None:
+        written += save(pruning(prune, f"Figure 3 analog: mean nDCG@10 over {', '.join(p.collections)}"), out / "fig3_pruning")
+    if (cost := t.read("pruning_cost")) is not None:
+        written += save(pruning_cost(cost, "Measured cost of the pruned forward (one prompt per model, each run in its "
+                                           "own process)"), out / "fig3_pruning_cost")
+    if (scale := t.read("scaling")) is not None:
+        written += save(scaling(scale, avg), out / "scaling")
+    if (fo := t.read("forest")) is not None:
+        written += save(forest(fo, f"Per-collection paired differences, profile {p.name} ({p.first_stage.upper()} top "
+                                   f"{p.top_k}, NQ heads, top {p.num_heads}; 95% CIs)"), out / "forest")
+    plt.close("all")
+    return written
