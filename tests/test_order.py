@@ -75,3 +75,22 @@ def test_the_cpu_order_sample_is_stratified_and_part_of_each_model_sample(shared
     assert "scifact (shuffled)" in S.warm_steps(m)
     with pytest.raises(ValueError, match="no warm step"):
         S.warm(steps=["scifact shuffled"])
+
+
+def test_a_bf16_cpu_record_is_its_own_record_and_close_to_fp32(tokenizer, tmp_path):
+    import torch
+
+    from corelib.study import profile
+
+    lm32 = tiny_model("llama", tokenizer)
+    lm16 = tiny_model("llama", tokenizer, dtype=torch.bfloat16)
+    store = RecordStore(tmp_path)
+    req = Reranker(lm32, words=20).requests("what is topic 3", DOCS, query_id="q1")
+    r32 = get_records(lm32, [req], store=store)[0]
+    r16 = get_records(lm16, [req], store=store)[0]
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2  # the dtype is part of the key
+    assert r16.token_scores.dtype == torch.float32  # scores are kept in fp32 whatever the forward's dtype
+    assert (r16.token_scores - r32.token_scores).abs().max() < 0.05
+    p = profile("cpu", dtype_by_model=(("qwen2.5-coder-1.5b", "bfloat16"),))
+    assert p.dtype_for("qwen2.5-coder-1.5b") == "bfloat16" and p.dtype_for("smollm2-135m") is None
+    assert p.sizes("qwen2.5-coder-1.5b").endswith("; bfloat16 records")

@@ -73,6 +73,13 @@ RULES = f"""\
   on the order* otherwise. Agreement with the first stage is descriptive: the Pearson correlation of a
   method's per-query nDCG@10 with BM25's, and the mean (collections weighted equally) of Kendall's tau
   between its ranking of the candidates and BM25's.
+- *bf16 on the CPU* (added before any bf16 record of the study's models existed). A model's records may be
+  computed in bf16 instead of fp32 only after a precision check on queries it already has in fp32 passes: the
+  same queries and detection prompts run in bf16 (heads detected again in bf16), and (1) the mean over
+  collections of each of ICR, QR-R and CoRe-R within 0.5 point of fp32, (2) per-query nDCG@10 within 0.05 of
+  fp32 for at least 95% of the queries, for each method, and (3) every per-model verdict of Table 1's claims
+  unchanged. Otherwise the model stays in fp32 and the report says why. A model run in bf16 says so wherever its
+  numbers appear (its sizes line names the dtype).
 - *Scale* (the `cpu` profile's four models; added before the two Qwen models' cpu-profile numbers existed).
   Descriptive only: each model's estimates with its own CI and verdict, against its parameter count. No
   trend is tested: four models differ in family, tuning and quantisation as well as size, and their samples

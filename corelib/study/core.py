@@ -71,7 +71,7 @@ class Study:
     def spec(self, model: str) -> ModelSpec:
         """The model's identity; ``.load()`` loads it once (only when a record is missing)."""
         if model not in self._specs:
-            self._specs[model] = model_spec(model)
+            self._specs[model] = model_spec(model, dtype=self.p.dtype_for(model))
         return self._specs[model]
 
     def use_model(self, name: str, model: LoadedModel | ModelSpec) -> None:

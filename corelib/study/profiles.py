@@ -30,6 +30,9 @@ class Profile:
     queries_by_model: tuple[tuple[str, int | None], ...] = ()  # (model, queries) overriding ``queries``
     multilingual_queries: tuple[tuple[str, int | None], ...] = ()  # (model, queries) on the multilingual sets
     detection_by_model: tuple[tuple[str, int], ...] = ()  # (model, NQ detection queries) overriding detection_samples
+    # (model, dtype) where a model's records are not computed in the default dtype (fp32 on a CPU, bf16 on a
+    # GPU); a bf16 CPU row needs the precision check of the analysis plan first
+    dtype_by_model: tuple[tuple[str, str], ...] = ()
     control_sets: int = 1000  # random head sets per control distribution
     first_stage: str = "bm25"  # where the candidates come from: bm25 (run file or bm25s) or dense (the encoder)
     encoder: str = "minilm-l6"  # sentence encoder of the dense first stage and of the bi-encoder baseline
@@ -89,6 +92,10 @@ class Profile:
         table = self.multilingual_queries if collection in self.multilingual else self.queries_by_model
         return dict(table).get(model, self.queries)
 
+    def dtype_for(self, model: str) -> str | None:
+        """The dtype a model's records are computed in (None: the default, fp32 on a CPU, bf16 on a GPU)."""
+        return dict(self.dtype_by_model).get(model)
+
     def detection_for(self, model: str | None) -> int:
         """NQ detection queries for a model (a larger model may use fewer)."""
         return dict(self.detection_by_model).get(model, self.detection_samples)
@@ -105,9 +112,10 @@ class Profile:
         niah = (f"; NIAH {self.niah_needles} needles x {len(self.niah_lengths)} lengths {list(self.niah_lengths)} x "
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
         stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
+        dtype = f"; {self.dtype_for(model)} records" if model and self.dtype_for(model) else ""
         return (f"top-{self.top_k} {stage} candidates, {self.words} words/doc, "
                 f"{f'up to {q}' if q else 'all'} queries/collection; detection {self.detection_for(model)} NQ queries x {self.positions} "
-                f"positions, {self.negatives} negatives, t={self.temperature}{niah}")
+                f"positions, {self.negatives} negatives, t={self.temperature}{niah}{dtype}")
 
 
 COLLECTIONS_CPU = ("scifact", "arguana", "cranfield", "cisi", "med", "npl", "lisa")
