@@ -30,7 +30,11 @@ RULES = f"""\
   Dense"), and the first stages themselves are compared ("Dense beats BM25", each its own top k). NIAH-R
   (Wu et al.'s retrieval heads, from needle-in-a-haystack decoding) joined this plan before any NIAH number
   existed; a model whose needle trials retrieve no needle has no NIAH-R row and no NIAH test, and the NIAH
-  detection table says so with its counts.
+  detection table says so with its counts. "CoRe-R beats Layer window" (added before any layer-window number
+  existed; after Selective-ICR): the layer window is all heads of the contiguous layers whose summed attention
+  mass scores best by CoRe's own criterion (the mean softmax at the positive, the profile's temperature) on the
+  same NQ detection records CoRe uses, never on evaluated queries; ties go to the narrower, then the shallower
+  window.
 - *Unit and average.* The unit is a test query. A model's score for a method is the mean nDCG@10
   over collections, each collection weighted equally (the mean over its evaluated queries).
   A difference is the same average of per-query paired differences (points of nDCG@10).

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..data import Candidates, Collection, load_collection, load_detection, sample_queries
 from ..first_stage import first_stage
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
+from ..layer_window import best_layer_window, window_heads
 from ..models import LoadedModel, ModelSpec, as_spec, model_spec
 from ..prompts import CandidateOrder
 from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
@@ -60,6 +61,7 @@ class Study:
         self._in_domain: dict[tuple, tuple] = {}
         self._niah: dict[str, list[TrialResult]] = {}
         self._head_methods: dict[str, dict[str, str]] = {}
+        self._windows: dict[tuple, tuple[int, int]] = {}
         self._bi_encoder: dict[tuple, dict] = {}
         self._encoder = None
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
@@ -265,6 +267,19 @@ class Study:
         n = max(m.shape[-1] for m in masses)
         padded = [torch.nn.functional.pad(m, (0, n - m.shape[-1]), value=float("-inf")) for m in masses]
         return torch.cat(padded), torch.cat(positives)
+
+    def layer_window(self, model: str, temperature: float | None = None) -> tuple[int, int]:
+        """(first, last) layer of the best contiguous layer window on the NQ detection records (never on
+        evaluated queries), by CoRe's criterion on the window's summed mass (``layer_window.best_layer_window``)."""
+        t = self.p.temperature if temperature is None else temperature
+        key = (model, t)
+        if key not in self._windows:
+            self._windows[key] = best_layer_window(self.detection(model), t)
+        return self._windows[key]
+
+    def layer_window_heads(self, model: str, temperature: float | None = None) -> list[tuple[int, int]]:
+        first, last = self.layer_window(model, temperature)
+        return window_heads(first, last, self.spec(model).num_heads)
 
     def heads(self, model: str, method: str, k: int | None = None, temperature: float | None = None,
               source: str = "nq", exclude: str | None = None, max_layers: int | None = None) -> list[tuple[int, int]]:

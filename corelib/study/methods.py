@@ -29,7 +29,7 @@ METHODS: dict[str, Method] = {m.label: m for m in (
 )}
 
 # Table 1's method columns, in order (first stages, the bi-encoder, then the attention re-rankers)
-TABLE1 = ("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R")
+TABLE1 = ("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer window")
 FIRST_STAGE_METHODS = {"bm25": "BM25", "dense": "Dense"}  # the profile's first stage -> its method
 # methods whose heads are detected on a detection source (NQ or in-domain): label -> detector key
 DETECTED = {label: m.key for label, m in METHODS.items() if m.key in ("qr", "core")}

@@ -24,6 +24,8 @@ PAPER = {
     "CoRe-R beats QR-R": "CoRe-R beats QR-R on average; top-8 QR heads do worse than ICR on Quora",
     "CoRe-R beats NIAH-R": "CoRe-R beats NIAH-R (Wu et al.'s retrieval heads) on the BEIR average (Table 1)",
     "ICR beats BM25": "(premise) attention re-ranking improves on the first stage",
+    "CoRe-R beats Layer window": "(not in the paper; after Selective-ICR, arXiv 2602.22591) a few chosen heads beat all "
+                                 "heads of the best window of layers",
     "ICR beats Dense": "(premise) attention re-ranking improves on the first stage (the paper re-ranks a dense "
                        "retriever's top 40)",
     "Dense beats BM25": "(setting, not a claim of the paper) the paper's kind of first stage against BM25",

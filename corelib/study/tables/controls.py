@@ -73,6 +73,8 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
         named = {"ICR": [(l, h) for l in range(L) for h in range(H)],
                  **{name: study.heads(m, key, k) for name, key in study.head_methods(m).items()},
                  "oracle (in-sample upper bound)": oracle}
+        first, last = study.layer_window(m)
+        named[f"Layer window (layers {first}-{last})"] = study.layer_window_heads(m)
         named.update((methods or {}).get(m, {}))
         if globals_ := global_attention_heads(spec):  # None where every layer sees the whole prompt
             named[f"global-attention heads ({len(globals_)})"] = globals_

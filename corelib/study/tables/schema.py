@@ -78,7 +78,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 # Columns added after tables were committed: an older table without them reads them as empty
-LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",)}
+LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",),
+                 **{t: ("Layer window",) for t in ("table1", "table1_average", "table2", "table2_average")}}
 
 
 def with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:

@@ -32,6 +32,9 @@ def method_runs(study: "Study", m: str, collection: str, k: int, temperature, so
             out.append((method, src, k, record_run(recs, heads)))
     if "NIAH-R" in study.head_methods(m):
         out.append(("NIAH-R", NIAH_SOURCE, k, record_run(recs, study.heads(m, "niah", k))))
+    if "nq" in sources:  # all heads of the best layer window on the NQ detection records
+        window = study.layer_window_heads(m, temperature)
+        out.append(("Layer window", "nq", len(window), record_run(recs, window)))
     return out
 
 
@@ -117,7 +120,7 @@ def table1_pairs(study: "Study", sources=("nq",)) -> list[tuple[str, str, str]]:
     whose candidates they re-rank (the profile's); with a dense first stage, dense against BM25
     (each its own top k for the same queries); CoRe-R against ICR and QR-R with every other head source."""
     first = FIRST_STAGE_METHODS[study.p.first_stage]
-    pairs = [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"), ("CoRe-R", "NIAH-R", "nq"),
+    pairs = [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"), ("CoRe-R", "NIAH-R", "nq"), ("CoRe-R", "Layer window", "nq"),
              ("CoRe-R", "Bi-encoder", "nq"), ("ICR", first, "all"), ("CoRe-R", first, "nq")]
     if first != "BM25":
         pairs.append((first, "BM25", ""))
