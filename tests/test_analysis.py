@@ -124,3 +124,14 @@ def test_control_percentile_and_empirical_p():
     assert analysis.control_p(7.5, controls) == pytest.approx((80.0, 3 / 11, 9 / 11))
     assert analysis.control_p(7.0, controls) == pytest.approx((75.0, 4 / 11, 9 / 11))  # a tie counts half, and against
     assert analysis.control_p(100.0, controls)[1] == pytest.approx(1 / 11)  # never below 1 / (n + 1)
+
+
+def test_control_verdicts_are_holm_adjusted_over_the_models():
+    from corelib.study.analysis import control_verdict, holm
+
+    # three models each at empirical p = 0.02 against 1,000 random sets: raw, all supported; over the family, not
+    adjusted = holm([0.02, 0.02, 0.02])
+    assert list(adjusted) == pytest.approx([0.06, 0.06, 0.06])
+    assert [control_verdict(p, 1.0) for p in adjusted] == ["inconclusive"] * 3
+    assert control_verdict(0.001, 1.0) == "supported" and control_verdict(1.0, 0.001) == "contradicted"
+    assert control_verdict(0.001, 1.0, reference=True).startswith("in-sample reference")

@@ -61,9 +61,10 @@ RULES = f"""\
 - *Head-set controls.* For random head sets (uniform, and matched to the CoRe top-k's layers) the
   score of each set on the same queries gives a distribution; a method's percentile and empirical p,
   (1 + #sets scoring >= method) / (1 + #sets), say whether its heads beat heads drawn by chance
-  (supported when p < {ALPHA}, contradicted when the mirrored p < {ALPHA}). The queries are held fixed: this tests
-  the head choice, not generalisation to new queries. The in-sample oracle (best single heads on
-  the evaluated queries) is an upper bound, never a method.
+  (supported when p < {ALPHA}, contradicted when the mirrored p < {ALPHA}; Holm over the models, each control and
+  method a family: added before these adjusted numbers existed). The queries are held fixed: this tests the head
+  choice, not generalisation to new queries. The best single heads on the evaluated queries are an in-sample
+  reference, never a method and not an upper bound (a set of individually good heads need not be the best set).
 - *Candidate order* (added before any number with shuffled candidates existed). ICR's prompt puts the
   first stage's rank-1 document nearest the query, so heads that favour nearby text can reproduce the first
   stage's ranking. On a stratified part of each checked model's query sample (every query of a collection
@@ -252,6 +253,16 @@ def middle_third_verdict(p_more_holm: float, p_fewer_holm: float) -> str:
     if p_more_holm < ALPHA:
         return "supported"
     return "contradicted" if p_fewer_holm < ALPHA else "inconclusive"
+
+
+def control_verdict(p_better_holm: float, p_worse_holm: float, reference: bool = False) -> str:
+    """A head choice against random sets: supported when it beats them (Holm over the models), contradicted when
+    they beat it, inconclusive otherwise; an in-sample reference gets no verdict."""
+    if reference:
+        return "in-sample reference (not a method)"
+    if p_better_holm < ALPHA:
+        return "supported"
+    return "contradicted" if p_worse_holm < ALPHA else "inconclusive"
 
 
 def control_p(method_score: float, control_scores) -> tuple[float, float, float]:

@@ -62,8 +62,9 @@ class Ablations:
                               for c in self.p.collections]))
 
     def temperature(self, temperatures=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), k: int | None = None) -> pd.DataFrame:
+        # every model: it needs only the records Table 1 reads (the other ablations run on models_for_ablations)
         rows = [{"model": m, "temperature": t, "CoRe-R nDCG@10": self.mean_ndcg(m, self.s.heads(m, "core", k, t))}
-                for m in self.p.models_for_ablations for t in temperatures]
+                for m in self.p.models for t in temperatures]
         return write(self.s, "ablation_temperature", pd.DataFrame(rows))
 
     def calibrated_detection(self, k: int | None = None) -> pd.DataFrame:

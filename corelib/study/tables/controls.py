@@ -60,8 +60,10 @@ def control_sets(study: "Study", m: str, n: int | None = None, k: int | None = N
 
 
 def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Where ICR, QR-R, CoRe-R and NIAH-R fall among random head sets; the in-sample oracle (best single
-    heads on the evaluated queries, an upper bound); gemma3's global-attention heads as a set."""
+    """Where ICR, QR-R, CoRe-R, NIAH-R and the layer window fall among random head sets; the best single heads
+    on the evaluated queries (an in-sample reference, not a bound: a set of good single heads need not be the
+    best set); gemma3's global-attention heads as a set. Each method's verdict is Holm-adjusted over the models
+    (its family: one control, one method, every model)."""
     k = study.p.num_heads
     dist_rows, pos_rows, dists = [], [], {}
     for m in study.p.models:
@@ -72,7 +74,7 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
         oracle = [singles[i][0] for i in np.argsort(-single_scores, kind="stable")[:k]]
         named = {"ICR": [(l, h) for l in range(L) for h in range(H)],
                  **{name: study.heads(m, key, k) for name, key in study.head_methods(m).items()},
-                 "oracle (in-sample upper bound)": oracle}
+                 IN_SAMPLE: oracle}
         first, last = study.layer_window(m)
         named[f"Layer window (layers {first}-{last})"] = study.layer_window_heads(m)
         named.update((methods or {}).get(m, {}))
@@ -89,9 +91,14 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
                 pct, pb, pw = analysis.control_p(score, scores)
                 family.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
                                "p better": pb, "p worse": pw})
-            for f in family:
-                f["verdict"] = ("upper bound (not a method)" if f["method"].startswith("oracle") else
-                                "supported" if f["p better"] < analysis.ALPHA else
-                                "contradicted" if f["p worse"] < analysis.ALPHA else "inconclusive")
             pos_rows += family
-    return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", pd.DataFrame(pos_rows)), dists
+    positions = pd.DataFrame(pos_rows)
+    for _, idx in positions.groupby(["control", "method"], sort=False).groups.items():  # a family: every model
+        positions.loc[idx, "p better holm"] = analysis.holm(positions.loc[idx, "p better"])
+        positions.loc[idx, "p worse holm"] = analysis.holm(positions.loc[idx, "p worse"])
+    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE) for b, w, method in
+                            zip(positions["p better holm"], positions["p worse holm"], positions["method"])]
+    return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
+
+
+IN_SAMPLE = "best single heads (in-sample reference, not a bound)"

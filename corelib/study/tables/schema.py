@@ -45,7 +45,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                           "CoRe-R - ICR"),
     "positive_slots": ("collection", "model", "slot", "positives"),
     "controls": ("model", "control", "sets", "median", "p5", "p95"),
-    "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "verdict"),
+    "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "p better holm",
+                          "p worse holm", "verdict"),
     "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
     "sweep_peaks": ("model", "collection", "order", "peak ndcg@10", "heads at peak", "1 head", "8 heads", "ICR"),
     "depth": ("model", "layers", "top heads", "top layers", "in middle third", "median relative depth", "p more",
@@ -78,7 +79,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 # Columns added after tables were committed: an older table without them reads them as empty
-LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",),
+LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",), "control_positions": ("p better holm", "p worse holm"),
                  **{t: ("Layer window",) for t in ("table1", "table1_average", "table2", "table2_average")}}
 
 
