@@ -49,8 +49,9 @@ def sweep(study: "Study", max_heads: int | None = None, temperature: float | Non
 
 
 def peak_test(study: "Study", few: int = analysis.FEW_HEADS, temperature: float | None = None) -> pd.DataFrame:
-    """'Peak below 10 heads' without choosing the peak on the data that tests it: on one half of
-    the queries choose the best k < 10 and the best k >= 10 (CoRe order); compare the two on the other half."""
+    """'Peak below 10 heads' without choosing the peak on the data that tests it, cross-fitted: the queries are
+    split in two halves within each collection; on each half the best k < 10 and the best k >= 10 (CoRe order)
+    are chosen and the two are compared on the other half, so every query tests the claim once."""
     frames = []
     for m in study.p.models:
         order = study.head_scores(m, "core", temperature).order()
@@ -62,24 +63,26 @@ def peak_test(study: "Study", few: int = analysis.FEW_HEADS, temperature: float 
         table = pd.concat(per_q, ignore_index=True)
         first, second = analysis.split_halves(table[["collection"]], study.p.seed)
         ks = [col for col in table.columns if isinstance(col, (int, np.integer))]
-        curve = table.loc[first].groupby("collection")[ks].mean().mean()  # collection-weighted, first half
-        k_few = int(curve[[x for x in ks if x < few]].idxmax()) + 1
-        k_many = int(curve[[x for x in ks if x >= few]].idxmax()) + 1
-        test = table.loc[second]
-        frames.append(pd.DataFrame({"model": m, "collection": test["collection"], "query_id": test["query_id"],
-                                    "head source": "nq", "k": 0, "first stage": study.p.first_stage,
-                                    "method": f"CoRe-R, best k < {few} (k={k_few}, chosen on the other half)",
-                                    "ndcg@10": test[k_few - 1].values}))
-        frames.append(pd.DataFrame({"model": m, "collection": test["collection"], "query_id": test["query_id"],
-                                    "head source": "nq", "k": 0, "first stage": study.p.first_stage,
-                                    "method": f"CoRe-R, best k >= {few} (k={k_many}, chosen on the other half)",
-                                    "ndcg@10": test[k_many - 1].values}))
+        chosen, halves = [], []
+        for choose, test in ((first, second), (second, first)):
+            curve = table.loc[choose].groupby("collection")[ks].mean().mean()  # collection-weighted, choosing half
+            k_few = int(curve[[x for x in ks if x < few]].idxmax()) + 1
+            k_many = int(curve[[x for x in ks if x >= few]].idxmax()) + 1
+            chosen.append((k_few, k_many))
+            rows = table.loc[test]
+            for label, k in (("few", k_few), ("many", k_many)):
+                halves.append(pd.DataFrame({"model": m, "collection": rows["collection"], "query_id": rows["query_id"],
+                                            "head source": "nq", "k": 0, "first stage": study.p.first_stage,
+                                            "method": label, "ndcg@10": rows[k - 1].values}))
+        frames.append(pd.concat(halves, ignore_index=True).assign(
+            a_name=f"CoRe-R, best k < {few} (k={chosen[0][0]} / {chosen[1][0]}, each chosen on the other half)",
+            b_name=f"CoRe-R, best k >= {few} (k={chosen[0][1]} / {chosen[1][1]})"))
     pq = pd.concat(frames, ignore_index=True)
     rows = []
     for m, g in pq.groupby("model", sort=False):
-        few_m, many_m = list(dict.fromkeys(g["method"]))
-        rows.append(compare(study, g.assign(method=g["method"].map({few_m: "few", many_m: "many"})), [("few", "many", "nq")])
-                    .assign(a=few_m, b=many_m, claim=f"peak below {few} heads: best k < {few} beats best k >= {few}"))
+        rows.append(compare(study, g.drop(columns=["a_name", "b_name"]), [("few", "many", "nq")])
+                    .assign(a=g["a_name"].iloc[0], b=g["b_name"].iloc[0],
+                            claim=f"peak below {few} heads: best k < {few} beats best k >= {few}"))
     out = pd.concat(rows, ignore_index=True)
     out["p holm"] = analysis.holm(out["p"])
     out["verdict"] = [analysis.superiority_verdict(d, p) for d, p in zip(out["difference"], out["p holm"])]
