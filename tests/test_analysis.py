@@ -135,3 +135,13 @@ def test_control_verdicts_are_holm_adjusted_over_the_models():
     assert [control_verdict(p, 1.0) for p in adjusted] == ["inconclusive"] * 3
     assert control_verdict(0.001, 1.0) == "supported" and control_verdict(1.0, 0.001) == "contradicted"
     assert control_verdict(0.001, 1.0, reference=True).startswith("in-sample reference")
+
+
+def test_a_margin_claim_carries_the_90_percent_interval_of_its_two_one_sided_tests():
+    from corelib.study.analysis import paired
+
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame({"collection": ["a"] * 80 + ["b"] * 80, "diff": rng.normal(-1.0, 3.0, 160)})
+    r95, r90 = paired(d), paired(d, level=0.90)
+    assert r90.estimate == r95.estimate and r90.p == r95.p
+    assert r95.ci_low < r90.ci_low < r90.estimate < r90.ci_high < r95.ci_high

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
     sub.add_parser("robustness", parents=[prof, out], help="per-collection differences (forest plot), "
                    "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
-    sub.add_parser("order-check", parents=[prof, data, out], help="the candidate-order check: the claims with shuffled "
+    sub.add_parser("order-check", parents=[prof, data, models, out], help="the candidate-order check: the claims with shuffled "
                    "candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
                    "scores: depth, pruning survival, heat maps (no forward)")
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     def order_check():
         from .order_check import write_all as write_order
 
-        S = Study(args.profile, data=args.data, out=args.out)
+        S = Study(args.profile, data=args.data, out=args.out, models=args.model)
         for name, df in write_order(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 

@@ -52,7 +52,8 @@ RULES = f"""\
 - *Verdicts, "within a margin" (50% pruning costs at most {PRUNING_MARGIN} point).* Non-inferiority (TOST,
   one-sided at {ALPHA}): supported when the test of "loss >= {PRUNING_MARGIN}" rejects (Holm), contradicted
   when the test of "loss <= {PRUNING_MARGIN}" rejects (Holm), inconclusive otherwise; identical runs are reported
-  as identical (supported).
+  as identical (supported). Its interval is the 90% one, which pairs with two one-sided tests at {ALPHA} (added
+  before the 90% intervals existed).
 - *Peak below {FEW_HEADS} heads.* Queries are split in two halves within each collection (seeded). On one half the
   best k < {FEW_HEADS} and the best k >= {FEW_HEADS} (CoRe order) are chosen and compared on the other half, and the
   other way round (cross-fitted: added before the cross-fitted numbers existed), so that every query tests the claim
@@ -134,9 +135,9 @@ def _flip_stats(strata: list[np.ndarray], rng: np.random.Generator, n: int) -> n
     return out / len(strata)
 
 
-def paired(diffs: pd.DataFrame, n: int = N_RESAMPLES, seed: int = SEED) -> Paired:
+def paired(diffs: pd.DataFrame, n: int = N_RESAMPLES, seed: int = SEED, level: float = 1 - ALPHA) -> Paired:
     """``diffs``: one row per query with ``collection`` and ``diff`` (points). Stratified bootstrap
-    CI and two-sided sign-flip randomization p of the collection-weighted mean difference."""
+    CI at ``level`` (default 95%) and two-sided sign-flip randomization p of the collection-weighted mean difference."""
     strata = _strata(diffs)
     if not strata:
         raise ValueError("no paired differences to test")
@@ -152,7 +153,8 @@ def paired(diffs: pd.DataFrame, n: int = N_RESAMPLES, seed: int = SEED) -> Paire
         idx = rng.integers(0, len(s), size=(n, len(s)))
         boot += s[idx].mean(axis=1)
     boot /= k
-    lo, hi = np.percentile(boot, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    tail = (1 - level) / 2
+    lo, hi = np.percentile(boot, [100 * tail, 100 * (1 - tail)])
     null = _flip_stats(strata, rng, n)
     p = float((1 + np.sum(np.abs(null) >= abs(est) - 1e-12)) / (n + 1))
     return Paired(est, float(lo), float(hi), p, sum(map(len, strata)), k, se, False)

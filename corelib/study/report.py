@@ -64,13 +64,15 @@ def _paper(claim: str) -> str:
 def _fmt_comparison(r) -> str:
     """A comparison row in words; a margin claim shows both one-sided tests, since either can decide it
     (tables written before the second was kept show the first only)."""
+    level = "95%"
     if "within" in r["claim"]:
+        level = "90%"  # the interval that pairs with the two one-sided tests
         tests = f"p (loss >= {analysis.PRUNING_MARGIN}) = {r['p']:.3g}, Holm p = {r['p holm']:.3g}"
         if pd.notna(r.get("p inferior")):
             tests += f"; p (loss <= {analysis.PRUNING_MARGIN}) = {r['p inferior']:.3g}, Holm p = {r['p holm inferior']:.3g}"
     else:
         tests = f"p = {r['p']:.3g}, Holm p = {r['p holm']:.3g}"
-    return (f"{r['difference']:+.2f} points [{r['ci low']:+.2f}, {r['ci high']:+.2f}], {tests}, "
+    return (f"{r['difference']:+.2f} points [{r['ci low']:+.2f}, {r['ci high']:+.2f}] ({level} CI), {tests}, "
             f"{int(r['queries'])} queries in {int(r['collections'])} collections; "
             f"detectable at 80% power: {r['detectable (80% power)']:.2f}")
 

@@ -47,7 +47,7 @@ def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PR
     for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
         pool = m.startswith("pooled")
         d = analysis.paired_differences(pq if pool else pq[pq["model"] == m], "50% pruned", "0% pruned", pool=pool)
-        r = analysis.paired(d)
+        r = analysis.paired(d, level=1 - 2 * analysis.ALPHA)  # TOST at 0.05 pairs with a 90% interval
         rows.append({"claim": f"50% pruning within {margin} point", "model": m, "a": "CoRe-R, 50% pruned",
                      "b": "CoRe-R, unpruned", "head source": "nq", "difference": r.estimate, "ci low": r.ci_low,
                      "ci high": r.ci_high, "p": analysis.one_sided_p(d, margin, greater=True),
