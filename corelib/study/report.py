@@ -77,43 +77,67 @@ def _fmt_comparison(r) -> str:
             f"detectable at 80% power: {r['detectable (80% power)']:.2f}")
 
 
+def _comparison_rows(cmp: pd.DataFrame) -> list[dict]:
+    return [{"claim": r["claim"], "model": r["model"], "paper": _paper(r["claim"]), "ours": _fmt_comparison(r),
+             "verdict": r["verdict"], "brief": f"{r['difference']:+.2f} [{r['ci low']:+.2f}, {r['ci high']:+.2f}]"}
+            for _, r in cmp.iterrows()]
+
+
+def _depth_rows(depth: pd.DataFrame, claim: str = "top heads in middle layers") -> list[dict]:
+    where = "from released scores; Holm over the four models" if "source" in depth else "Holm over the models"
+    return [{"claim": claim, "model": r["model"], "paper": PAPER["top heads in middle layers"],
+             "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth (layers "
+                     f"{r['top layers']}; median relative depth {r['median relative depth']:.2f}); binomial vs 1/3 "
+                     f"({where}): p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
+             "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"}
+            for _, r in depth.iterrows()]
+
+
+def _control_rows(controls: pd.DataFrame) -> list[dict]:
+    adjusted = "p better holm" in controls and controls["p better holm"].notna().all()
+    return [{"claim": f"{r['method']} heads beat random heads ({r['control']})", "model": r["model"],
+             "paper": PAPER["heads beat random heads"],
+             "ours": f"nDCG@10 {r['ndcg@10']:.4f}, percentile {r['percentile']:.1f} of the random sets; empirical p "
+                     f"better {r['p better']:.3g}, worse {r['p worse']:.3g}"
+                     + (f" (Holm over the models: {r['p better holm']:.3g}, {r['p worse holm']:.3g})" if adjusted else ""),
+             "verdict": r["verdict"], "brief": f"percentile {r['percentile']:.1f}"}
+            for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R", "NIAH-R"])].iterrows()]
+
+
+# a table -> the verdict rows it gives (every comparisons table gives comparison rows)
+VERDICT_ROWS = {"depth": _depth_rows, "control_positions": _control_rows,
+                "released_depth": lambda df: _depth_rows(df, "top heads in middle layers (paper's models, from released scores)")}
+
+
+def _rows(study: "Study", name: str) -> list[dict]:
+    df = study.tables.read(name)
+    if df is None:
+        return []
+    return _comparison_rows(df) if name.startswith("comparisons_") else VERDICT_ROWS[name](df)
+
+
 def verdicts(study: "Study") -> pd.DataFrame:
-    """One row per claim and model (and pooled), from every comparisons table, the depth test and the controls:
+    """One row per claim and model (and pooled), from every comparisons table, the depth tests and the controls:
     the full result (``ours``) and a short one for the claims-at-a-glance matrix (``brief``)."""
-    t = study.tables
-    rows = []
-    for path in sorted(study.tables_dir.glob("comparisons_*.csv")):
-        cmp = t.read(path.stem)
-        for _, r in cmp.iterrows():
-            rows.append({"claim": r["claim"], "model": r["model"], "paper": _paper(r["claim"]),
-                         "ours": _fmt_comparison(r), "verdict": r["verdict"],
-                         "brief": f"{r['difference']:+.2f} [{r['ci low']:+.2f}, {r['ci high']:+.2f}]"})
-    depth = t.read("depth")
-    if depth is not None:
-        for _, r in depth.iterrows():
-            rows.append({"claim": "top heads in middle layers", "model": r["model"], "paper": PAPER["top heads in middle layers"],
-                         "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth "
-                                 f"(layers {r['top layers']}; median relative depth {r['median relative depth']:.2f}); "
-                                 f"binomial vs 1/3: Holm p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
-                         "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"})
-    released = t.read("released_depth")
-    if released is not None:
-        for _, r in released.iterrows():
-            rows.append({"claim": "top heads in middle layers (paper's models, from released scores)", "model": r["model"],
-                         "paper": PAPER["top heads in middle layers"],
-                         "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth "
-                                 f"(layers {r['top layers']}; {r['source']}); binomial vs 1/3 over the four models: Holm p "
-                                 f"more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
-                         "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"})
-    controls = t.read("control_positions")
-    if controls is not None:
-        for _, r in controls[controls["method"].isin(["CoRe-R", "QR-R", "NIAH-R"])].iterrows():
-            rows.append({"claim": f"{r['method']} heads beat random heads ({r['control']})", "model": r["model"],
-                         "paper": PAPER["heads beat random heads"],
-                         "ours": f"nDCG@10 {r['ndcg@10']:.4f}, percentile {r['percentile']:.1f} of the random sets; "
-                                 f"empirical p better {r['p better']:.3g}, worse {r['p worse']:.3g}",
-                         "verdict": r["verdict"], "brief": f"percentile {r['percentile']:.1f}"})
-    return t.write("verdicts", pd.DataFrame(rows, columns=t.columns("verdicts")))
+    names = [p.stem for p in sorted(study.tables_dir.glob("comparisons_*.csv"))] + ["depth", "released_depth",
+                                                                                    "control_positions"]
+    rows = [row for name in names for row in _rows(study, name)]
+    return study.tables.write("verdicts", pd.DataFrame(rows, columns=study.tables.columns("verdicts")))
+
+
+def findings(study: "Study", tables) -> str:
+    """'Paper vs here' for the claims a notebook tested, from the tables it wrote (Markdown): a notebook ends
+    with it, so its prose never states a number that its tables do not hold."""
+    rows = pd.DataFrame([row for name in tables for row in _rows(study, name)])
+    if rows.empty:
+        return "No claim of this notebook was tested in this run (its tables are missing)."
+    lines = ["**Paper vs here** (points of nDCG@10 [confidence interval] and the verdict under the analysis plan; "
+             "generated from this run's tables)", ""]
+    for claim, g in rows.groupby("claim", sort=False):
+        paper = g["paper"].iloc[0]
+        here = "; ".join(f"{r['model']} {r['brief']}, {r['verdict']}" for _, r in g.iterrows())
+        lines.append(f"- *{claim}*. Paper: {paper or '-'}. Here: {here}.")
+    return "\n".join(lines)
 
 
 def at_a_glance(verdicts: pd.DataFrame) -> pd.DataFrame:
