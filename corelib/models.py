@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -332,6 +332,7 @@ def as_spec(model: "ModelSpec | LoadedModel") -> ModelSpec:
     if isinstance(model, ModelSpec):
         return model
     if isinstance(model, LoadedModel) and model.spec is not None:
-        return model.spec
+        # a loaded model is what its spec loads; a copy made with other settings gets a spec of its own
+        return model.spec if model.spec._loaded is model else replace(model.spec, _loaded=model)
     raise ModelLoadError(f"{type(model).__name__} is not a model: give a ModelSpec (model_spec) or a loaded model "
                          "(load_model, from_modules)")

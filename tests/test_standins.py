@@ -111,7 +111,8 @@ def test_two_processes_make_the_same_records_as_one(tmp_path, shared_data):
     others = {p.relative_to(tmp_path / "two" / "records"): p for p in (tmp_path / "two" / "records").rglob("*.safetensors")}
     # detection 4 x 2 positions, 4 + 4 collection records, the same detection prompts calibrated (notebook 9's
     # ablation), 2 NIAH trials (1 needle x 1 length x 2 depths)
-    assert len(files) == 4 * 2 + 4 + 4 + 4 * 2 + 2 and set(files) == set(others)
+    # + the order check: 3 records per collection with shuffled candidates
+    assert len(files) == 4 * 2 + 4 + 4 + 4 * 2 + 2 + 2 * 3 and set(files) == set(others)
     from safetensors.torch import load_file
 
     for rel, path in files.items():
