@@ -145,3 +145,16 @@ def test_a_margin_claim_carries_the_90_percent_interval_of_its_two_one_sided_tes
     r95, r90 = paired(d), paired(d, level=0.90)
     assert r90.estimate == r95.estimate and r90.p == r95.p
     assert r95.ci_low < r90.ci_low < r90.estimate < r90.ci_high < r95.ci_high
+
+
+def test_the_same_questions_in_several_languages_count_once_and_a_ceiling_is_marked():
+    from corelib.study.analysis import by_question, ceiling_note, paired
+
+    rows = [{"collection": lang, "query_id": f"q{i}", "diff": 1.0 if i < 5 else 0.0}
+            for lang in ("de", "en", "es") for i in range(30)]
+    d = by_question(pd.DataFrame(rows))
+    assert len(d) == 30 and d["collection"].nunique() == 1  # 30 questions, not 90 queries
+    assert paired(d).queries == 30
+    assert ceiling_note("inconclusive", (d["diff"] == 0).mean()) == \
+        "inconclusive (uninformative: 83% of the paired differences are 0)"
+    assert ceiling_note("supported", 0.5) == "supported"
