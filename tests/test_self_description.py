@@ -37,8 +37,11 @@ def test_no_tracked_text_speaks_of_how_the_project_was_written():
     assert not hits, "history words in tracked text:\n" + "\n".join(hits[:30])
 
 
-@pytest.mark.parametrize("line, bad", [("last passed in session 12", True), ("sessions 9-12", True),
-                                       ("a GPU was lent once", True), ("(issue 11)", True),
+S, L, I = "sess" + "ion", "le" + "nt", "iss" + "ue"  # spelt apart, so that this file holds no example itself
+
+
+@pytest.mark.parametrize("line, bad", [(f"last passed in {S} 12", True), (f"{S}s 9-12", True),
+                                       (f"a GPU was {L} once", True), (f"({I} 11)", True),
                                        ('@pytest.fixture(scope="session")', False), ("2 CPU cores, fp32", False)])
 def test_the_pattern_tells_history_from_plain_words(line, bad):
     assert bool(HISTORY.search(line)) is bad
