@@ -103,8 +103,8 @@ def order_claims(study: "Study", opq: pd.DataFrame) -> pd.DataFrame:
               for order in dict.fromkeys(opq["order"])]
     both = _as_per_query(opq)
     shuffled = next(o for o in dict.fromkeys(opq["order"]) if o != ICR_ORDER_NAME)
-    effect = [(f"{m} ({ICR_ORDER_NAME})", f"{m} ({shuffled})", "nq") for m in ("BM25",) + ORDER_METHODS
-              if m != "BM25" and f"{m} ({shuffled})" in set(both["method"])]
+    effect = [(f"{m} ({ICR_ORDER_NAME})", f"{m} ({shuffled})", "nq") for m in ORDER_METHODS
+              if f"{m} ({shuffled})" in set(both["method"])]
     frames.append(t.compare(both, effect, claim_prefix="order effect: "))
     return t.comparisons("order", frames)
 
@@ -116,7 +116,7 @@ def order_agreement(study: "Study", opq: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (m, order), g in opq.groupby(["model", "order"], sort=False):
         wide = g.pivot(index=["collection", "query_id"], columns="method", values="ndcg@10")
-        for method in [x for x in ("BM25",) + ORDER_METHODS if x in wide and x != "BM25"]:
+        for method in [x for x in ORDER_METHODS if x in wide]:
             mg = g[g["method"] == method]
             rows.append({"model": m, "order": order, "method": method, "queries": len(mg),
                          "mean ndcg@10": analysis.weighted_mean([x.to_numpy() for _, x in mg.groupby("collection")["ndcg@10"]]),

@@ -221,7 +221,7 @@ SECTIONS = [
      ("fig2_heatmap_released_{released}",)),
     ("The paper's own models (from released scores): the top heads under pruning", "released_pruning", ()),
     ("Figure 3 analog: layer pruning", "pruning", ("fig3_pruning",)),
-    ("Figure 3 analog: measured cost of the pruned forward and of the early exit", "pruning_cost", ("fig3_pruning",)),
+    ("Figure 3 analog: measured cost of the pruned forward and of the early exit", "pruning_cost", ("fig3_pruning_cost",)),
     ("Table 2 analog (MLDR; XQuAD-R stand-in offline)", "table2", ("table2_multilingual",)),
     ("Table 2 analog: mean over languages", "table2_average", ("table2_multilingual",)),
     ("Ablation: temperature", "ablation_temperature", ()),
@@ -297,7 +297,8 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "in size, so a model with more queries weighs more in it).", "", *summary(v), ""]
         ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
-    present = [(title, name, figs, view) for title, name, figs, *view in SECTIONS if t.read(name) is not None]
+    tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once
+    present = [(title, name, figs, view) for title, name, figs, *view in SECTIONS if tables[name] is not None]
     text += ["## Contents", "", *[f"- [{title}](#{_anchor(title)})" for title, *_ in present],
              "- [Appendix: the analysis plan](#appendix-the-analysis-plan)", ""]
     if notes:
@@ -309,9 +310,9 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
     for m in p.models:
         if note := _attention_note_from(depth, m, study):
             text += [f"**Attention window.** {note}", ""]
-    missing = [name for title, name, *_ in SECTIONS if t.read(name) is None]
+    missing = [name for name, df in tables.items() if df is None]
     for title, name, figs, view in present:
-        df = t.read(name)
+        df = tables[name]
         text += [f"## {title}", "", f"Table: [`{name}.csv`]({rel_tables}/{name}.csv)."
                  + (" Figures: " + ", ".join(links) + "." if (links := _figure_links(study, figs, rel_figures)) else ""),
                  "", markdown_table(view[0](df) if view else df), ""]
