@@ -169,8 +169,11 @@ class Encoder:
         return out
 
 
-def document_texts(collection, doc_ids: Sequence[str]) -> list[str]:
-    """The text a bi-encoder sees for each document: title and body (the encoder truncates it)."""
+def document_texts(collection, doc_ids: Sequence[str], words: int | None = None) -> list[str]:
+    """The text a bi-encoder sees for each document: title and body, the body cut to its first ``words`` words
+    when given (the text an LLM re-ranker reads), else whole (the encoder truncates it)."""
+    if words is not None:
+        return [collection.document(d, words).text for d in doc_ids]
     return [f"{t} {x}".strip() for t, x in (collection.corpus[d] for d in doc_ids)]
 
 
@@ -225,11 +228,13 @@ def dense_candidates(collection, k: int, query_ids: Sequence[str], encoder: Enco
     return Candidates(ranking, values, f"dense ({encoder.short_name}) over the corpus; run in {path}")
 
 
-def bi_encoder_run(encoder: Encoder, collection, candidates) -> dict[str, dict[str, float]]:
-    """Re-rank the first-stage candidates by the cosine (inner product) of query and document
-    embeddings, the documents' taken from the cached corpus embeddings."""
-    ids, emb = corpus_embeddings(encoder, collection)
-    row = {d: i for i, d in enumerate(ids)}
+def bi_encoder_run(encoder: Encoder, collection, candidates, words: int | None = None) -> dict[str, dict[str, float]]:
+    """Re-rank the first-stage candidates by the inner product of query and document embeddings. Only the
+    candidates are encoded (each distinct one once), each as the text an LLM re-ranker reads: the title and
+    the body's first ``words`` words."""
     qids = list(candidates.ranking)
+    docs = list(dict.fromkeys(d for q in qids for d in candidates.ranking[q]))
+    row = {d: i for i, d in enumerate(docs)}
+    emb = encoder.encode(document_texts(collection, docs, words))
     q = encoder.encode([collection.queries[x] for x in qids])
     return {qid: {d: float(q[n] @ emb[row[d]]) for d in candidates.ranking[qid]} for n, qid in enumerate(qids)}

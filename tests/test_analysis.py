@@ -158,3 +158,35 @@ def test_the_same_questions_in_several_languages_count_once_and_a_ceiling_is_mar
     assert ceiling_note("inconclusive", (d["diff"] == 0).mean()) == \
         "inconclusive (uninformative: 83% of the paired differences are 0)"
     assert ceiling_note("supported", 0.5) == "supported"
+
+
+def test_holm_levels_are_the_levels_of_the_step_down():
+    lv = analysis.holm_levels([0.001, 0.04, 0.012, np.nan])
+    assert lv[0] == pytest.approx(0.05 / 3) and lv[2] == pytest.approx(0.05 / 2) and lv[1] == pytest.approx(0.05)
+    assert np.isnan(lv[3])
+    # the smallest p is not rejected at 0.05/2: every one stays at that level (Holm stops)
+    assert list(analysis.holm_levels([0.03, 0.026])) == [0.025, 0.025]
+    assert list(analysis.holm_levels([0.03, 0.02])) == [0.05, 0.025]  # both rejected
+    assert analysis.holm_levels([]).size == 0
+
+
+def test_family_intervals_widen_with_the_family_and_agree_with_its_verdicts():
+    """Three models with a clear, a borderline and no effect: each row's interval at its Holm level is wider
+    than the plain 95% one (or equal at the last step), and excludes 0 exactly where the Holm verdict rejects."""
+    rng = np.random.default_rng(7)
+    effects = {"clear": 2.0, "borderline": 0.55, "none": 0.0}
+    results = [analysis.paired(pd.DataFrame({"collection": ["a"] * 120 + ["b"] * 120,
+                                             "diff": rng.normal(mu, 3.0, 240)})) for mu in effects.values()]
+    ps = [r.p for r in results]
+    fam = analysis.family_columns(results, ps)
+    holm = analysis.holm(ps)
+    for r, f, ph in zip(results, fam, holm):
+        assert f["ci low (family)"] <= r.ci_low and f["ci high (family)"] >= r.ci_high
+        assert f["detectable (80% power, family)"] >= r.mde
+        verdict = analysis.superiority_verdict(r.estimate, ph)
+        assert (f["ci low (family)"] > 0) == (verdict == "supported")
+    assert analysis.superiority_verdict(results[0].estimate, holm[0]) == "supported"
+    assert analysis.superiority_verdict(results[2].estimate, holm[2]) == "inconclusive"
+    # a margin's 90% interval narrows by the same Holm factor
+    (m,) = analysis.family_columns([results[1]], [results[1].p], interval_level=0.90)
+    assert m["ci low (family)"] == pytest.approx(results[1].interval(0.90)[0])

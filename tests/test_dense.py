@@ -6,7 +6,7 @@ import torch
 
 from corelib.data import load_collection, read_trec_run
 from corelib.first_stage import first_stage
-from corelib.dense import Encoder, bi_encoder_run, corpus_embeddings, dense_candidates, read_settings
+from corelib.dense import Encoder, bi_encoder_run, corpus_embeddings, dense_candidates, document_texts, read_settings
 from corelib.models import ModelLoadError
 
 
@@ -71,9 +71,17 @@ def test_dense_first_stage_run_round_trips_and_is_switchable(encoder, tiny_beir,
     assert not any(p.suffix == ".trec" for p in (tiny_beir / "tiny").rglob("*"))  # never into the data directory
     with pytest.raises(ValueError, match="use one of bm25, dense"):
         first_stage(c, 2, ["q1"], method="splade")
-    # the bi-encoder re-ranks the given candidates with the cached corpus embeddings
-    run = bi_encoder_run(encoder, c, first_stage(c, 3, ["q1"]))
+    # the bi-encoder re-ranks the given candidates, encoding only them (no corpus embedding), each as the LLM reads it
+    cand3 = first_stage(c, 3, ["q1"])
+    with monkeypatch.context() as patched:
+        patched.setattr("corelib.dense.corpus_embeddings", lambda *a, **k: pytest.fail("the corpus was encoded"))
+        run = bi_encoder_run(encoder, c, cand3, words=100)
     assert max(run["q1"], key=run["q1"].get) == "d1" and set(run["q1"]) == {"d1", "d2", "d3"}
+    assert document_texts(c, ["d1"], 2) == ["Sky\nThe sky"] and document_texts(c, ["d1"])[0].startswith("Sky The sky is")
+    q = encoder.encode(["why is the sky blue"])[0]
+    assert run["q1"]["d1"] == pytest.approx(float(q @ encoder.encode([c.document("d1", 100).text])[0]), abs=1e-5)
+    short = bi_encoder_run(encoder, c, cand3, words=1)  # fewer words: other texts, other scores
+    assert short["q1"]["d1"] != pytest.approx(run["q1"]["d1"], abs=1e-4)
     ids, emb = corpus_embeddings(encoder, c)
     assert ids == ["d1", "d2", "d3"] and emb.shape == (3, 384)
     assert len(list((tmp_path / "cache" / "dense").rglob("chunk-*.safetensors"))) == 1  # cached once

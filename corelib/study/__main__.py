@@ -70,6 +70,8 @@ def main(argv=None) -> int:
                    "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
     sub.add_parser("order-check", parents=[prof, data, models, out], help="the candidate-order check: the claims with shuffled "
                    "candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
+    sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2 and the "
+                   "candidate-order check from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
                    "scores: depth, pruning survival, heat maps (no forward)")
     sub.add_parser("figures", parents=[prof, out], help="redraw the figures that need no record from a profile's "
@@ -156,6 +158,27 @@ def main(argv=None) -> int:
         for name, df in write_released(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
+    def comparisons():
+        from . import report
+        from .order_check import order_claims
+
+        S = Study(args.profile, out=args.out)
+        t = S.tables
+        written = {}
+        for name, per_query, build in (("comparisons_table1", "per_query", t.table1_comparisons),
+                                       ("comparisons_table2", "per_query_multilingual", t.table2_comparisons),
+                                       ("comparisons_order", "order_per_query", lambda df: order_claims(S, df))):
+            df = t.read(per_query)
+            if df is not None:
+                written[name] = build(df)
+        if not written:
+            raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
+        written["verdicts"] = report.verdicts(S)
+        report.write_report(S, S.out / S.p.name / "REPORT.md")
+        for name, df in written.items():
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+        print(S.out / S.p.name / "REPORT.md")
+
     def figures():
         from . import plots
 
@@ -171,7 +194,8 @@ def main(argv=None) -> int:
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
-                        "released": released, "order-check": order_check, "figures": figures}[args.command])
+                        "released": released, "order-check": order_check, "figures": figures,
+                        "comparisons": comparisons}[args.command])
 
 
 if __name__ == "__main__":

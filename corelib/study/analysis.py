@@ -6,7 +6,7 @@ prints, and the functions below are the only code that computes verdicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,9 @@ RULES = f"""\
   {N_RESAMPLES:,} flips, two-sided (ranx's Fisher randomization test on one collection); one-sided for margins.
 - *Families and multiplicity.* A claim's family is its per-model tests plus the pooled test; p is
   Holm-adjusted within the family and reported beside the raw p. Per-collection p-values are descriptive.
+  Each row's interval and detectable difference are also given at the level Holm tests it (alpha / (m - j + 1)
+  for the j-th smallest of the family's m p-values, while the smaller ones are rejected), the interval that
+  agrees with its verdict; the claims at a glance print that one (added before these adjusted intervals existed).
 - *Verdicts, "A beats B".* supported: mean difference > 0 and Holm p < {ALPHA}; contradicted: < 0 and
   Holm p < {ALPHA}; inconclusive otherwise. Each row also states the smallest difference the test could
   detect at 80% power (2.80 standard errors). A comparison where at least {CEILING_SHARE:.0%} of the paired
@@ -126,11 +129,24 @@ class Paired:
     collections: int
     se: float
     identical: bool
+    boot: np.ndarray | None = field(default=None, repr=False, compare=False)  # the bootstrap means
 
     @property
     def mde(self) -> float:
         """Smallest true difference detected with 80% power at two-sided alpha 0.05."""
-        return (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(0.8)) * self.se
+        return self.detectable(ALPHA)
+
+    def detectable(self, alpha: float) -> float:
+        """Smallest true difference detected with 80% power by a two-sided test at ``alpha``."""
+        return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(0.8)) * self.se)
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """The bootstrap percentile interval at ``level`` (the same resamples as ``ci_low``/``ci_high``)."""
+        if self.boot is None:
+            return (0.0, 0.0) if self.identical else (float("nan"), float("nan"))
+        tail = (1 - level) / 2
+        lo, hi = np.percentile(self.boot, [100 * tail, 100 * (1 - tail)])
+        return float(lo), float(hi)
 
 
 def _flip_stats(strata: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
@@ -164,7 +180,7 @@ def paired(diffs: pd.DataFrame, n: int = N_RESAMPLES, seed: int = SEED, level: f
     lo, hi = np.percentile(boot, [100 * tail, 100 * (1 - tail)])
     null = _flip_stats(strata, rng, n)
     p = float((1 + np.sum(np.abs(null) >= abs(est) - 1e-12)) / (n + 1))
-    return Paired(est, float(lo), float(hi), p, sum(map(len, strata)), k, se, False)
+    return Paired(est, float(lo), float(hi), p, sum(map(len, strata)), k, se, False, boot)
 
 
 def one_sided_p(diffs: pd.DataFrame, shift: float, greater: bool, n: int = N_RESAMPLES, seed: int = SEED) -> float:
@@ -193,6 +209,23 @@ def holm(pvalues) -> np.ndarray:
     return out
 
 
+def holm_levels(pvalues, alpha: float = ALPHA) -> np.ndarray:
+    """The significance level at which Holm's step-down procedure tests each hypothesis (same order as given;
+    NaN for a NaN p): alpha / (m - j + 1) for the j-th smallest p while every smaller one is rejected, and for
+    the others the level of the first one not rejected. An interval at 1 - that level excludes 0 when Holm
+    rejects (up to the bootstrap's and the sign-flip test's small disagreements)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    level = alpha / max(m, 1)
+    for j, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        out[i] = level
+        if p[i] < level:  # rejected: the next one is tested at the next step's level
+            level = alpha / (m - j - 1) if m - j - 1 > 0 else alpha
+    return out
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 
@@ -202,6 +235,18 @@ def superiority_verdict(estimate: float, p_holm: float, identical: bool = False)
     if p_holm < ALPHA:
         return "supported" if estimate > 0 else "contradicted"
     return "inconclusive"
+
+
+def family_columns(results: list[Paired], pvalues, interval_level: float = 1 - ALPHA) -> list[dict]:
+    """Each comparison's interval and detectable difference at the level Holm tests it in its family
+    (``holm_levels``): the interval that goes with the family's verdicts. ``interval_level``: the unadjusted
+    level (0.90 for a margin's two one-sided tests, whose interval then narrows by the same factor)."""
+    out = []
+    for r, lvl in zip(results, holm_levels(pvalues)):
+        adj = (1 - interval_level) * lvl / ALPHA  # the interval's share outside, scaled as Holm scales alpha
+        lo, hi = r.interval(1 - adj)
+        out.append({"ci low (family)": lo, "ci high (family)": hi, "detectable (80% power, family)": r.detectable(lvl)})
+    return out
 
 
 def margin_verdict(p_noninferior_holm: float, p_inferior_holm: float, identical: bool = False) -> str:

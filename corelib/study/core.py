@@ -106,13 +106,14 @@ class Study:
         return self._encoder
 
     def bi_encoder_run(self, model: str, collection: str) -> dict[str, dict[str, float]]:
-        """The encoder re-ranking the profile's candidates of a collection (computed once)."""
+        """The encoder re-ranking the profile's candidates of a collection, each read as the LLMs read it (the
+        title and the body's first ``words`` words; computed once)."""
         from ..dense import bi_encoder_run
 
         key = (collection, self.p.queries_for(model, collection))
         if key not in self._bi_encoder:
             self._bi_encoder[key] = bi_encoder_run(self.encoder(), self.collection(collection),
-                                                   self.candidates(model, collection))
+                                                   self.candidates(model, collection), self.p.words)
         return self._bi_encoder[key]
 
     def candidates(self, model: str, collection: str, method: str | None = None) -> Candidates:

@@ -87,6 +87,12 @@ class Profile:
     def models_for_ablations(self) -> tuple[str, ...]:
         return self.models if self.ablation_models is None else self.ablation_models
 
+    @property
+    def scored_first_stages(self) -> tuple[str, ...]:
+        """The first stages whose own top-k Table 1 scores: BM25 always; the dense stage only in a profile that
+        re-ranks its candidates (encoding a whole corpus is the slowest step of a profile that does not)."""
+        return ("bm25",) if self.first_stage == "bm25" else ("bm25", self.first_stage)
+
     def queries_for(self, model: str, collection: str | None = None) -> int | None:
         """Sampled queries per collection for a model (the multilingual sets have their own sizes)."""
         table = self.multilingual_queries if collection in self.multilingual else self.queries_by_model

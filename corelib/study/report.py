@@ -61,6 +61,20 @@ def _paper(claim: str) -> str:
     return ""
 
 
+def _family_interval(r) -> tuple[float, float] | None:
+    """The interval at the level Holm tests the row in its family (None in tables written before it existed)."""
+    lo, hi = r.get("ci low (family)"), r.get("ci high (family)")
+    return (lo, hi) if pd.notna(lo) and pd.notna(hi) else None
+
+
+def _disagrees(r, interval) -> bool:
+    """The family interval excludes 0 on one side while the verdict says otherwise (the bootstrap interval and
+    the sign-flip test are separate procedures, so they can part near the boundary)."""
+    lo, hi = interval
+    v = str(r["verdict"])
+    return (lo > 0) != v.startswith("supported") or (hi < 0) != v.startswith("contradicted")
+
+
 def _fmt_comparison(r) -> str:
     """A comparison row in words; a margin claim shows both one-sided tests, since either can decide it
     (tables written before the second was kept show the first only)."""
@@ -72,15 +86,27 @@ def _fmt_comparison(r) -> str:
             tests += f"; p (loss <= {analysis.PRUNING_MARGIN}) = {r['p inferior']:.3g}, Holm p = {r['p holm inferior']:.3g}"
     else:
         tests = f"p = {r['p']:.3g}, Holm p = {r['p holm']:.3g}"
+    fam = _family_interval(r)
+    family = (f"; at the family's Holm level [{fam[0]:+.2f}, {fam[1]:+.2f}], detectable at 80% power "
+              f"{r['detectable (80% power, family)']:.2f}" if fam else "")
     return (f"{r['difference']:+.2f} points [{r['ci low']:+.2f}, {r['ci high']:+.2f}] ({level} CI), {tests}, "
             f"{int(r['queries'])} queries in {int(r['collections'])} collections; "
-            f"detectable at 80% power: {r['detectable (80% power)']:.2f}")
+            f"detectable at 80% power: {r['detectable (80% power)']:.2f}{family}")
+
+
+def _brief(r) -> str:
+    """The short cell: the difference and the interval that goes with its verdict (the family-adjusted one);
+    a table without it shows the unadjusted interval marked with *, and a family interval that parts from the
+    verdict is marked with a dagger."""
+    fam = _family_interval(r)
+    if fam is None:
+        return f"{r['difference']:+.2f} [{r['ci low']:+.2f}, {r['ci high']:+.2f}]*"
+    return f"{r['difference']:+.2f} [{fam[0]:+.2f}, {fam[1]:+.2f}]" + ("\u2020" if _disagrees(r, fam) else "")
 
 
 def _comparison_rows(cmp: pd.DataFrame) -> list[dict]:
     return [{"claim": r["claim"], "model": r["model"], "paper": _paper(r["claim"]), "ours": _fmt_comparison(r),
-             "verdict": r["verdict"], "brief": f"{r['difference']:+.2f} [{r['ci low']:+.2f}, {r['ci high']:+.2f}]"}
-            for _, r in cmp.iterrows()]
+             "verdict": r["verdict"], "brief": _brief(r)} for _, r in cmp.iterrows()]
 
 
 def _depth_rows(depth: pd.DataFrame, claim: str = "top heads in middle layers") -> list[dict]:
@@ -292,8 +318,11 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
             f"Produced by `make reproduce PROFILE={p.name}`; tables in [`{rel_tables}`]({rel_tables}), figures in "
             f"[`{rel_figures}`]({rel_figures}). Models: {', '.join(p.models)}. Sizes: {sizes}.", ""]
     if v is not None:
-        text += ["## Summary", "", "Points of nDCG@10 [95% CI] and the verdict under the analysis plan (appendix); "
-                 "Holm within each claim's family; the pooled test counts a query once (the models' samples differ "
+        text += ["## Summary", "", "Points of nDCG@10 [interval] and the verdict under the analysis plan (appendix); "
+                 "Holm within each claim's family, and each interval at the level Holm tests its row (95% before "
+                 "adjustment; 90% for a margin), so that it agrees with the verdict (* marks an unadjusted 95% "
+                 "interval of a table written before the adjusted ones existed; \u2020 one where the bootstrap interval "
+                 "and the sign-flip test part); the pooled test counts a query once (the models' samples differ "
                  "in size, so a model with more queries weighs more in it).", "", *summary(v), ""]
         ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]

@@ -85,27 +85,29 @@ def model_pruning_cost(study: "Study", m: str, tokens: int | None = None, repeat
 
 def practitioner_cost(study: "Study", pq: pd.DataFrame, queries: int = 10) -> pd.DataFrame:
     """Per-query latency of the bi-encoder re-ranker (cold: encoding the query and its candidates;
-    warm: the corpus embeddings precomputed), ICR / CoRe-R (one calibrated forward over all layers)
+    warm: the candidates' embeddings precomputed, as from an indexed corpus), ICR / CoRe-R (one calibrated forward over all layers)
     and CoRe-R with the early exit after its deepest head, timed side by side in this process on
     the first ``queries`` queries of the profile's first collection, as ratios to the cold
     bi-encoder; nDCG@10 is each method's mean over collections from the per-query table."""
-    from ...dense import corpus_embeddings, document_texts
+    from ...dense import document_texts
     from ...records import build_record
     from ..timing import busy_cpu_share, timed
 
     m, c = study.p.models[0], study.p.collections[0]
     coll, cand, enc = study.collection(c), study.candidates(m, c), study.encoder()
-    ids, emb = corpus_embeddings(enc, coll)  # the warm bi-encoder's precomputed corpus (not timed)
-    row = {d: i for i, d in enumerate(ids)}
+    timed_queries = list(cand.ranking)[:queries]
+    # the warm bi-encoder's precomputed document embeddings (not timed): the candidates of the timed queries
+    ids = list(dict.fromkeys(d for q in timed_queries for d in cand.ranking[q]))
+    emb, row = enc.encode(document_texts(coll, ids, study.p.words)), {d: i for i, d in enumerate(ids)}
     lm = study.model(m)
     exit_layers = max(l for l, _ in study.heads(m, "core")) + 1
     cuda = lm.device.type == "cuda"
     if not cuda and busy_cpu_share() > 0.25:
         log.warning("the CPU is busy with other processes: the practitioner cost timings will be noisy")
     times: dict[str, list[float]] = {}
-    for q in list(cand.ranking)[:queries]:
+    for q in timed_queries:
         query, docs = coll.queries[q], cand.ranking[q]
-        texts = document_texts(coll, docs)
+        texts = document_texts(coll, docs, study.p.words)
         prompt_docs = prompt_order([coll.document(d, study.p.words) for d in docs])
         runs = {
             "Bi-encoder (cold)": lambda: enc.encode([query] + texts),

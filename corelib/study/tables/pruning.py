@@ -42,12 +42,13 @@ def pruning(study: "Study", k: int | None = None, temperature: float | None = No
 
 def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PRUNING_MARGIN) -> pd.DataFrame:
     """Non-inferiority (TOST) of CoRe-R on the 50%-pruned model against the unpruned one."""
-    rows = []
+    rows, results = [], []
     models = list(dict.fromkeys(pq["model"]))
     for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
         pool = m.startswith("pooled")
         d = analysis.paired_differences(pq if pool else pq[pq["model"] == m], "50% pruned", "0% pruned", pool=pool)
         r = analysis.paired(d, level=1 - 2 * analysis.ALPHA)  # TOST at 0.05 pairs with a 90% interval
+        results.append(r)
         rows.append({"claim": f"50% pruning within {margin} point", "model": m, "a": "CoRe-R, 50% pruned",
                      "b": "CoRe-R, unpruned", "head source": "nq", "difference": r.estimate, "ci low": r.ci_low,
                      "ci high": r.ci_high, "p": analysis.one_sided_p(d, margin, greater=True),
@@ -57,5 +58,7 @@ def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PR
     df = pd.DataFrame(rows)
     df["p holm"] = analysis.holm(df["p"])
     df["p holm inferior"] = analysis.holm(df["p inferior"])  # the test that can contradict: both are shown
+    family = pd.DataFrame(analysis.family_columns(results, df["p"], interval_level=1 - 2 * analysis.ALPHA))
+    df = pd.concat([df, family], axis=1)
     df["verdict"] = [analysis.margin_verdict(a, b, i) for a, b, i in zip(df["p holm"], df["p holm inferior"], df["identical"])]
     return df.drop(columns=["identical"])

@@ -39,8 +39,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "table2_average": ("model", "first stage", "collections", "queries", *METHODS),
     # "p inferior"/"p holm inferior": margin claims only (the one-sided test of loss <= margin, which can
     # contradict them); empty for the others
+    # "(family)": at the level Holm tests the row in its claim's family (analysis.family_columns), the interval
+    # that agrees with the verdict; "ci low"/"ci high" and "detectable (80% power)" are the unadjusted ones
     "comparisons": ("claim", "model", "a", "b", "head source", "difference", "ci low", "ci high", "p", "p holm",
-                    "p inferior", "p holm inferior", "detectable (80% power)", "queries", "collections", "verdict"),
+                    "p inferior", "p holm inferior", "detectable (80% power)", "queries", "collections", "verdict",
+                    "ci low (family)", "ci high (family)", "detectable (80% power, family)"),
     "in_domain_sources": ("model", "head source", "CoRe and QR share", "CoRe-R", "QR-R", "ICR", "CoRe-R - QR-R",
                           "CoRe-R - ICR"),
     "positive_slots": ("collection", "model", "slot", "positives"),
@@ -79,7 +82,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 # Columns added after tables were committed: an older table without them reads them as empty
-LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior"), "pruning_cost": ("measured",), "control_positions": ("p better holm", "p worse holm"),
+LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior", "ci low (family)", "ci high (family)",
+                                 "detectable (80% power, family)"), "pruning_cost": ("measured",), "control_positions": ("p better holm", "p worse holm"),
                  **{t: ("Layer window",) for t in ("table1", "table1_average", "table2", "table2_average")}}
 
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 def method_runs(study: "Study", m: str, collection: str, k: int, temperature, sources) -> list[tuple[str, str, int, dict]]:
     recs = study.records(m, collection)
     spec = study.spec(m)
-    out = [(label, "", 0, study.candidates(m, collection, stage).run()) for stage, label in FIRST_STAGE_METHODS.items()]
+    out = [(FIRST_STAGE_METHODS[stage], "", 0, study.candidates(m, collection, stage).run())
+           for stage in study.p.scored_first_stages]
     out += [("Bi-encoder", "", 0, study.bi_encoder_run(m, collection)),
             ("ICR", "all", spec.num_layers * spec.num_heads, record_run(recs))]
     for src in sources:
@@ -61,7 +62,7 @@ def per_query(study: "Study", collections=None, k: int | None = None, temperatur
 
 
 def nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
-    sel = pq[pq["head source"].isin(["", "all", "nq", NIAH_SOURCE])]
+    sel = pq[pq["head source"].fillna("").isin(["", "all", "nq", NIAH_SOURCE])]
     wide = sel.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
     return wide.reindex(columns=list(METHODS))  # a method no model has (NIAH-R without retrieved needles): NaN
 
@@ -94,8 +95,8 @@ def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_
     rows = []
     for a, b, src in pairs:
         claim = f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
-        sel = pq[pq["head source"].isin({"", "all", src, NIAH_SOURCE})]
-        family = []
+        sel = pq[pq["head source"].fillna("").isin({"", "all", src, NIAH_SOURCE})]  # a read table's "" is NaN
+        family, results = [], []
         models = list(dict.fromkeys(sel["model"]))
         for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
             pool = m.startswith("pooled")
@@ -106,12 +107,14 @@ def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_
             if by_question:
                 d = analysis.by_question(d)
             r = analysis.paired(d)
+            results.append(r)
             family.append({"claim": claim, "model": m, "a": a, "b": b, "head source": src, "difference": r.estimate,
                            "ci low": r.ci_low, "ci high": r.ci_high, "p": r.p, "detectable (80% power)": r.mde,
                            "queries": r.queries, "collections": r.collections, "identical": r.identical,
                            "zero share": float((d["diff"] == 0).mean())})
         adj = analysis.holm([f["p"] for f in family])
-        for f, ph in zip(family, adj):
+        for f, ph, fam in zip(family, adj, analysis.family_columns(results, [f["p"] for f in family])):
+            f.update(fam)
             f["p holm"] = ph
             f["verdict"] = analysis.ceiling_note(analysis.superiority_verdict(f["difference"], ph, f.pop("identical")),
                                                  f.pop("zero share"))
@@ -138,6 +141,23 @@ def table1_pairs(study: "Study", sources=("nq",)) -> list[tuple[str, str, str]]:
 def comparisons(study: "Study", name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Write comparison rows as the table ``comparisons_<name>`` (the report reads every one)."""
     return write(study, f"comparisons_{name}", with_later_columns(pd.concat(frames, ignore_index=True), "comparisons"))
+
+
+HEAD_SOURCES = ("nq", "in-domain", "in-domain, position-matched")  # per_query's head sources, in this order
+MULTILINGUAL_PAIRS = (("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"))
+
+
+def table1_comparisons(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's claims (``table1_pairs`` for the head sources the per-query table holds), written as
+    ``comparisons_table1``."""
+    sources = [s for s in HEAD_SOURCES if s in set(pq["head source"])]
+    return comparisons(study, "table1", [compare(study, pq, table1_pairs(study, sources))])
+
+
+def table2_comparisons(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
+    """The multilingual claims (a question once across XQuAD-R's languages), written as ``comparisons_table2``."""
+    return comparisons(study, "table2", [compare(study, pq, MULTILINGUAL_PAIRS, claim_prefix="multilingual: ",
+                                                 by_question=True)])
 
 
 def in_domain_sources(study: "Study", pq: pd.DataFrame, k: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
