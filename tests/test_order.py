@@ -94,3 +94,27 @@ def test_a_bf16_cpu_record_is_its_own_record_and_close_to_fp32(tokenizer, tmp_pa
     p = profile("cpu", dtype_by_model=(("qwen2.5-coder-1.5b", "bfloat16"),))
     assert p.dtype_for("qwen2.5-coder-1.5b") == "bfloat16" and p.dtype_for("smollm2-135m") is None
     assert p.sizes("qwen2.5-coder-1.5b").endswith("; bfloat16 records")
+
+
+def test_an_order_check_for_one_model_keeps_the_other_models_rows(tmp_path, monkeypatch):
+    """`order-check --model B` replaces B's rows of the committed table and keeps A's: the check is completed
+    one model at a time, each model's rows coming from its own records only."""
+    import pandas as pd
+
+    from corelib.study import Study, order_check
+
+    def rows(model, value):
+        return pd.DataFrame({"model": model, "collection": "med", "query_id": ["1", "2"], "order": "shuffled (seed 0)",
+                             "method": "ICR", "ndcg@10": value, "kendall tau vs BM25": 0.1})
+
+    S = Study("cpu", out=tmp_path, models=["gemma3-270m"])
+    S.tables.write("per_query", pd.DataFrame(columns=S.tables.columns("per_query")))
+    S.tables.write("order_per_query", pd.concat([rows("smollm2-135m", 0.25), rows("gemma3-270m", 0.5)]))
+    monkeypatch.setattr(order_check, "order_per_query", lambda study, pq: rows("gemma3-270m", 0.75))
+    monkeypatch.setattr(order_check, "order_claims", lambda study, opq: opq)
+    monkeypatch.setattr(order_check, "order_agreement", lambda study, opq: opq)
+    out = order_check.write_all(S)["order_per_query"]
+    back = S.tables.read("order_per_query")
+    for table in (out, back):
+        assert table.groupby("model")["ndcg@10"].first().to_dict() == {"smollm2-135m": 0.25, "gemma3-270m": 0.75}
+        assert len(table) == 4

@@ -137,6 +137,24 @@ def test_control_sets_are_uniform_and_layer_matched(monkeypatch):
     # C(4,2) * C(4,1) = 24 distinct layer-matched sets: all enumerated
     assert len(matched) == 24 and len({tuple(sorted(s)) for s in matched}) == 24
     assert all(sorted(l for l, _ in s) == [2, 2, 4] for s in matched)
+    # without CoRe's heads: C(2,2) * C(3,1) = 3 sets, none sharing a head with CoRe's, and the counts say so
+    disjoint = sets["random (layer-matched, no CoRe head)"]
+    assert len(disjoint) == 3 and not any({(2, 0), (2, 1), (4, 3)} & set(s) for s in disjoint)
+    assert all(sorted(l for l, _ in s) == [2, 2, 4] for s in disjoint)
+    counts = S.tables.control_counts("m", n=100, k=3)
+    assert counts == {"random (uniform)": 2024, "random (layer-matched to CoRe)": 24,
+                      "random (layer-matched, no CoRe head)": 3}
+    # more distinct sets than drawn: n random ones, each matched and disjoint
+    many = S.tables.control_sets("m", n=2, k=3)["random (layer-matched, no CoRe head)"]
+    assert len(many) == 2
+
+
+def test_a_control_too_small_to_reach_alpha_is_marked_uninformative():
+    from corelib.study.analysis import control_verdict
+
+    assert control_verdict(1.0, 1.0, sets=3) == "inconclusive (uninformative: 3 distinct sets, smallest p 0.25)"
+    assert control_verdict(1.0, 1.0, sets=1000) == "inconclusive"
+    assert control_verdict(0.001, 1.0, sets=1000) == "supported"
 
 
 def test_the_library_imports_nothing_from_the_study():

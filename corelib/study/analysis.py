@@ -74,7 +74,11 @@ RULES = f"""\
   score of each set on the same queries gives a distribution; a method's percentile and empirical p,
   (1 + #sets scoring >= method) / (1 + #sets), say whether its heads beat heads drawn by chance
   (supported when p < {ALPHA}, contradicted when the mirrored p < {ALPHA}; Holm over the models, each control and
-  method a family: added before these adjusted numbers existed). The queries are held fixed: this tests the head
+  method a family: added before these adjusted numbers existed). A matched control draws all of its distinct sets
+  when there are at most as many as the profile draws, and the table says how many exist, how many of CoRe's heads a
+  set shares on average and the smallest p it can give; a second layer-matched control draws only sets without
+  any of CoRe's heads, and a control of fewer than {round(1 / ALPHA) - 1} sets, which cannot reach p < {ALPHA}, is marked
+  uninformative (both added before these numbers existed). The queries are held fixed: this tests the head
   choice, not generalisation to new queries. The best single heads on the evaluated queries are an in-sample
   reference, never a method and not an upper bound (a set of individually good heads need not be the best set).
 - *Candidate order* (added before any number with shuffled candidates existed). ICR's prompt puts the
@@ -316,6 +320,11 @@ def middle_third_test(relative_depths) -> tuple[int, int, float, float]:
             stats.binomtest(inside, k, 1 / 3, alternative="less").pvalue)
 
 
+def share_keeping_layers(top_layers, layers: int) -> float:
+    """The largest share of the last layers that can be pruned while every layer in ``top_layers`` is kept."""
+    return 1 - (max(int(l) for l in top_layers) + 1) / layers
+
+
 def middle_third_verdict(p_more_holm: float, p_fewer_holm: float) -> str:
     """The middle-third claim: supported when more top heads than 1/3 sit in the middle third (Holm),
     contradicted when fewer do (Holm), inconclusive otherwise."""
@@ -324,14 +333,19 @@ def middle_third_verdict(p_more_holm: float, p_fewer_holm: float) -> str:
     return "contradicted" if p_fewer_holm < ALPHA else "inconclusive"
 
 
-def control_verdict(p_better_holm: float, p_worse_holm: float, reference: bool = False) -> str:
+def control_verdict(p_better_holm: float, p_worse_holm: float, reference: bool = False, sets: int | None = None) -> str:
     """A head choice against random sets: supported when it beats them (Holm over the models), contradicted when
-    they beat it, inconclusive otherwise; an in-sample reference gets no verdict."""
+    they beat it, inconclusive otherwise; an in-sample reference gets no verdict. A control of fewer sets than
+    ``1 / ALPHA - 1`` cannot reach p < ALPHA, so its inconclusive verdict is marked uninformative."""
     if reference:
         return "in-sample reference (not a method)"
     if p_better_holm < ALPHA:
         return "supported"
-    return "contradicted" if p_worse_holm < ALPHA else "inconclusive"
+    if p_worse_holm < ALPHA:
+        return "contradicted"
+    if sets is not None and 1 / (1 + sets) >= ALPHA:
+        return f"inconclusive (uninformative: {int(sets)} distinct sets, smallest p {1 / (1 + sets):.2f})"
+    return "inconclusive"
 
 
 def control_p(method_score: float, control_scores) -> tuple[float, float, float]:

@@ -19,6 +19,7 @@ from ..evaluate import per_query
 from ..scoring import record_run
 from . import analysis
 from .methods import NIAH_SOURCE
+from .profiles import PROFILES
 
 if TYPE_CHECKING:
     from .core import Study
@@ -135,5 +136,14 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
         raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
                                 "(`make reproduce`) first")
     opq = order_per_query(study, pq)
+    # a run for some of the order-check models (``--model``) replaces their rows and keeps the others' (each
+    # model's rows depend on its own records only), so the check can be completed one model at a time
+    before = study.tables.read("order_per_query")
+    if before is not None:
+        kept = before[~before["model"].isin(opq["model"]) & before["model"].isin(PROFILES[study.p.name].order_models
+                                                                               if study.p.name in PROFILES else ())]
+        if len(kept):
+            kept = kept.assign(query_id=kept["query_id"].astype(str))
+            opq = study.tables.write("order_per_query", pd.concat([kept, opq], ignore_index=True))
     return {"order_per_query": opq, "comparisons_order": order_claims(study, opq),
             "order_agreement": order_agreement(study, opq)}

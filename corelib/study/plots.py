@@ -54,10 +54,11 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
 ORDER_LABELS = {"core": "CoRe-R", "qr": "QR-R", "niah": "NIAH-R"}  # a head order -> the method that reads it
 
 
-def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None):
+def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None, window: tuple[int, float] | None = None):
     """nDCG@10 against heads added in score order (Figure 1), a line per order in its method's colour, each peak
-    marked (labels stacked so they never overlap), ICR as a dashed line; the legend outside the axes.
-    ``curves``: one column per order (core, qr, niah), indexed by the number of heads."""
+    marked (labels stacked so they never overlap), ICR as a dashed line, the layer window (its head count, its
+    nDCG@10) as a point; the legend outside the axes. ``curves``: one column per order (core, qr, niah), indexed
+    by the number of heads."""
     from .methods import colour
 
     ax = ax or plt.subplots(figsize=(7, 3.5))[1]
@@ -74,10 +75,25 @@ def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None):
                     textcoords="axes fraction", fontsize=7, color=colour(label),
                     arrowprops={"arrowstyle": "-", "color": colour(label), "lw": 0.5})
     ax.axhline(icr, color=colour("ICR"), ls="--", label="ICR (all heads)")
+    if window is not None and pd.notna(window[1]):
+        ax.scatter([window[0]], [window[1]], marker="P", s=60, color=colour("Layer window"), zorder=4,
+                   label=f"Layer window ({int(window[0])} heads)")
     ax.set(xscale="log", xlabel="number of heads (score order)", ylabel="nDCG@10")
     ax.set_title(title, fontsize=9, wrap=True)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0))
     return ax
+
+
+def figure1(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str, collections: int):
+    """Figure 1 of one model from the sweep tables: [(figure, file stem)] for the mean over collections and
+    the per-collection grid."""
+    mean = sweep[(sweep.model == model) & (sweep.collection == "mean over collections")].pivot(
+        index="heads", columns="order", values="ndcg@10")
+    row = peaks[(peaks.model == model) & (peaks.collection == "mean over collections")].iloc[0]
+    window = (row["Layer window heads"], row["Layer window"]) if pd.notna(row.get("Layer window")) else None
+    ax = head_count_sweep(mean, row["ICR"], f"Figure 1 analog: {model}, mean nDCG@10 over {collections} collections",
+                          window=window)
+    return [(ax.figure, f"fig1_head_count_sweep_{model}"), (sweep_grid(sweep, peaks, model), f"fig1_per_collection_{model}")]
 
 
 def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
@@ -96,6 +112,10 @@ def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
             label = ORDER_LABELS.get(order, order)
             ax.plot(part.index, part[order], label=f"{label} order", lw=1, color=colour(label))
         ax.axhline(icr, color=colour("ICR"), ls="--", lw=0.8, label="ICR")
+        row = peaks[(peaks["model"] == model) & (peaks["collection"] == name)].iloc[0]
+        if pd.notna(row.get("Layer window")):
+            ax.scatter([row["Layer window heads"]], [row["Layer window"]], marker="P", s=30, color=colour("Layer window"),
+                       zorder=4, label="Layer window")
         ax.set(xscale="log")
         ax.set_title(name, fontsize=9)
     for ax in list(axes.flat)[len(names):]:
@@ -118,9 +138,15 @@ def pruning(df: pd.DataFrame, title: str, margin: float = 0.5):
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False, sharey=True)
     for ax, m in zip(axes.flat, models):
         part = df[df["model"] == m]
-        for method, g in part.groupby("method", sort=False):
+        fixed = part[part["level"].fillna("fixed") == "fixed"]
+        for method, g in fixed.groupby("method", sort=False):
             ax.plot(g["pruned share"], g["ndcg@10"], marker="o", color=colour(method), label=method)
-        ref = part[(part["method"] == "CoRe-R") & (part["pruned share"] == 0)]["ndcg@10"]
+        keeps = part[(part["level"] != "fixed") & part["level"].notna() & (part["method"] == "CoRe-R")]
+        if len(keeps):  # the largest share that keeps the layers of CoRe's top heads
+            x = float(keeps["pruned share"].iloc[0])
+            ax.axvline(x, color="black", ls="--", lw=0.8, label="largest share keeping CoRe's top-head layers")
+            ax.plot([x], keeps["ndcg@10"].iloc[:1], marker="*", ms=9, color=colour("CoRe-R"), ls="none")
+        ref = fixed[(fixed["method"] == "CoRe-R") & (fixed["pruned share"] == 0)]["ndcg@10"]
         if len(ref):
             r = float(ref.iloc[0])
             ax.axhspan(r - margin / 100, r, color=colour("CoRe-R"), alpha=0.12, lw=0,
@@ -175,18 +201,47 @@ def method_bars(table: pd.DataFrame, title: str,
     return grid.figure
 
 
-def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame, model: str):
-    """The random-head-set distributions of one model, with a line per method (the controls figure)."""
-    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.2), squeeze=False, sharey=True)
-    palette = dict(zip(positions["method"].unique(), sns.color_palette("tab10")))
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2)))
+
+
+def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame, model: str,
+                         counts: pd.DataFrame | None = None):
+    """The random-head-set distributions of one model (a panel per control, its number of sets and of distinct
+    sets in the title), with a line per method in its colour and a line style of its own, so that methods
+    that coincide stay distinguishable; a marker per method at its own height; the legend outside the axes."""
+    from .methods import colour
+
+    def tint(label):  # sets that are no method (the in-sample reference, gemma3's global heads): black
+        try:
+            return colour(label)
+        except ValueError:
+            return "black"
+
+    methods = list(dict.fromkeys(positions["method"]))
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores) + 2.6, 3.4), squeeze=False, sharey=True)
     for ax, (control, values) in zip(axes.flat, scores.items()):
         sns.histplot(values, ax=ax, color="lightgrey", bins=40)
-        for _, r in positions[positions["control"] == control].iterrows():
-            ax.axvline(r["ndcg@10"], color=palette[r["method"]], lw=1.5,
-                       label=f"{r['method']} ({r['percentile']:.0f}th pct.)")
-        ax.set_title(f"{model}: {control} ({len(values)} sets)", fontsize=9)
+        top = ax.get_ylim()[1]
+        rows = positions[positions["control"] == control].set_index("method")
+        for i, method in enumerate(methods):
+            if method not in rows.index:
+                continue
+            x = rows.loc[method, "ndcg@10"]
+            ax.axvline(x, color=tint(method), lw=1.4, ls=LINE_STYLES[i % len(LINE_STYLES)])
+            ax.plot([x], [top * (0.97 - 0.06 * i)], marker="o", ms=4, color=tint(method))
+        title = f"{control}\n{len(values)} sets"
+        if counts is not None:
+            row = counts[(counts["model"] == model) & (counts["control"] == control)]
+            if len(row) and pd.notna(row["distinct sets"].iloc[0]) and row["distinct sets"].iloc[0] <= len(values):
+                title += f" (every distinct set: {int(row['distinct sets'].iloc[0])})"
+        ax.set_title(title, fontsize=9)
         ax.set(xlabel="mean nDCG@10 over collections")
-        ax.legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=tint(m), ls=LINE_STYLES[i % len(LINE_STYLES)], marker="o", ms=4,
+                          label=f"{m}" + "".join(f"\n  {c.split('(')[-1].rstrip(')')}: {r:.0f}th pct."
+                                              for c, r in positions[positions["method"] == m][["control", "percentile"]].values))
+               for i, m in enumerate(methods)]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.suptitle(f"{model}: the methods' heads among random head sets", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -284,12 +339,8 @@ def redraw(study) -> list[Path]:
     sweep, peaks = t.read("sweep"), t.read("sweep_peaks")
     if sweep is not None and peaks is not None:
         for m in dict.fromkeys(sweep["model"]):
-            mean = sweep[(sweep.model == m) & (sweep.collection == "mean over collections")].pivot(
-                index="heads", columns="order", values="ndcg@10")
-            icr = peaks[(peaks.model == m) & (peaks.collection == "mean over collections")].ICR.iloc[0]
-            ax = head_count_sweep(mean, icr, f"Figure 1 analog: {m}, mean nDCG@10 over {len(p.collections)} collections")
-            written += save(ax.figure, out / f"fig1_head_count_sweep_{m}")
-            written += save(sweep_grid(sweep, peaks, m), out / f"fig1_per_collection_{m}")
+            for fig, stem in figure1(sweep, peaks, m, len(p.collections)):
+                written += save(fig, out / stem)
     if (prune := t.read("pruning")) is not None:
         written += save(pruning(prune, f"Figure 3 analog: mean nDCG@10 over {', '.join(p.collections)}"), out / "fig3_pruning")
     if (cost := t.read("pruning_cost")) is not None:

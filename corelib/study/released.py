@@ -36,7 +36,8 @@ def released_depth(study: "Study", k: int | None = None) -> pd.DataFrame:
         inside, kk, p_more, p_fewer = analysis.middle_third_test(top["relative_depth"])
         rows.append({"model": _short(model), "source": SOURCE, "layers": s.scores.shape[0], "top heads": kk,
                      "top layers": sorted(top["layer"].tolist()), "in middle third": inside,
-                     "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer})
+                     "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer,
+                     "largest share keeping the top layers": analysis.share_keeping_layers(top["layer"], s.scores.shape[0])})
     df = pd.DataFrame(rows)
     df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
     df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]

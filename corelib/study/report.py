@@ -288,6 +288,20 @@ def summary(verdicts_table: pd.DataFrame) -> list[str]:
     return out
 
 
+def depth_note(depth: pd.DataFrame | None, released: pd.DataFrame | None) -> str | None:
+    """How far each model can be pruned before it loses a layer of its top CoRe heads (the pruning claim's
+    dependence on depth), from the depth tables; None when neither has the column."""
+    parts = []
+    for df, where in ((depth, ""), (released, " (released scores)")):
+        if df is None or df["largest share keeping the top layers"].isna().all():
+            continue
+        parts += [f"{r['model']}{where} {r['largest share keeping the top layers']:.0%}" for _, r in df.iterrows()]
+    if not parts:
+        return None
+    return ("- **Pruning depends on depth**: the largest share of the last layers that keeps the layer of every top "
+            "CoRe head is " + ", ".join(parts) + "; a fixed 50% keeps them all only where that share is at least 50%.")
+
+
 def _anchor(title: str) -> str:
     return "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
@@ -323,7 +337,8 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "adjustment; 90% for a margin), so that it agrees with the verdict (* marks an unadjusted 95% "
                  "interval of a table written before the adjusted ones existed; \u2020 one where the bootstrap interval "
                  "and the sign-flip test part); the pooled test counts a query once (the models' samples differ "
-                 "in size, so a model with more queries weighs more in it).", "", *summary(v), ""]
+                 "in size, so a model with more queries weighs more in it).", "", *summary(v),
+                 *filter(None, [depth_note(t.read("depth"), t.read("released_depth"))]), ""]
         ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
     tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once

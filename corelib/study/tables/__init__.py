@@ -42,7 +42,7 @@ ARTEFACTS = {
     "table1_pairs": table1.table1_pairs, "comparisons": table1.comparisons,
     "table1_comparisons": table1.table1_comparisons, "table2_comparisons": table1.table2_comparisons,
     "in_domain_sources": table1.in_domain_sources,
-    "control_sets": controls.control_sets, "controls": controls.controls,
+    "control_sets": controls.control_sets, "control_counts": controls.control_counts, "controls": controls.controls,
     "sweep": sweep.sweep, "peak_test": sweep.peak_test,
     "pruning": pruning.pruning, "pruning_margin": pruning.pruning_margin,
     "pruning_cost": costs.pruning_cost, "model_pruning_cost": costs.model_pruning_cost,

@@ -39,8 +39,36 @@ def set_scores(study: "Study", m: str, sets: list[list[tuple[int, int]]], chunk:
     return np.mean(per_collection, axis=0)
 
 
+MATCHED = "random (layer-matched to CoRe)"
+MATCHED_DISJOINT = "random (layer-matched, no CoRe head)"
+
+
+def matched_sets(layer_counts: dict[int, int], heads_per_layer: int, n: int, rng: random.Random,
+                 exclude=()) -> tuple[list[list[tuple[int, int]]], int]:
+    """Head sets with ``layer_counts[l]`` heads in layer l, none of them in ``exclude``, and how many distinct
+    ones exist: all of them when at most ``n``, else ``n`` drawn at random (with replacement among sets)."""
+    excluded = set(map(tuple, exclude))
+    pools = {l: [h for h in range(heads_per_layer) if (l, h) not in excluded] for l in layer_counts}
+    distinct = math.prod(math.comb(len(pools[l]), c) for l, c in layer_counts.items())
+    if distinct <= n:
+        per_layer = [list(itertools.combinations([(l, h) for h in pools[l]], c)) for l, c in layer_counts.items()]
+        return [[h for part in combo for h in part] for combo in itertools.product(*per_layer)], distinct
+    return [[(l, h) for l, c in layer_counts.items() for h in sorted(rng.sample(pools[l], c))] for _ in range(n)], distinct
+
+
 def control_sets(study: "Study", m: str, n: int | None = None, k: int | None = None, seed: int = 0) -> dict[str, list]:
-    """Random head sets: uniform, and layer-matched to the CoRe top-k (all distinct ones when fewer than n)."""
+    """Random head sets: uniform; matched to the layers of the CoRe top-k; and matched to them without any of
+    CoRe's own heads (all distinct ones of a matched control when fewer than n exist; ``control_counts`` says
+    how many)."""
+    return {name: sets for name, (sets, _) in _control_sets(study, m, n, k, seed).items()}
+
+
+def control_counts(study: "Study", m: str, n: int | None = None, k: int | None = None) -> dict[str, int]:
+    """How many distinct sets each control of ``control_sets`` has to draw from."""
+    return {name: distinct for name, (_, distinct) in _control_sets(study, m, n, k).items()}
+
+
+def _control_sets(study: "Study", m: str, n: int | None = None, k: int | None = None, seed: int = 0):
     n = n or study.p.control_sets
     k = k or study.p.num_heads
     spec = study.spec(m)
@@ -48,15 +76,11 @@ def control_sets(study: "Study", m: str, n: int | None = None, k: int | None = N
     rng = random.Random(seed)
     every = [(l, h) for l in range(L) for h in range(H)]
     uniform = [rng.sample(every, k) for _ in range(n)]
-    layers = sorted(l for l, _ in study.heads(m, "core", k))
-    counts = pd.Series(layers).value_counts().sort_index()
-    distinct = math.prod(math.comb(H, int(c)) for c in counts)
-    if distinct <= n:
-        per_layer = [list(itertools.combinations([(int(l), h) for h in range(H)], int(c))) for l, c in counts.items()]
-        matched = [[h for part in combo for h in part] for combo in itertools.product(*per_layer)]
-    else:
-        matched = [[(int(l), h) for l, c in counts.items() for h in rng.sample(range(H), int(c))] for _ in range(n)]
-    return {"random (uniform)": uniform, "random (layer-matched to CoRe)": matched}
+    core = study.heads(m, "core", k)
+    counts = {int(l): int(c) for l, c in pd.Series(sorted(l for l, _ in core)).value_counts().sort_index().items()}
+    return {"random (uniform)": (uniform, math.comb(L * H, k)),
+            MATCHED: matched_sets(counts, H, n, rng),
+            MATCHED_DISJOINT: matched_sets(counts, H, n, rng, exclude=core)}
 
 
 def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -81,23 +105,27 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
         if globals_ := global_attention_heads(spec):  # None where every layer sees the whole prompt
             named[f"global-attention heads ({len(globals_)})"] = globals_
         method_scores = {name: float(set_scores(study, m, [heads])[0]) for name, heads in named.items()}
-        for control, sets in control_sets(study, m).items():
+        core = set(named["CoRe-R"])
+        for control, (sets, distinct) in _control_sets(study, m).items():
+            if not sets:  # e.g. every head of a layer is one of CoRe's: no set without them
+                dist_rows.append({"model": m, "control": control, "sets": 0, "distinct sets": distinct})
+                continue
             scores = set_scores(study, m, sets)
             dists[m, control] = scores
-            dist_rows.append({"model": m, "control": control, "sets": len(sets), "median": float(np.median(scores)),
+            dist_rows.append({"model": m, "control": control, "sets": len(sets), "distinct sets": distinct,
+                              "mean CoRe heads shared": float(np.mean([len(core & set(x)) for x in sets])),
+                              "smallest p": 1 / (1 + len(sets)), "median": float(np.median(scores)),
                               "p5": float(np.percentile(scores, 5)), "p95": float(np.percentile(scores, 95))})
-            family = []
             for method, score in method_scores.items():
                 pct, pb, pw = analysis.control_p(score, scores)
-                family.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
-                               "p better": pb, "p worse": pw})
-            pos_rows += family
+                pos_rows.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
+                                 "p better": pb, "p worse": pw, "sets": len(sets)})
     positions = pd.DataFrame(pos_rows)
     for _, idx in positions.groupby(["control", "method"], sort=False).groups.items():  # a family: every model
         positions.loc[idx, "p better holm"] = analysis.holm(positions.loc[idx, "p better"])
         positions.loc[idx, "p worse holm"] = analysis.holm(positions.loc[idx, "p worse"])
-    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE) for b, w, method in
-                            zip(positions["p better holm"], positions["p worse holm"], positions["method"])]
+    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE, sets) for b, w, method, sets in
+                            zip(positions["p better holm"], positions["p worse holm"], positions["method"], positions["sets"])]
     return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
 
 

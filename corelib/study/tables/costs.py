@@ -101,6 +101,7 @@ def practitioner_cost(study: "Study", pq: pd.DataFrame, queries: int = 10) -> pd
     emb, row = enc.encode(document_texts(coll, ids, study.p.words)), {d: i for i, d in enumerate(ids)}
     lm = study.model(m)
     exit_layers = max(l for l, _ in study.heads(m, "core")) + 1
+    window_exit = study.layer_window(m)[1] + 1  # the layer window reads no layer past its last
     cuda = lm.device.type == "cuda"
     if not cuda and busy_cpu_share() > 0.25:
         log.warning("the CPU is busy with other processes: the practitioner cost timings will be noisy")
@@ -115,6 +116,8 @@ def practitioner_cost(study: "Study", pq: pd.DataFrame, queries: int = 10) -> pd
             "ICR / CoRe-R (all layers)": lambda: build_record(lm, query, prompt_docs, words=study.p.words),
             f"CoRe-R, early exit after layer {exit_layers - 1}":
                 lambda: build_record(lm, query, prompt_docs, num_layers=exit_layers, words=study.p.words),
+            f"Layer window, early exit after layer {window_exit - 1}":
+                lambda: build_record(lm, query, prompt_docs, num_layers=window_exit, words=study.p.words),
         }
         for name, fn in runs.items():
             times.setdefault(name, []).append(timed(fn, cuda))
@@ -124,7 +127,7 @@ def practitioner_cost(study: "Study", pq: pd.DataFrame, queries: int = 10) -> pd
     device = f"{lm.device.type}, {torch.get_num_threads()} threads" if not cuda else torch.cuda.get_device_name()
     rows = []
     for name, t in times.items():
-        method = ndcg.get(name, "CoRe-R")
+        method = ndcg.get(name, "Layer window" if name.startswith("Layer window") else "CoRe-R")
         rows.append({"model": m, "collection": c, "method": name, "queries timed": len(t),
                      "seconds per query": float(np.median(t)), "ratio to bi-encoder (cold)": float(np.median(t)) / base,
                      "nDCG@10 (mean over collections)": float(means.loc[m, method]), "device": device})

@@ -91,7 +91,8 @@ def depth(study: "Study", k: int | None = None, temperature: float | None = None
                      "top layers": sorted(top["layer"].tolist()), "in middle third": inside,
                      "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer,
                      "global-attention layers": "all" if global_layers is None else str(global_layers),
-                     "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum())})
+                     "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum()),
+                     "largest share keeping the top layers": analysis.share_keeping_layers(top["layer"], spec.num_layers)})
     df = pd.DataFrame(rows)
     df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
     df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]

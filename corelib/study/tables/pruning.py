@@ -16,27 +16,39 @@ if TYPE_CHECKING:
     from ..core import Study
 
 
+KEEPS_TOP = "keeps the top heads' layers"  # the ``level`` of the per-model share that keeps CoRe's top heads
+
+
+def pruning_levels(study: "Study", m: str, k: int | None = None, temperature: float | None = None) -> list[tuple[float, int, str]]:
+    """(pruned share, kept layers, level) of a model: the profile's fixed shares, and the largest share that
+    keeps the layer of every unpruned CoRe top-k head (the paper's Mistral keeps most of its top heads at 50%;
+    a shallower model loses them earlier, so a fixed share says less than this one)."""
+    total = study.spec(m).num_layers
+    deepest = max(l for l, _ in study.heads(m, "core", k, temperature))
+    levels = [(share, kept_layers(total, share), "fixed") for share in study.p.prune_levels]
+    return levels + [(1 - (deepest + 1) / total, deepest + 1, KEEPS_TOP)]
+
+
 def pruning(study: "Study", k: int | None = None, temperature: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """nDCG@10 of CoRe-R, QR-R and NIAH-R with the heads re-selected among the kept layers, per pruned share
-    (exact from all-layer records), and the per-query table of CoRe-R at 0% and 50% for the margin test."""
+    (exact from all-layer records; ``pruning_levels``), and the per-query table of CoRe-R at 0% and 50% for the
+    margin test."""
     k = k or study.p.num_heads
     rows, pq = [], []
     for m in study.p.models:
-        total = study.spec(m).num_layers
-        for share in study.p.prune_levels:
-            kept = kept_layers(total, share)
+        for share, kept, level in pruning_levels(study, m, k, temperature):
             for method, key in study.head_methods(m).items():
                 heads = study.heads(m, key, k, temperature, max_layers=kept)
                 vals = []
                 for c in study.p.collections:
                     pqs = per_query(record_run(study.records(m, c), heads), study.collection(c).qrels)
                     vals.append(pqs.mean())
-                    if method == "CoRe-R" and share in (0.0, 0.5):
+                    if method == "CoRe-R" and level == "fixed" and share in (0.0, 0.5):
                         pq.append(pd.DataFrame({"model": m, "collection": c, "query_id": pqs.index.astype(str),
                                                 "method": f"{share:.0%} pruned", "ndcg@10": pqs.values,
                                                 "head source": "nq"}))
                 rows.append({"model": m, "method": method, "pruned share": share, "kept layers": kept,
-                             "ndcg@10": float(np.mean(vals)), "deepest head": max(l for l, _ in heads)})
+                             "ndcg@10": float(np.mean(vals)), "deepest head": max(l for l, _ in heads), "level": level})
     return write(study, "pruning", pd.DataFrame(rows)), (pd.concat(pq, ignore_index=True) if pq else pd.DataFrame())
 
 

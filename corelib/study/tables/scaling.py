@@ -38,7 +38,8 @@ def scaling(study: "Study") -> pd.DataFrame:
                 row[f"CoRe-R - {other}{col}"] = float(c[src].iloc[0]) if len(c) else float("nan")
         d = depth[depth["model"] == m] if depth is not None else ()
         row["top CoRe heads: median relative depth"] = float(d["median relative depth"].iloc[0]) if len(d) else float("nan")
-        pr = prune[(prune["model"] == m) & (prune["method"] == "CoRe-R")] if prune is not None else None
+        pr = prune[(prune["model"] == m) & (prune["method"] == "CoRe-R") & (prune["level"].fillna("fixed") == "fixed")] \
+            if prune is not None else None
         kept = pr.set_index("pruned share")["ndcg@10"] if pr is not None and len(pr) else {}
         row["CoRe-R kept at 50% pruning"] = float(kept[0.5] / kept[0.0]) if 0.5 in kept and 0.0 in kept else float("nan")
         rows.append(row)

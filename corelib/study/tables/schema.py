@@ -47,14 +47,16 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "in_domain_sources": ("model", "head source", "CoRe and QR share", "CoRe-R", "QR-R", "ICR", "CoRe-R - QR-R",
                           "CoRe-R - ICR"),
     "positive_slots": ("collection", "model", "slot", "positives"),
-    "controls": ("model", "control", "sets", "median", "p5", "p95"),
+    "controls": ("model", "control", "sets", "median", "p5", "p95", "distinct sets", "mean CoRe heads shared", "smallest p"),
     "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "p better holm",
                           "p worse holm", "verdict"),
     "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
-    "sweep_peaks": ("model", "collection", "order", "peak ndcg@10", "heads at peak", "1 head", "8 heads", "ICR"),
+    "sweep_peaks": ("model", "collection", "order", "peak ndcg@10", "heads at peak", "1 head", "8 heads", "ICR",
+                    "Layer window", "Layer window heads"),
     "depth": ("model", "layers", "top heads", "top layers", "in middle third", "median relative depth", "p more",
-              "p fewer", "p more holm", "p fewer holm", "verdict", "global-attention layers", "top heads in global layers"),
-    "pruning": ("model", "method", "pruned share", "kept layers", "ndcg@10", "deepest head"),
+              "p fewer", "p more holm", "p fewer holm", "verdict", "global-attention layers", "top heads in global layers",
+              "largest share keeping the top layers"),
+    "pruning": ("model", "method", "pruned share", "kept layers", "ndcg@10", "deepest head", "level"),
     "practitioner_cost": ("model", "collection", "method", "queries timed", "seconds per query", "ratio to bi-encoder (cold)",
                           "nDCG@10 (mean over collections)", "device"),
     "pruning_cost": ("model", "run", "pruned share", "kept layers", "tokens", "seconds", "model and run MB",
@@ -70,7 +72,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "leave_one_out": ("claim", "model", "left out", "difference", "ci low", "ci high", "p", "queries", "collections"),
     "first_stage_agreement": ("model", "method", "queries", "correlation with BM25 (per-query ndcg@10)"),
     "released_depth": ("model", "source", "layers", "top heads", "top layers", "in middle third", "median relative depth",
-                       "p more", "p fewer", "p more holm", "p fewer holm", "verdict"),
+                       "p more", "p fewer", "p more holm", "p fewer holm", "verdict", "largest share keeping the top layers"),
     "released_pruning": ("model", "source", "pruned share", "kept layers", "layers", "unpruned top heads in kept layers",
                          "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
                          "top-k share of all heads (%)"),
@@ -82,9 +84,16 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 # Columns added after tables were committed: an older table without them reads them as empty
-LATER_COLUMNS = {"comparisons": ("p inferior", "p holm inferior", "ci low (family)", "ci high (family)",
-                                 "detectable (80% power, family)"), "pruning_cost": ("measured",), "control_positions": ("p better holm", "p worse holm"),
-                 **{t: ("Layer window",) for t in ("table1", "table1_average", "table2", "table2_average")}}
+LATER_COLUMNS = {
+    "comparisons": ("p inferior", "p holm inferior", "ci low (family)", "ci high (family)", "detectable (80% power, family)"),
+    "pruning_cost": ("measured",),
+    "control_positions": ("p better holm", "p worse holm"),
+    "controls": ("distinct sets", "mean CoRe heads shared", "smallest p"),
+    "pruning": ("level",),
+    "sweep_peaks": ("Layer window", "Layer window heads"),
+    **{t: ("largest share keeping the top layers",) for t in ("depth", "released_depth")},
+    **{t: ("Layer window",) for t in ("table1", "table1_average", "table2", "table2_average")},
+}
 
 
 def with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:

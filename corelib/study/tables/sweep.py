@@ -27,10 +27,12 @@ def sweep(study: "Study", max_heads: int | None = None, temperature: float | Non
     rows, peaks = [], []
     for m in study.p.models:
         orders = {o: study.head_scores(m, o, temperature).order()[:max_heads] for o in study.head_methods(m).values()}
-        curves = {}
+        window = study.layer_window_heads(m, temperature)  # a reference point: all heads of the best layer window
+        curves, windows = {}, {}
         for c in study.p.collections:
             recs, qrels = study.records(m, c), study.collection(c).qrels
             icr = evaluate_run(record_run(recs), qrels)["ndcg@10"]
+            windows[c] = evaluate_run(record_run(recs, window), qrels)["ndcg@10"]
             for o, order in orders.items():
                 curve = sweep_curve(recs, order, qrels)
                 curves[c, o] = (curve, icr)
@@ -41,10 +43,12 @@ def sweep(study: "Study", max_heads: int | None = None, temperature: float | Non
             icr = float(np.mean([curves[c, o][1] for c in study.p.collections]))
             rows.append(pd.DataFrame({"model": m, "collection": "mean over collections", "order": o,
                                       "heads": np.arange(1, len(mean) + 1), "ndcg@10": mean}))
+            windows["mean over collections"] = float(np.mean([windows[c] for c in study.p.collections]))
             for c, (curve, ic) in [(c, curves[c, o]) for c in study.p.collections] + [("mean over collections", (mean, icr))]:
                 peaks.append({"model": m, "collection": c, "order": o, "peak ndcg@10": float(curve.max()),
                               "heads at peak": int(curve.argmax()) + 1, "1 head": float(curve[0]),
-                              "8 heads": float(curve[7]) if len(curve) > 7 else float("nan"), "ICR": ic})
+                              "8 heads": float(curve[7]) if len(curve) > 7 else float("nan"), "ICR": ic,
+                              "Layer window": windows[c], "Layer window heads": len(window)})
     return write(study, "sweep", pd.concat(rows)), write(study, "sweep_peaks", pd.DataFrame(peaks))
 
 
