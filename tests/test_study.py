@@ -229,6 +229,30 @@ def test_pending_command_lists_every_warm_step_without_loading_a_model(shared_da
     assert "profile smoke" in out and ("every record" in out or "not cached yet" in out)
 
 
+def test_a_cold_cache_is_estimated_from_the_committed_cost_table(shared_data, tmp_path, monkeypatch):
+    """With no record cached, ``pending`` estimates each record step from results/record_costs.csv (per model,
+    kind and dtype) and says so; written by ``record-costs`` from the cached records."""
+    from corelib.study import warm
+
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "empty-cache"))
+    S = Study("smoke", data=shared_data, out=tmp_path)
+    before = warm.pending(S)
+    assert before.loc[before["step"] == "scifact", "estimate (h)"].isna().all()
+    pd.DataFrame([{"model": "smollm2-135m", "kind": warm.CALIBRATED, "dtype": "default", "records timed": 40,
+                   "seconds each (median)": 36.0, "machine": "2 CPU cores (x)", "measured": "2026-12-02"},
+                  {"model": "smollm2-135m", "kind": warm.UNCALIBRATED, "dtype": "default", "records timed": 40,
+                   "seconds each (median)": 18.0, "machine": "2 CPU cores (x)", "measured": "2026-12-02"}]
+                 ).to_csv(tmp_path / warm.COSTS_FILE, index=False)
+    after = warm.pending(S).set_index("step")
+    n = after.loc["scifact", "missing"]
+    assert after.loc["scifact", "estimate (h)"] == pytest.approx(n * 36.0 / 3600)
+    assert after.loc["NQ detection", "estimate (h)"] == pytest.approx(after.loc["NQ detection", "missing"] * 18.0 / 3600)
+    assert after.loc["scifact", "timed on"] == "cost table (2 CPU cores (x), 2026-12-02)"
+    # the table written from an empty cache has no row, and merging keeps the committed ones
+    path, table = warm.write_record_costs(S)
+    assert len(table) == 2 and path == tmp_path / warm.COSTS_FILE
+
+
 def test_warm_command_names_a_model_outside_the_profile(capsys):
     from corelib.study.__main__ import main
 

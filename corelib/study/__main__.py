@@ -70,6 +70,8 @@ def main(argv=None) -> int:
                    "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
     sub.add_parser("order-check", parents=[prof, data, models, out], help="the candidate-order check: the claims with shuffled "
                    "candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
+    sub.add_parser("record-costs", parents=[prof, data, models, out], help="write the median compute time of each "
+                   "model's cached records per kind into results/record_costs.csv, which `pending` reads for a cold cache")
     sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2 and the "
                    "candidate-order check from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
@@ -158,6 +160,14 @@ def main(argv=None) -> int:
         for name, df in write_released(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
+    def record_costs():
+        from .warm import write_record_costs
+
+        S = Study(args.profile, data=args.data, out=args.out, models=args.model)
+        path, table = write_record_costs(S)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(path)
+
     def comparisons():
         from . import report
         from .order_check import order_claims
@@ -195,7 +205,7 @@ def main(argv=None) -> int:
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
                         "released": released, "order-check": order_check, "figures": figures,
-                        "comparisons": comparisons}[args.command])
+                        "comparisons": comparisons, "record-costs": record_costs}[args.command])
 
 
 if __name__ == "__main__":

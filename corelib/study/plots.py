@@ -184,14 +184,15 @@ def pruning_cost(cost: pd.DataFrame, title: str):
 
 
 def method_bars(table: pd.DataFrame, title: str,
-                methods=("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R"), order=None):
+                methods=("BM25", "Dense", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer window"), order=None):
     """nDCG@10 of each method per collection, one panel per model (``order``: the models in this order, e.g. by
     size), bars from 0 in each method's colour. A method no model has (all NaN) is left out."""
     from .methods import palette
 
     methods = [m for m in methods if m in table and table[m].notna().any()]
     long = table.melt(id_vars=["model", "collection"], value_vars=list(methods), var_name="method", value_name="nDCG@10")
-    grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar", col_wrap=2,
+    grid = sns.catplot(data=long, x="collection", y="nDCG@10", hue="method", col="model", kind="bar",
+                       col_wrap=min(2, long["model"].nunique()),
                        height=3.0, aspect=1.6, hue_order=list(methods), palette=palette(methods), sharey=True,
                        col_order=order or list(dict.fromkeys(long["model"])))
     grid.set(ylim=(0, min(1, long["nDCG@10"].max() * 1.1)))

@@ -291,11 +291,18 @@ def summary(verdicts_table: pd.DataFrame) -> list[str]:
 def depth_note(depth: pd.DataFrame | None, released: pd.DataFrame | None) -> str | None:
     """How far each model can be pruned before it loses a layer of its top CoRe heads (the pruning claim's
     dependence on depth), from the depth tables; None when neither has the column."""
+    import ast
+
     parts = []
     for df, where in ((depth, ""), (released, " (released scores)")):
-        if df is None or df["largest share keeping the top layers"].isna().all():
+        if df is None:
             continue
-        parts += [f"{r['model']}{where} {r['largest share keeping the top layers']:.0%}" for _, r in df.iterrows()]
+        for _, r in df.iterrows():
+            share = r["largest share keeping the top layers"]
+            if pd.isna(share):  # a table written before the column: the same number from its top layers
+                top = r["top layers"] if isinstance(r["top layers"], list) else ast.literal_eval(str(r["top layers"]))
+                share = analysis.share_keeping_layers(top, int(r["layers"]))
+            parts.append(f"{r['model']}{where} {share:.0%}")
     if not parts:
         return None
     return ("- **Pruning depends on depth**: the largest share of the last layers that keeps the layer of every top "
@@ -359,13 +366,22 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
         df = tables[name]
         text += [f"## {title}", "", f"Table: [`{name}.csv`]({rel_tables}/{name}.csv)."
                  + (" Figures: " + ", ".join(links) + "." if (links := _figure_links(study, figs, rel_figures)) else ""),
-                 "", markdown_table(view[0](df) if view else df), ""]
+                 "", markdown_table(_without_empty_methods(view[0](df) if view else df)), ""]
     if missing:
         text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in dict.fromkeys(missing)), ""]
     text += ["## Appendix: the analysis plan", "", analysis.RULES, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
     return path
+
+
+def _without_empty_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """A table without the method columns no row has (e.g. Dense in a profile that re-ranks BM25 candidates, the
+    layer window in a table written before it existed): a column of dashes only says nothing."""
+    from .methods import TABLE1
+
+    return df.drop(columns=[c for c in df.columns if (c in TABLE1 or c.startswith(tuple(f"CoRe-R - {m}" for m in TABLE1)))
+                            and df[c].isna().all()])
 
 
 def _attention_note_from(depth: pd.DataFrame | None, model: str, study: "Study") -> str | None:

@@ -58,7 +58,7 @@ def steps(study: "Study", model: str, multilingual: bool = True) -> list[Step]:
            *(Step(COLLECTION, c) for c in (p.multilingual if multilingual else ()))]
     if model in p.order_models:
         out += [Step(SHUFFLED, c) for c in by_size]
-    if model in p.models_for_ablations:
+    if model in p.models_for_ablations and p.calibrated_detection_ablation:
         out.append(Step(CALIBRATED_DETECTION))
     if p.niah_needles:
         out.append(Step(NIAH_TRIALS))
@@ -112,13 +112,79 @@ def warm(study: "Study", models=None, multilingual: bool = True, only=None) -> N
                      time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- record costs
+
+COSTS_FILE = "record_costs.csv"  # under the results directory: what ``pending`` estimates a cold cache from
+COST_COLUMNS = ("model", "kind", "dtype", "records timed", "seconds each (median)", "machine", "measured")
+CALIBRATED, UNCALIBRATED = "calibrated record", "NQ detection record"
+
+
+def _cost_kind(step: Step) -> str:
+    return CALIBRATED if step.calibrated else UNCALIBRATED
+
+
+def _dtype(study: "Study", model: str) -> str:
+    return study.p.dtype_for(model) or "default"
+
+
+def record_costs(study: "Study", models=None) -> pd.DataFrame:
+    """The median compute time of each model's cached records, per kind (calibrated, NQ detection), read from
+    the record files (the cost table ``pending`` falls back on)."""
+    import datetime
+    import os
+    import platform
+
+    from .timing import machine_key
+
+    machine = f"{os.cpu_count()} CPU cores ({machine_key()['cpu'] or platform.machine()})"
+    rows = []
+    for m in models or study.p.models:
+        times: dict[str, list[float]] = {}
+        for step in steps(study, m):
+            if step.kind != NIAH_TRIALS:
+                times.setdefault(_cost_kind(step), []).extend(STATUS[step.kind](study, m, step).seconds)
+        for kind, ts in times.items():
+            if ts:
+                rows.append({"model": m, "kind": kind, "dtype": _dtype(study, m), "records timed": len(ts),
+                             "seconds each (median)": float(pd.Series(ts).median()), "machine": machine,
+                             "measured": datetime.date.today().isoformat()})
+    return pd.DataFrame(rows, columns=list(COST_COLUMNS))
+
+
+def write_record_costs(study: "Study", models=None):
+    """Merge ``record_costs`` into the committed cost table (``results/record_costs.csv``): the rows of the
+    models and kinds measured now replace their older rows."""
+    from ..storage import atomic_write_text
+
+    new = record_costs(study, models)
+    path = study.out / COSTS_FILE
+    if path.is_file():
+        old = pd.read_csv(path)
+        keep = ~old.set_index(["model", "kind", "dtype"]).index.isin(new.set_index(["model", "kind", "dtype"]).index)
+        new = pd.concat([old[keep], new], ignore_index=True)
+    new = new.sort_values(["model", "kind"]).reset_index(drop=True)
+    atomic_write_text(path, new.to_csv(index=False))
+    return path, new
+
+
+def committed_costs(study: "Study") -> dict[tuple[str, str, str], tuple[float, str]]:
+    """(model, kind, dtype) -> (seconds each, machine and date) from the committed cost table."""
+    path = study.out / COSTS_FILE
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    return {(r["model"], r["kind"], r["dtype"]): (float(r["seconds each (median)"]), f"{r['machine']}, {r['measured']}")
+            for _, r in df.iterrows()}
+
+
 def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFrame:
     """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing, and the
     time left at the median compute time of the step's cached records; for a step with none timed yet, of the
     model's other steps of the same kind (calibrated or not), else of all its other record steps (``timed on``
-    says which). Records written before their files stored a time have none. A damaged file counts as cached
-    until it is read."""
+    says which), else of the committed cost table (``record_costs``; a cold cache). Records written before
+    their files stored a time have none. A damaged file counts as cached until it is read."""
     nan, rows = float("nan"), []
+    costs = committed_costs(study)
     for m in models or study.p.models:
         statuses = {step: STATUS[step.kind](study, m, step) for step in steps(study, m, multilingual)}
         timed = {step: st.seconds for step, st in statuses.items() if step.kind != NIAH_TRIALS}
@@ -131,6 +197,8 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
                     st, timed_on = replace(st, seconds=calibrated), "calibrated steps"
                 elif pooled:
                     st, timed_on = replace(st, seconds=pooled), "other steps"
+                elif (cost := costs.get((m, _cost_kind(step), _dtype(study, m)))) is not None:
+                    st, timed_on = replace(st, seconds=[cost[0]]), f"cost table ({cost[1]})"
             rows.append({"model": m, "step": step.name, "needed": st.needed, "cached": st.needed - len(st.missing),
                          "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
                          "timed on": timed_on, "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})

@@ -3,6 +3,7 @@ positions, length bias."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ from .schema import write
 
 if TYPE_CHECKING:
     from ..core import Study
+
+log = logging.getLogger(__name__)
 
 
 def with_negatives(records: list[QueryRecord], m: int, seed: int = 0) -> list[QueryRecord]:
@@ -67,7 +70,12 @@ class Ablations:
                 for m in self.p.models for t in temperatures]
         return write(self.s, "ablation_temperature", pd.DataFrame(rows))
 
-    def calibrated_detection(self, k: int | None = None) -> pd.DataFrame:
+    def calibrated_detection(self, k: int | None = None) -> pd.DataFrame | None:
+        """CoRe and QR heads from calibrated against uncalibrated detection records; None (no table) in a profile
+        without this ablation (its second detection pass; e.g. quick, to stay within an hour)."""
+        if not self.p.calibrated_detection_ablation:
+            log.info("profile %s has no calibrated-detection ablation (the cpu profile has it)", self.p.name)
+            return None
         rows = []
         for m in self.p.models_for_ablations:
             for calibrated in (False, True):
