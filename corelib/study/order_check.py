@@ -135,10 +135,10 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
     if pq is None:
         raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
                                 "(`make reproduce`) first")
+    before = study.tables.read("order_per_query")  # read first: order_per_query writes the table
     opq = order_per_query(study, pq)
     # a run for some of the order-check models (``--model``) replaces their rows and keeps the others' (each
     # model's rows depend on its own records only), so the check can be completed one model at a time
-    before = study.tables.read("order_per_query")
     if before is not None:
         kept = before[~before["model"].isin(opq["model"]) & before["model"].isin(PROFILES[study.p.name].order_models
                                                                                if study.p.name in PROFILES else ())]
