@@ -19,7 +19,6 @@ from ..evaluate import per_query
 from ..scoring import record_run
 from . import analysis
 from .methods import NIAH_SOURCE
-from .profiles import PROFILES
 
 if TYPE_CHECKING:
     from .core import Study
@@ -37,7 +36,7 @@ def _kendall(scores: dict[str, float], reference: dict[str, float]) -> float:
 
 def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
     """nDCG@10 of every order-check query under both orders for each method, with Kendall's tau of the
-    method's ranking of the candidates against BM25's (table ``order_per_query``).
+    method's ranking of the candidates against BM25's (the rows of table ``order_per_query``, which ``write_all`` writes).
 
     Shuffled order: from the shuffled records (computed on a cache miss). ICR's order: the nDCG@10 is the
     per-query table's (``pq``, notebook 03's, NQ heads), so the two orders' rows come from one definition of
@@ -82,7 +81,7 @@ def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
                 rows.append(pd.DataFrame({"model": m, "collection": c, "query_id": part["query_id"].values,
                                           "order": ICR_ORDER_NAME, "method": method, "ndcg@10": part["ndcg@10"].values,
                                           "kendall tau vs BM25": taus}))
-    return s.tables.write("order_per_query", pd.concat(rows, ignore_index=True))
+    return pd.concat(rows, ignore_index=True)
 
 
 def _as_per_query(opq: pd.DataFrame, order: str | None = None) -> pd.DataFrame:
@@ -135,15 +134,13 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
     if pq is None:
         raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
                                 "(`make reproduce`) first")
-    before = study.tables.read("order_per_query")  # read first: order_per_query writes the table
     opq = order_per_query(study, pq)
-    # a run for some of the order-check models (``--model``) replaces their rows and keeps the others' (each
+    # a run for some of the order-check models (``--model``) replaces their rows and keeps the other models' (each
     # model's rows depend on its own records only), so the check can be completed one model at a time
+    before = study.tables.read("order_per_query")
     if before is not None:
-        kept = before[~before["model"].isin(opq["model"]) & before["model"].isin(PROFILES[study.p.name].order_models
-                                                                               if study.p.name in PROFILES else ())]
-        if len(kept):
-            kept = kept.assign(query_id=kept["query_id"].astype(str))
-            opq = study.tables.write("order_per_query", pd.concat([kept, opq], ignore_index=True))
+        kept = before[~before["model"].isin(opq["model"])].assign(query_id=lambda d: d["query_id"].astype(str))
+        opq = pd.concat([kept, opq], ignore_index=True)
+    opq = study.tables.write("order_per_query", opq)
     return {"order_per_query": opq, "comparisons_order": order_claims(study, opq),
             "order_agreement": order_agreement(study, opq)}
