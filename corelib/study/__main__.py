@@ -72,6 +72,10 @@ def main(argv=None) -> int:
                    "candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
     sub.add_parser("record-costs", parents=[prof, data, models, out], help="write the median compute time of each "
                    "model's cached records per kind into results/record_costs.csv, which `pending` reads for a cold cache")
+    pc = sub.add_parser("precision-check", parents=[prof, data, out], help="the analysis plan's precision check: one "
+                        "model's records in another dtype against its committed fp32 rows (computes the records it lacks)")
+    pc.add_argument("--model", required=True, help="the model to check (one of the profile's)")
+    pc.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2 and the "
                    "candidate-order check from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
@@ -196,6 +200,14 @@ def main(argv=None) -> int:
         for path in plots.redraw(S):
             print(path)
 
+    def precision():
+        from .precision import precision_check
+
+        S = Study(args.profile, data=args.data, out=args.out)
+        for name, df in precision_check(S, args.model, args.dtype).items():
+            print(df[df["model"] == args.model].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+
     def order_check():
         from .order_check import write_all as write_order
 
@@ -205,7 +217,8 @@ def main(argv=None) -> int:
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
                         "released": released, "order-check": order_check, "figures": figures,
-                        "comparisons": comparisons, "record-costs": record_costs}[args.command])
+                        "comparisons": comparisons, "record-costs": record_costs,
+                        "precision-check": precision}[args.command])
 
 
 if __name__ == "__main__":

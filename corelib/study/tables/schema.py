@@ -70,6 +70,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                         "kendall tau vs BM25 (mean)"),
     "forest": ("claim", "model", "collection", "difference", "ci low", "ci high", "queries"),
     "leave_one_out": ("claim", "model", "left out", "difference", "ci low", "ci high", "p", "queries", "collections"),
+    # the precision check of a dtype against fp32 (precision.py): per method, and Table 1's verdicts under both
+    "precision": ("model", "dtype", "method", "head source", "queries", "ndcg@10 fp32", "ndcg@10 (new dtype)",
+                  "difference (points)", "queries within 0.05", "largest change", "checked", "mean within 0.5 point",
+                  "95% of queries within", "passes", "failed"),
+    "precision_verdicts": ("model", "dtype", "claim", "head source", "difference fp32", "difference (new dtype)",
+                           "verdict fp32", "verdict (new dtype)", "unchanged"),
     "first_stage_agreement": ("model", "method", "queries", "correlation with BM25 (per-query ndcg@10)"),
     "released_depth": ("model", "source", "layers", "top heads", "top layers", "in middle third", "median relative depth",
                        "p more", "p fewer", "p more holm", "p fewer holm", "verdict", "largest share keeping the top layers"),

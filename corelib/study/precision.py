@@ -1,0 +1,144 @@
+"""The precision check of the analysis plan (``analysis.RULES``, *bf16 on the CPU*): a model's records computed in
+another dtype, on the queries and detection prompts it already has in fp32, against its committed fp32 rows.
+
+``precision_check(study, model, "bfloat16")`` recomputes the model's record-based methods (ICR, QR-R, CoRe-R and,
+where the fp32 table has them, NIAH-R and the layer window; heads detected again in the new dtype) on the queries
+of the committed per-query table, writes ``precision`` (per method: means, per-query agreement, criteria 1-2) and
+``precision_verdicts`` (Table 1's per-model verdicts from both, criterion 3), and returns both. No committed table
+or head ranking of the profile is changed: the new dtype's records are their own records (the dtype is part of the
+key), and its heads live in memory only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from .profiles import profile
+from .tables.schema import mean_over_collections
+from .tables.table1 import HEAD_SOURCES, compare, per_query, table1_pairs
+
+if TYPE_CHECKING:
+    from .core import Study
+
+log = logging.getLogger(__name__)
+
+# the rule's thresholds (analysis.RULES, fixed before any bf16 record of the study's models existed)
+MEAN_TOLERANCE = 0.5  # points of nDCG@10: each checked method's mean over collections
+QUERY_TOLERANCE = 0.05  # per-query nDCG@10 ...
+QUERY_SHARE = 0.95  # ... within the tolerance for at least this share of the queries
+CHECKED = ("ICR", "QR-R", "CoRe-R")  # the methods criteria 1 and 2 test (NQ heads)
+RECORD_METHODS = ("ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer window")  # what a record's dtype can change
+KEYS = ["collection", "query_id", "method", "head source"]
+
+
+def _committed(study: "Study", model: str) -> pd.DataFrame:
+    if model not in study.p.models:
+        raise ValueError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
+    pq = study.tables.read("per_query")
+    if pq is None or model not in set(pq["model"]):
+        raise FileNotFoundError(f"the precision check compares with {model}'s committed fp32 rows, and "
+                                f"{study.tables_dir / 'per_query.csv'} has none: run profile {study.p.name} in fp32 first")
+    pq["query_id"] = pq["query_id"].astype(str)  # read back as numbers where the ids look like numbers
+    if study.p.dtype_for(model):
+        raise ValueError(f"profile {study.p.name} already computes {model} in {study.p.dtype_for(model)}: the check "
+                         "compares another dtype with the fp32 rows, so run it on the profile without dtype_by_model")
+    return pq
+
+
+def recompute(study: "Study", model: str, dtype: str, data=None) -> pd.DataFrame:
+    """The model's per-query rows of the record-based methods with records in ``dtype`` (same queries, same head
+    sources as the committed table)."""
+    committed = _committed(study, model)
+    mine = committed[committed["model"] == model]
+    sources = [s for s in HEAD_SOURCES if s in set(mine["head source"])]
+    other = study.__class__(profile(study.p, models=(model,), dtype_by_model=((model, dtype),)),
+                            data=data if data is not None else study.data, out=study.out, store=study.store)
+    new = per_query(other, collections=list(dict.fromkeys(mine["collection"])), sources=sources, write=False)
+    new = new[new["method"].isin(set(RECORD_METHODS) & set(mine["method"]))]
+    asked, got = set(map(tuple, mine.loc[mine["method"].isin(RECORD_METHODS), KEYS].astype(str).values)), \
+        set(map(tuple, new[KEYS].astype(str).values))
+    if asked != got:
+        raise ValueError(f"the {dtype} run of {model} scored other queries than its committed rows "
+                         f"({len(asked - got)} missing, {len(got - asked)} extra): the profile's samples changed since "
+                         "the fp32 run, so the check would not compare like with like")
+    return new
+
+
+def agreement(fp32: pd.DataFrame, other: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
+    """Criteria 1 and 2 per method and head source: means over collections and per-query agreement."""
+    key = lambda df: df.assign(**{"head source": df["head source"].fillna(""), "query_id": df["query_id"].astype(str)})  # noqa: E731
+    both = key(fp32).merge(key(other), on=KEYS, suffixes=(" fp32", " new"))
+    rows = []
+    for (method, src), g in both.groupby(["method", "head source"], sort=False):
+        a = mean_over_collections(g, "ndcg@10 fp32")
+        b = mean_over_collections(g, "ndcg@10 new")
+        within = float(((g["ndcg@10 new"] - g["ndcg@10 fp32"]).abs() <= QUERY_TOLERANCE + 1e-12).mean())
+        checked = method in CHECKED and src in ("all", "nq")
+        rows.append({"model": model, "dtype": dtype, "method": method, "head source": src, "queries": len(g),
+                     "ndcg@10 fp32": a, f"ndcg@10 {dtype}": b, "difference (points)": 100 * (b - a),
+                     f"queries within {QUERY_TOLERANCE}": within,
+                     "largest change": float((g["ndcg@10 new"] - g["ndcg@10 fp32"]).abs().max()),
+                     "checked": checked,
+                     "mean within 0.5 point": abs(100 * (b - a)) <= MEAN_TOLERANCE if checked else None,
+                     f"{QUERY_SHARE:.0%} of queries within": within >= QUERY_SHARE if checked else None})
+    return pd.DataFrame(rows).rename(columns={f"ndcg@10 {dtype}": "ndcg@10 (new dtype)"})
+
+
+def verdict_changes(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
+    """Criterion 3: Table 1's claims for every model, once from the committed table and once with the model's
+    record-based rows in the new dtype (the other models' rows as committed, so each claim's Holm family is the
+    same); the model's per-model verdicts side by side."""
+    sources = [s for s in HEAD_SOURCES if s in set(committed["head source"])]
+    pairs = table1_pairs(study, sources)
+    mine = (committed["model"] == model) & committed["method"].isin(set(new["method"]))
+    swapped = pd.concat([committed[~mine], new], ignore_index=True)
+    before, after = compare(study, committed, pairs), compare(study, swapped, pairs)
+    cols = ["claim", "head source", "model"]
+    both = before.merge(after, on=cols, suffixes=(" fp32", " new"))
+    both = both[both["model"] == model]
+    return pd.DataFrame({"model": model, "dtype": dtype, "claim": both["claim"], "head source": both["head source"],
+                         "difference fp32": both["difference fp32"], "difference (new dtype)": both["difference new"],
+                         "verdict fp32": both["verdict fp32"], "verdict (new dtype)": both["verdict new"],
+                         "unchanged": both["verdict fp32"] == both["verdict new"]})
+
+
+def passes(agree: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[bool, str]:
+    """The rule's outcome and, when it fails, which criterion failed."""
+    checked = agree[agree["checked"]]
+    failed = [f"{r['method']} mean {r['difference (points)']:+.2f} points" for _, r in checked.iterrows()
+              if not r["mean within 0.5 point"]]
+    failed += [f"{r['method']} {r[f'queries within {QUERY_TOLERANCE}']:.0%} of queries within {QUERY_TOLERANCE}"
+               for _, r in checked.iterrows() if not r[f"{QUERY_SHARE:.0%} of queries within"]]
+    failed += [f"{r['claim']}: {r['verdict fp32']} -> {r['verdict (new dtype)']}" for _, r in verdicts.iterrows()
+               if not r["unchanged"]]
+    if len(checked) != len(CHECKED):
+        failed.append(f"checked {sorted(checked['method'])}, not all of {list(CHECKED)}")
+    return not failed, "; ".join(failed)
+
+
+def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: bool = True) -> dict[str, pd.DataFrame]:
+    """Run the check for one model and write ``precision`` and ``precision_verdicts`` (other models' and dtypes'
+    rows kept)."""
+    committed = _committed(study, model)
+    new = recompute(study, model, dtype)
+    fp32 = committed[(committed["model"] == model) & committed["method"].isin(set(new["method"]))]
+    agree = agreement(fp32, new, model, dtype)
+    verdicts = verdict_changes(study, committed, new, model, dtype)
+    ok, why = passes(agree, verdicts)
+    agree["passes"] = ok
+    agree["failed"] = why
+    log.info("precision check of %s in %s: %s", model, dtype, "passes" if ok else f"fails ({why})")
+    out = {"precision": agree, "precision_verdicts": verdicts}
+    if write:
+        for name, df in out.items():
+            old = study.tables.read(name)
+            if old is not None:
+                df = pd.concat([old[(old["model"] != model) | (old["dtype"] != dtype)], df], ignore_index=True)
+            out[name] = study.tables.write(name, df)
+    return out
+
+
+__all__ = ["precision_check", "agreement", "verdict_changes", "passes", "recompute"]

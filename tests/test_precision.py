@@ -1,0 +1,60 @@
+"""The precision check of a dtype against fp32 (analysis.RULES, *bf16 on the CPU*)."""
+
+import pandas as pd
+import pytest
+
+from corelib.study import Study
+from corelib.study.precision import QUERY_TOLERANCE, agreement, passes, precision_check
+
+
+def _rows(model, values, method="ICR", src="all"):
+    return pd.DataFrame([{"model": model, "collection": c, "query_id": f"q{i}", "method": method, "head source": src,
+                          "ndcg@10": v} for i, (c, v) in enumerate(values)])
+
+
+def test_agreement_applies_the_rule_per_method():
+    fp32 = pd.concat([_rows("m", [("a", 0.5), ("a", 0.7), ("b", 0.2), ("b", 0.4)], m, s)
+                      for m, s in (("ICR", "all"), ("QR-R", "nq"), ("CoRe-R", "nq"))])
+    new = fp32.copy()
+    new.loc[(new["method"] == "CoRe-R") & (new["query_id"] == "q0"), "ndcg@10"] = 0.5 + QUERY_TOLERANCE + 0.01
+    new.loc[(new["method"] == "QR-R") & (new["query_id"] == "q1"), "ndcg@10"] = 0.7 + QUERY_TOLERANCE  # at the limit
+    a = agreement(fp32, new, "m", "bfloat16").set_index("method")
+    assert a.loc["ICR", "difference (points)"] == 0 and a.loc["ICR", "queries within 0.05"] == 1
+    assert a.loc["QR-R", "queries within 0.05"] == 1  # within means <= the tolerance
+    # one query of four moved by 0.06: 75% within (fails criterion 2); its collection's mean moves 3 points and the
+    # mean over two collections 1.5 (fails criterion 1); QR-R's move of 0.05 is within, but its mean moves 1.25
+    assert a.loc["CoRe-R", "queries within 0.05"] == 0.75 and a.loc["CoRe-R", "difference (points)"] == pytest.approx(1.5)
+    verdicts = pd.DataFrame([{"claim": "CoRe-R beats ICR", "verdict fp32": "supported", "verdict (new dtype)": "supported",
+                              "unchanged": True}])
+    ok, why = passes(a.reset_index(), verdicts)
+    assert not ok and why == "QR-R mean +1.25 points; CoRe-R mean +1.50 points; CoRe-R 75% of queries within 0.05"
+    ok, why = passes(agreement(fp32, fp32, "m", "bfloat16"), verdicts.assign(**{"verdict (new dtype)": "inconclusive",
+                                                                                 "unchanged": False}))
+    assert not ok and why == "CoRe-R beats ICR: supported -> inconclusive"
+    assert passes(agreement(fp32, fp32, "m", "bfloat16"), verdicts) == (True, "")
+
+
+def test_the_precision_check_recomputes_the_committed_queries_in_bf16(shared_data, tmp_path):
+    S = Study("smoke", data=shared_data, out=tmp_path, collections=("scifact", "cranfield"), niah_needles=None,
+              queries=3, detection_samples=3)
+    with pytest.raises(FileNotFoundError, match="has none: run profile smoke in fp32 first"):
+        precision_check(S, "smollm2-135m")
+    pq = S.tables.per_query(sources=("nq", "in-domain"))
+    out = precision_check(S, "smollm2-135m", "bfloat16")
+    a, v = out["precision"].set_index("method"), out["precision_verdicts"]
+    assert set(a.index) == {"ICR", "QR-R", "CoRe-R", "Layer window"} and (a["queries"] == 6).all()
+    assert set(a.index[a["checked"]]) == {"ICR", "QR-R", "CoRe-R"} and (a.loc[a["checked"], "head source"] != "in-domain").all()
+    fp32 = pq[(pq["method"] == "ICR")].groupby("collection")["ndcg@10"].mean().mean()
+    assert a.loc["ICR", "ndcg@10 fp32"] == pytest.approx(fp32)
+    assert (a["largest change"] >= 0).all() and a["passes"].nunique() == 1
+    assert set(v["claim"]) >= {"CoRe-R beats ICR", "CoRe-R beats QR-R"} and (v["dtype"] == "bfloat16").all()
+    assert bool(a["passes"].iloc[0]) == (a["failed"].iloc[0] == "" or pd.isna(a["failed"].iloc[0]))
+    # written beside the other tables, and read back with the same columns
+    assert len(S.tables.read("precision")) == 6  # ICR; QR-R and CoRe-R from two sources; the layer window
+    # the committed per-query table was not touched
+    assert S.tables.read("per_query").equals(S.tables.read("per_query"))
+    with pytest.raises(ValueError, match="already computes smollm2-135m in bfloat16"):
+        precision_check(Study(S.p, data=shared_data, out=tmp_path, dtype_by_model=(("smollm2-135m", "bfloat16"),)),
+                        "smollm2-135m")
+    with pytest.raises(ValueError, match="'gemma3-270m' is not a model of profile smoke"):
+        precision_check(S, "gemma3-270m")
