@@ -58,3 +58,33 @@ def test_the_precision_check_recomputes_the_committed_queries_in_bf16(shared_dat
                         "smollm2-135m")
     with pytest.raises(ValueError, match="'gemma3-270m' is not a model of profile smoke"):
         precision_check(S, "gemma3-270m")
+
+
+def test_a_stratified_sample_takes_small_collections_whole(shared_data):
+    """``whole_up_to_by_model``: every query of a collection with at most n judged queries, the model's seeded
+    sample of each larger one (the same sample as without the setting)."""
+    plain = Study("smoke", data=shared_data, queries=3)
+    S = Study("smoke", data=shared_data, queries=3, whole_up_to_by_model=(("smollm2-135m", 250),))
+    judged = {c: len(S.collection(c).qrels) for c in ("scifact", "cranfield")}
+    assert judged["cranfield"] <= 250 < judged["scifact"]
+    assert len(S.candidates("smollm2-135m", "cranfield").ranking) == judged["cranfield"]
+    assert list(S.candidates("smollm2-135m", "scifact").ranking) == list(plain.candidates("smollm2-135m", "scifact").ranking)
+    assert "up to 3 queries/collection (every query of a collection with at most 250)" in S.p.sizes("smollm2-135m")
+    with pytest.raises(ValueError, match="whole collections up to n queries for smollm2-135m"):
+        Study("smoke", whole_up_to_by_model=(("smollm2-135m", -1),))
+
+
+def test_the_report_states_the_precision_check():
+    from corelib.study.report import precision_note
+
+    fp32 = pd.concat([_rows("m", [("a", 0.5), ("a", 0.7), ("b", 0.2), ("b", 0.4)], m, s)
+                      for m, s in (("ICR", "all"), ("QR-R", "nq"), ("CoRe-R", "nq"))])
+    agree = agreement(fp32, fp32, "m", "bfloat16").assign(passes=True, failed="")
+    verdicts = pd.DataFrame([{"model": "m", "dtype": "bfloat16", "unchanged": True}] * 3)
+    note = precision_note(agree, verdicts)
+    assert note == ("- **Precision check**: m in bfloat16 against fp32 on its 4 committed queries, heads detected again: "
+                    "ICR +0.00 points (100% of queries within 0.05), QR-R +0.00 points (100% of queries within 0.05), "
+                    "CoRe-R +0.00 points (100% of queries within 0.05); 3 of 3 of Table 1's verdicts unchanged; passes.")
+    failed = precision_note(agree.assign(passes=False, failed="ICR mean +0.60 points"), verdicts)
+    assert failed.endswith("fails (ICR mean +0.60 points): the model stays in fp32.")
+    assert precision_note(None, None) is None

@@ -110,16 +110,23 @@ class Study:
         title and the body's first ``words`` words; computed once)."""
         from ..dense import bi_encoder_run
 
-        key = (collection, self.p.queries_for(model, collection))
+        key = (collection, self.sample_size(model, collection))
         if key not in self._bi_encoder:
             self._bi_encoder[key] = bi_encoder_run(self.encoder(), self.collection(collection),
                                                    self.candidates(model, collection), self.p.words)
         return self._bi_encoder[key]
 
+    def sample_size(self, model: str, collection: str) -> int | None:
+        """The model's sampled queries of a collection (None: all its judged test queries)."""
+        if dict(self.p.whole_up_to_by_model).get(model) is None:
+            return self.p.queries_for(model, collection)
+        judged = len(sample_queries(self.collection(collection), None))
+        return self.p.queries_for(model, collection, judged)
+
     def candidates(self, model: str, collection: str, method: str | None = None) -> Candidates:
         """The profile's query sample of a collection, with its first-stage top-k (``method``: bm25
         or dense; default the profile's first stage)."""
-        n = self.p.queries_for(model, collection)
+        n = self.sample_size(model, collection)
         method = method or self.p.first_stage
         if (collection, n, method) not in self._candidates:
             coll = self.collection(collection)

@@ -30,6 +30,9 @@ class Profile:
     calibrated_detection_ablation: bool = True
     seed: int = 0
     queries_by_model: tuple[tuple[str, int | None], ...] = ()  # (model, queries) overriding ``queries``
+    # (model, n): a collection with at most n judged test queries is evaluated whole for that model, whatever its
+    # per-collection size (a stratified sample: every query of the small collections, a seeded part of the large)
+    whole_up_to_by_model: tuple[tuple[str, int], ...] = ()
     multilingual_queries: tuple[tuple[str, int | None], ...] = ()  # (model, queries) on the multilingual sets
     detection_by_model: tuple[tuple[str, int], ...] = ()  # (model, NQ detection queries) overriding detection_samples
     # (model, dtype) where a model's records are not computed in the default dtype (fp32 on a CPU, bf16 on a
@@ -70,6 +73,8 @@ class Profile:
             whole_number(n, f"queries for {model}", allow_none=True)
         for model, n in self.detection_by_model:
             whole_number(n, f"detection queries for {model}")
+        for model, n in self.whole_up_to_by_model:
+            whole_number(n, f"whole collections up to n queries for {model}")
         if not self.models:
             raise ValueError(f"profile {self.name!r} has no model: name at least one")
         if not self.collections:
@@ -95,10 +100,15 @@ class Profile:
         re-ranks its candidates (encoding a whole corpus is the slowest step of a profile that does not)."""
         return ("bm25",) if self.first_stage == "bm25" else ("bm25", self.first_stage)
 
-    def queries_for(self, model: str, collection: str | None = None) -> int | None:
-        """Sampled queries per collection for a model (the multilingual sets have their own sizes)."""
+    def queries_for(self, model: str, collection: str | None = None, judged: int | None = None) -> int | None:
+        """Sampled queries per collection for a model (the multilingual sets have their own sizes); None: all.
+        ``judged``: the collection's judged test queries, for a model that takes small collections whole."""
         table = self.multilingual_queries if collection in self.multilingual else self.queries_by_model
-        return dict(table).get(model, self.queries)
+        n = dict(table).get(model, self.queries)
+        whole = dict(self.whole_up_to_by_model).get(model)
+        if whole is not None and collection not in self.multilingual and judged is not None and judged <= whole:
+            return None
+        return n
 
     def dtype_for(self, model: str) -> str | None:
         """The dtype a model's records are computed in (None: the default, fp32 on a CPU, bf16 on a GPU)."""
@@ -117,12 +127,14 @@ class Profile:
 
     def sizes(self, model: str | None = None) -> str:
         q = self.queries_for(model) if model else self.queries
+        whole = dict(self.whole_up_to_by_model).get(model) if model else None
+        whole = f" (every query of a collection with at most {whole})" if whole is not None else ""
         niah = (f"; NIAH {self.niah_needles} needles x {len(self.niah_lengths)} lengths {list(self.niah_lengths)} x "
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
         stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
         dtype = f"; {self.dtype_for(model)} records" if model and self.dtype_for(model) else ""
         return (f"top-{self.top_k} {stage} candidates, {self.words} words/doc, "
-                f"{f'up to {q}' if q else 'all'} queries/collection; detection {self.detection_for(model)} NQ queries x {self.positions} "
+                f"{f'up to {q}' if q else 'all'} queries/collection{whole}; detection {self.detection_for(model)} NQ queries x {self.positions} "
                 f"positions, {self.negatives} negatives, t={self.temperature}{niah}{dtype}")
 
 

@@ -250,6 +250,8 @@ SECTIONS = [
     ("Figure 3 analog: measured cost of the pruned forward and of the early exit", "pruning_cost", ("fig3_pruning_cost",)),
     ("Table 2 analog (MLDR; XQuAD-R stand-in offline)", "table2", ("table2_multilingual",)),
     ("Table 2 analog: mean over languages", "table2_average", ("table2_multilingual",)),
+    ("Precision check: records in bf16 against fp32 (the analysis plan's rule)", "precision", ()),
+    ("Precision check: Table 1's per-model verdicts under both dtypes", "precision_verdicts", ()),
     ("Ablation: temperature", "ablation_temperature", ()),
     ("Ablation: calibrated detection", "ablation_calibrated_detection", ()),
     ("Ablation: negatives and positive position", "ablation_negatives_positions", ()),
@@ -309,6 +311,24 @@ def depth_note(depth: pd.DataFrame | None, released: pd.DataFrame | None) -> str
             "CoRe head is " + ", ".join(parts) + "; a fixed 50% keeps them all only where that share is at least 50%.")
 
 
+def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> str | None:
+    """The precision check's outcome per model and dtype (the analysis plan's rule), from its tables."""
+    if agree is None or agree.empty:
+        return None
+    parts = []
+    for (model, dtype), g in agree.groupby(["model", "dtype"], sort=False):
+        checked = g[g["checked"].astype(bool)]
+        cells = ", ".join(f"{r['method']} {r['difference (points)']:+.2f} points ({r['queries within 0.05']:.0%} of queries "
+                          f"within 0.05)" for _, r in checked.iterrows())
+        v = verdicts[(verdicts["model"] == model) & (verdicts["dtype"] == dtype)] if verdicts is not None else verdicts
+        same = (f"; {int(v['unchanged'].sum())} of {len(v)} of Table 1's verdicts unchanged" if v is not None and len(v) else "")
+        ok = bool(g["passes"].iloc[0])
+        why = "" if ok else f" ({g['failed'].iloc[0]}): the model stays in fp32"
+        parts.append(f"{model} in {dtype} against fp32 on its {int(checked['queries'].max())} committed queries, heads "
+                     f"detected again: {cells}{same}; {'passes' if ok else 'fails'}{why}")
+    return "- **Precision check**: " + "; ".join(parts) + "."
+
+
 def _anchor(title: str) -> str:
     return "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
@@ -345,7 +365,8 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "interval of a table written before the adjusted ones existed; \u2020 one where the bootstrap interval "
                  "and the sign-flip test part); the pooled test counts a query once (the models' samples differ "
                  "in size, so a model with more queries weighs more in it).", "", *summary(v),
-                 *filter(None, [depth_note(t.read("depth"), t.read("released_depth"))]), ""]
+                 *filter(None, [depth_note(t.read("depth"), t.read("released_depth")),
+                                precision_note(t.read("precision"), t.read("precision_verdicts"))]), ""]
         ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
     tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once
