@@ -88,3 +88,23 @@ def test_the_report_states_the_precision_check():
     failed = precision_note(agree.assign(passes=False, failed="ICR mean +0.60 points"), verdicts)
     assert failed.endswith("fails (ICR mean +0.60 points): the model stays in fp32.")
     assert precision_note(None, None) is None
+
+
+def test_the_report_says_when_a_models_rows_predate_the_profiles_sample(tmp_path):
+    from corelib.study.report import sample_notes
+
+    S = Study("smoke", out=tmp_path, queries=3, whole_up_to_by_model=(("smollm2-135m", 250),))
+    assert sample_notes(S) == []  # no tables yet
+    S.tables_dir.mkdir(parents=True)
+    pd.DataFrame({"collection": ["scifact", "cranfield"], "documents": [1, 1], "judged queries": [300, 225],
+                  "first stage": "bm25", "BM25 nDCG@10 (all queries)": 0.5}).to_csv(S.tables_dir / "collections.csv", index=False)
+    avg = pd.DataFrame({"model": ["smollm2-135m"], "first stage": ["bm25"], "collections": [2], "queries": [6],
+                        **{m: [0.5] for m in S.tables.columns("table1_average")[4:]}})
+    avg.to_csv(S.tables_dir / "table1_average.csv", index=False)
+    assert S.p.expected_queries("smollm2-135m", {"scifact": 300, "cranfield": 225}) == 3 + 225
+    (note,) = sample_notes(S)
+    assert note.startswith("- **smollm2-135m's rows predate the profile's sample**: the tables hold 6 evaluated queries "
+                           "of it, the profile's sample has 228 (")
+    assert "`make pending PROFILE=smoke MODEL=smollm2-135m`" in note
+    avg.assign(queries=228).to_csv(S.tables_dir / "table1_average.csv", index=False)
+    assert sample_notes(S) == []

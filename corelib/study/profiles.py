@@ -110,6 +110,15 @@ class Profile:
             return None
         return n
 
+    def expected_queries(self, model: str, judged: dict[str, int]) -> int:
+        """Evaluated queries of a model over the profile's (monolingual) collections, given each one's judged
+        test queries (the collections table's column)."""
+        total = 0
+        for c in self.collections:
+            n = self.queries_for(model, c, judged[c])
+            total += judged[c] if n is None else min(n, judged[c])
+        return total
+
     def dtype_for(self, model: str) -> str | None:
         """The dtype a model's records are computed in (None: the default, fp32 on a CPU, bf16 on a GPU)."""
         return dict(self.dtype_by_model).get(model)

@@ -329,6 +329,29 @@ def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) ->
     return "- **Precision check**: " + "; ".join(parts) + "."
 
 
+def sample_notes(study: "Study") -> list[str]:
+    """Where a model's committed Table 1 rows hold another number of evaluated queries than the profile's
+    sample gives (the tables predate a change of the profile), one line saying so and how to catch up."""
+    t = study.tables
+    avg, coll = t.read("table1_average"), t.read("collections")
+    if avg is None or coll is None:
+        return []
+    judged = dict(zip(coll["collection"], coll["judged queries"]))
+    if not set(study.p.collections) <= set(judged):
+        return []
+    notes = []
+    for _, r in avg.iterrows():
+        if r["model"] not in study.p.models:
+            continue
+        want = study.p.expected_queries(r["model"], judged)
+        if int(r["queries"]) != want:
+            notes.append(f"- **{r['model']}'s rows predate the profile's sample**: the tables hold {int(r['queries'])} "
+                         f"evaluated queries of it, the profile's sample has {want} ({study.p.sizes(r['model'])}); "
+                         f"`make pending PROFILE={study.p.name} MODEL={r['model']}` lists the records left, then "
+                         f"`make reproduce PROFILE={study.p.name}` rewrites them.")
+    return notes
+
+
 def _anchor(title: str) -> str:
     return "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
@@ -366,7 +389,8 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "and the sign-flip test part); the pooled test counts a query once (the models' samples differ "
                  "in size, so a model with more queries weighs more in it).", "", *summary(v),
                  *filter(None, [depth_note(t.read("depth"), t.read("released_depth")),
-                                precision_note(t.read("precision"), t.read("precision_verdicts"))]), ""]
+                                precision_note(t.read("precision"), t.read("precision_verdicts"))]),
+                 *sample_notes(study), ""]
         ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
     tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once
