@@ -39,7 +39,7 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     # the gemma3 stand-in mixes sliding-window and global layers (sliding, full, sliding, full)
     p = profile("paper", models=(str(model_dir), str(dirs["gemma3"])), collections=("tiny", "tiny2"), multilingual=(), queries=2, top_k=3,
                 words=20, detection_samples=2, negatives=3, positions=2, prune_levels=(0.0, 0.5), control_sets=20,
-                niah_needles=1, niah_lengths=(100,), niah_depths=(0.5,),
+                niah_needles=1, niah_lengths=(100,), niah_depths=(0.5,), niah_prompt_lengths=(150,),
                 encoder="minilm-l6")  # the paper's dense first stage, with the offline encoder (granite-embedding is on the hub)
     S = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"))
     m = str(model_dir)
@@ -48,7 +48,10 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     t = S.tables
     t.collections(), t.prompt_lengths(), t.top_heads(), t.overlap(), t.detection_temperature()
     niah = t.niah_detection()  # a random-weight model copies no needle: NIAH-R is left out, said with the counts
-    assert niah["trials"].tolist() == [1, 1] and niah["counted"].tolist() == [0, 0] and "NIAH-R" not in S.head_methods(m)
+    # a row per model and grid (the profile's lengths, then the prompts' length)
+    assert niah["context lengths"].astype(str).tolist() == ["[100]", "[150]"] * 2
+    assert niah["trials"].tolist() == [1] * 4 and niah["counted"].tolist() == [0] * 4
+    assert "NIAH-R" not in S.head_methods(m) and "NIAH-R (prompt length)" not in S.head_methods(m)
     S.save_head_rankings()
     pq = t.per_query(sources=("nq", "in-domain", "in-domain, position-matched"))
     t.table1(pq)
@@ -110,9 +113,9 @@ def test_two_processes_make_the_same_records_as_one(tmp_path, shared_data):
     files = {p.relative_to(tmp_path / "one" / "records"): p for p in (tmp_path / "one" / "records").rglob("*.safetensors")}
     others = {p.relative_to(tmp_path / "two" / "records"): p for p in (tmp_path / "two" / "records").rglob("*.safetensors")}
     # detection 4 x 2 positions, 4 + 4 collection records, the same detection prompts calibrated (notebook 9's
-    # ablation), 2 NIAH trials (1 needle x 1 length x 2 depths)
+    # ablation), 2 NIAH trials (1 needle x 1 length x 2 depths) and 2 more at the prompts' length
     # + the order check: 3 records per collection with shuffled candidates
-    assert len(files) == 4 * 2 + 4 + 4 + 4 * 2 + 2 + 2 * 3 and set(files) == set(others)
+    assert len(files) == 4 * 2 + 4 + 4 + 4 * 2 + 2 + 2 + 2 * 3 and set(files) == set(others)
     from safetensors.torch import load_file
 
     for rel, path in files.items():

@@ -104,6 +104,14 @@ RULES = f"""\
   fp32 for at least 95% of the queries, for each method, and (3) every per-model verdict of Table 1's claims
   unchanged. Otherwise the model stays in fp32 and the report says why. A model run in bf16 says so wherever its
   numbers appear (its sizes line names the dtype).
+- *NIAH-R at the prompts' length* (added before any needle trial at that length existed). NIAH-R's heads were found
+  at 1,000-2,000 tokens while the re-ranking prompts run to about 3,500. A second grid of the same needles and depths
+  at the prompts' length (``niah_prompt_lengths``) gives the method NIAH-R (prompt length), tested as "CoRe-R beats
+  NIAH-R (prompt length)" under the rule of every Table 1 comparison and placed among the random head sets like
+  every method; NIAH-R from the shorter grid stays as it was, so both are reported.
+- *Stratified samples* (added before the extended samples' numbers existed). A model may take every query of a
+  collection with at most n judged queries and its seeded per-collection sample of each larger one
+  (``whole_up_to_by_model``); its comparisons are computed as for any sample (collections weighted equally).
 - *Scale* (the `cpu` profile's four models; added before the two Qwen models' cpu-profile numbers existed).
   Descriptive only: each model's estimates with its own CI and verdict, against its parameter count. No
   trend is tested: four models differ in family, tuning and quantisation as well as size, and their samples

@@ -22,7 +22,7 @@ from ..prompts import CandidateOrder
 from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
 from ..records import QueryRecord, RecordStore
 from ..rerank import Reranker, detection_records
-from .methods import DETECTED, HEAD_SOURCES, NIAH_SOURCE
+from .methods import DETECTED, HEAD_SOURCES, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE
 from .profiles import Profile, profile
 
 log = logging.getLogger(__name__)
@@ -199,21 +199,28 @@ class Study:
         return pending(self, models, multilingual)
 
     # ------------------------------------------------------------------ NIAH
-    def niah_grid(self):
+    def niah_lengths(self, prompt_length: bool = False) -> tuple[int, ...]:
+        """The context lengths of the profile's needle grid (``prompt_length``: its grid at the prompts' length)."""
         if not self.p.niah_needles:
             raise ValueError(f"profile {self.p.name!r} has no NIAH grid (niah_needles=None)")
-        return trial_grid(NEEDLES[: self.p.niah_needles], self.p.niah_lengths, self.p.niah_depths)
+        if prompt_length and not self.p.niah_prompt_lengths:
+            raise ValueError(f"profile {self.p.name!r} has no needle grid at the prompts' length (niah_prompt_lengths=())")
+        return self.p.niah_prompt_lengths if prompt_length else self.p.niah_lengths
 
-    def niah_trials(self, model: str) -> list[TrialResult]:
-        """The profile's needle trials for a model (cached on disk; decoded only when missing)."""
-        if model not in self._niah:
-            grid = self.niah_grid()
+    def niah_grid(self, prompt_length: bool = False):
+        return trial_grid(NEEDLES[: self.p.niah_needles], self.niah_lengths(prompt_length), self.p.niah_depths)
+
+    def niah_trials(self, model: str, prompt_length: bool = False) -> list[TrialResult]:
+        """The profile's needle trials for a model (cached on disk; decoded only when missing); ``prompt_length``:
+        the grid at the prompts' length."""
+        if (model, prompt_length) not in self._niah:
+            grid = self.niah_grid(prompt_length)
             if self.shard is not None:
                 grid = self._share(grid)
             haystack = collection_haystack(self.collection(self.p.niah_haystack))
-            self._niah[model] = run_trials(self.spec(model), grid, haystack, store=TrialStore(self.store.root),
-                                           progress=f"{model} NIAH")
-        return self._niah[model]
+            self._niah[model, prompt_length] = run_trials(self.spec(model), grid, haystack, store=TrialStore(self.store.root),
+                                                          progress=f"{model} NIAH" + (" (prompt length)" if prompt_length else ""))
+        return self._niah[model, prompt_length]
 
     def head_methods(self, model: str) -> dict[str, str]:
         """The head-selecting methods of the Table 1 analog for a model: QR-R and CoRe-R, and NIAH-R
@@ -226,6 +233,12 @@ class Study:
                     methods["NIAH-R"] = "niah"
                 except NiahError as err:
                     log.warning("no NIAH-R for %s: %s", model, err)
+                if self.p.niah_prompt_lengths:
+                    try:
+                        self.head_scores(model, "niah-prompt")
+                        methods[NIAH_PROMPT] = "niah-prompt"
+                    except NiahError as err:
+                        log.warning("no %s for %s: %s", NIAH_PROMPT, model, err)
             self._head_methods[model] = methods
         return self._head_methods[model]
 
@@ -236,19 +249,20 @@ class Study:
         'in-domain, position-matched'): the profile's collection records with their qrels,
         leaving out collection ``exclude`` (the one the heads will re-rank)."""
         t = self.p.temperature if temperature is None else temperature
-        if method == "niah":  # from needle trials: no detection source, no temperature
+        niah = {"niah": NIAH_SOURCE, "niah-prompt": NIAH_PROMPT_SOURCE}
+        if method in niah:  # from needle trials: no detection source, no temperature
             if source != "nq" or calibrated:
                 raise ValueError(f"NIAH heads come from needle trials, not from the {source!r} detection source")
-            t, source, exclude = None, NIAH_SOURCE, None
+            t, source, exclude = None, niah[method], None
         key = (model, method, t, source, calibrated, exclude)
         if key not in self._scores:
             spec = self.spec(model)
             ident = {"model_id": spec.model_id, "fingerprint": spec.fingerprint}
-            if method == "niah":
-                p = self.p
-                prov = {"source": NIAH_SOURCE, "haystack": p.niah_haystack, "needles": p.niah_needles,
-                        "lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "profile": p.name}
-                self._scores[key] = niah_scores(self.niah_trials(model), **ident, provenance=prov)
+            if method in niah:
+                p, long = self.p, method == "niah-prompt"
+                prov = {"source": niah[method], "haystack": p.niah_haystack, "needles": p.niah_needles,
+                        "lengths": list(self.niah_lengths(long)), "depths": list(p.niah_depths), "profile": p.name}
+                self._scores[key] = niah_scores(self.niah_trials(model, long), **ident, provenance=prov)
             elif source in HEAD_SCORERS:
                 prov = {"source": HEAD_SOURCES[source], "words": self.p.words, "profile": self.p.name}
                 self._scores[key] = HEAD_SCORERS[source](self, model, method, t, calibrated, exclude, ident, prov)

@@ -34,6 +34,11 @@ FIRST_STAGE_METHODS = {"bm25": "BM25", "dense": "Dense"}  # the profile's first 
 # methods whose heads are detected on a detection source (NQ or in-domain): label -> detector key
 DETECTED = {label: m.key for label, m in METHODS.items() if m.key in ("qr", "core")}
 NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
+# NIAH-R from a second needle grid at the re-ranking prompts' length (Profile.niah_prompt_lengths): a method of its
+# own (it takes NIAH-R's colour), beside NIAH-R's heads found at the profile's shorter context lengths
+NIAH_PROMPT = "NIAH-R (prompt length)"
+NIAH_PROMPT_SOURCE = "needle trials at prompt length"
+NIAH_SOURCES = (NIAH_SOURCE, NIAH_PROMPT_SOURCE)
 HEAD_SOURCES = {
     "nq": "NQ detection set (the paper's source)",
     "in-domain": "in-domain BM25 candidates, leave-one-collection-out",

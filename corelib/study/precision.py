@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .methods import NIAH_PROMPT
 from .profiles import profile
 from .tables.schema import mean_over_collections
 from .tables.table1 import HEAD_SOURCES, compare, per_query, table1_pairs
@@ -30,7 +31,7 @@ MEAN_TOLERANCE = 0.5  # points of nDCG@10: each checked method's mean over colle
 QUERY_TOLERANCE = 0.05  # per-query nDCG@10 ...
 QUERY_SHARE = 0.95  # ... within the tolerance for at least this share of the queries
 CHECKED = ("ICR", "QR-R", "CoRe-R")  # the methods criteria 1 and 2 test (NQ heads)
-RECORD_METHODS = ("ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer window")  # what a record's dtype can change
+RECORD_METHODS = ("ICR", "QR-R", "CoRe-R", "NIAH-R", NIAH_PROMPT, "Layer window")  # what a record's dtype can change
 KEYS = ["collection", "query_id", "method", "head source"]
 
 
@@ -54,7 +55,8 @@ def recompute(study: "Study", model: str, dtype: str, data=None) -> pd.DataFrame
     committed = _committed(study, model)
     mine = committed[committed["model"] == model]
     sources = [s for s in HEAD_SOURCES if s in set(mine["head source"])]
-    other = study.__class__(profile(study.p, models=(model,), dtype_by_model=((model, dtype),)),
+    extra = {} if NIAH_PROMPT in set(mine["method"]) else {"niah_prompt_lengths": ()}  # what the fp32 rows lack
+    other = study.__class__(profile(study.p, models=(model,), dtype_by_model=((model, dtype),), **extra),
                             data=data if data is not None else study.data, out=study.out, store=study.store)
     new = per_query(other, collections=list(dict.fromkeys(mine["collection"])), sources=sources, write=False)
     new = new[new["method"].isin(set(RECORD_METHODS) & set(mine["method"]))]

@@ -47,6 +47,9 @@ class Profile:
     niah_lengths: tuple[int, ...] = (1000, 2000)
     niah_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     niah_haystack: str = "adi"
+    # a second needle grid (same needles and depths) at the re-ranking prompts' length, in tokens: its heads are
+    # the method NIAH-R (prompt length), beside NIAH-R's from ``niah_lengths``; () = none
+    niah_prompt_lengths: tuple[int, ...] = ()
     # The candidate-order check: the same candidates in a seeded random order per query (heads unchanged), for
     # these models, on a stratified part of each model's query sample: every query of a collection whose sample
     # has at most ``order_all_up_to`` queries, ``order_queries`` (a seeded subset) of each larger one
@@ -140,6 +143,8 @@ class Profile:
         whole = f" (every query of a collection with at most {whole})" if whole is not None else ""
         niah = (f"; NIAH {self.niah_needles} needles x {len(self.niah_lengths)} lengths {list(self.niah_lengths)} x "
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
+        if self.niah_needles and self.niah_prompt_lengths:
+            niah += f" (and at the prompts' length, {list(self.niah_prompt_lengths)})"
         stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
         dtype = f"; {self.dtype_for(model)} records" if model and self.dtype_for(model) else ""
         return (f"top-{self.top_k} {stage} candidates, {self.words} words/doc, "
@@ -155,7 +160,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", (DEFAULT_MODEL,), ("scifact", "cranfield"), top_k=8, words=40, queries=4,
                      detection_samples=4, negatives=7, positions=2, temperature=0.001,
                      prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",), control_sets=50,
-                     niah_needles=1, niah_lengths=(300,), niah_depths=(0.0, 1.0), order_models=(DEFAULT_MODEL,),
+                     niah_needles=1, niah_lengths=(300,), niah_depths=(0.0, 1.0), niah_prompt_lengths=(600,),
+                     order_models=(DEFAULT_MODEL,),
                      order_queries=3, order_all_up_to=2, hours="~4 min"),
     # `make reproduce` with no PROFILE: every table and figure for the default model within an hour from a cold cache
     # (the calibrated-detection ablation, a second detection pass, is the cpu profile's).
@@ -169,7 +175,7 @@ PROFILES: dict[str, Profile] = {
     # 50 detection queries (about a minute per calibrated record of ~3.5k tokens on 2 CPU cores in fp32).
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"), COLLECTIONS_CPU,
                    top_k=20, words=100, queries=30, detection_samples=100, negatives=19, positions=2, temperature=0.001,
-                   multilingual=XQUAD, ablation_models=(DEFAULT_MODEL,),
+                   multilingual=XQUAD, ablation_models=(DEFAULT_MODEL,), niah_prompt_lengths=(3500,),
                    queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300), ("qwen2.5-coder-1.5b", 15)),
                    multilingual_queries=((DEFAULT_MODEL, 50), ("qwen2.5-coder-1.5b", 10)),
                    detection_by_model=(("qwen2.5-coder-1.5b", 50),),

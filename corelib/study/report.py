@@ -13,6 +13,7 @@ import pandas as pd
 
 from . import analysis
 from ..architecture import global_attention_layers, model_config
+from .methods import NIAH_PROMPT
 from .tables import METHODS
 
 if TYPE_CHECKING:
@@ -349,6 +350,11 @@ def sample_notes(study: "Study") -> list[str]:
                          f"evaluated queries of it, the profile's sample has {want} ({study.p.sizes(r['model'])}); "
                          f"`make pending PROFILE={study.p.name} MODEL={r['model']}` lists the records left, then "
                          f"`make reproduce PROFILE={study.p.name}` rewrites them.")
+    pq = t.read("per_query")
+    if study.p.niah_needles and study.p.niah_prompt_lengths and pq is not None and NIAH_PROMPT not in set(pq["method"]):
+        notes.append(f"- **{NIAH_PROMPT} is not in these tables yet**: the profile runs its needle trials at the prompts' "
+                     f"length ({list(study.p.niah_prompt_lengths)} tokens), which its committed tables predate; "
+                     f"`make reproduce PROFILE={study.p.name}` adds it.")
     return notes
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
-from .methods import NIAH_SOURCE
+from .methods import NIAH_SOURCES
 
 if TYPE_CHECKING:
     from .core import Study
@@ -26,7 +26,7 @@ ALL_COLLECTIONS = analysis.ALL_COLLECTIONS
 
 def _nq(pq: pd.DataFrame) -> pd.DataFrame:
     """The per-query rows of the NQ heads (and of the methods that select no heads)."""
-    return pq[pq["head source"].fillna("").isin(["", "all", "nq", NIAH_SOURCE])]
+    return pq[pq["head source"].fillna("").isin(["", "all", "nq", *NIAH_SOURCES])]
 
 
 def _differences(pq: pd.DataFrame, a: str, b: str):

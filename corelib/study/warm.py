@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS = "NQ detection", "calibrated NQ detection", "needle trials"
+NIAH_PROMPT_TRIALS = "needle trials (prompt length)"
+TRIALS = (NIAH_TRIALS, NIAH_PROMPT_TRIALS)  # steps of needle trials, not records
 COLLECTION, SHUFFLED = "collection", "shuffled"
 SHUFFLED_SUFFIX = " (shuffled)"
 
@@ -62,6 +64,8 @@ def steps(study: "Study", model: str, multilingual: bool = True) -> list[Step]:
         out.append(Step(CALIBRATED_DETECTION))
     if p.niah_needles:
         out.append(Step(NIAH_TRIALS))
+        if p.niah_prompt_lengths:
+            out.append(Step(NIAH_PROMPT_TRIALS))
     return out
 
 
@@ -71,6 +75,7 @@ RUN: dict[str, Callable[["Study", str, Step], list]] = {
     COLLECTION: lambda s, m, step: s.records(m, step.collection),
     SHUFFLED: lambda s, m, step: s.shuffled_records(m, step.collection),
     NIAH_TRIALS: lambda s, m, step: s.niah_trials(m),
+    NIAH_PROMPT_TRIALS: lambda s, m, step: s.niah_trials(m, prompt_length=True),
 }
 
 
@@ -88,8 +93,9 @@ STATUS: dict[str, Callable[["Study", str, Step], CacheStatus]] = {
                                                            calibrate=True, store=s.store),
     COLLECTION: _collection_status,
     SHUFFLED: _collection_status,
-    NIAH_TRIALS: lambda s, m, step: trial_status(s.spec(m), s.niah_grid(), collection_haystack(s.collection(s.p.niah_haystack)),
-                                                 store=TrialStore(s.store.root)),
+    **{kind: lambda s, m, step: trial_status(s.spec(m), s.niah_grid(step.kind == NIAH_PROMPT_TRIALS),
+                                             collection_haystack(s.collection(s.p.niah_haystack)),
+                                             store=TrialStore(s.store.root)) for kind in TRIALS},
 }
 
 
@@ -108,7 +114,7 @@ def warm(study: "Study", models=None, multilingual: bool = True, only=None) -> N
         for step in (s for s in plan if not only or s.name in only):
             t0 = time.perf_counter()
             n = len(RUN[step.kind](study, m, step))
-            log.info("%s %s: %d %s (%.0f s)", m, step.name, n, "trials" if step.kind == NIAH_TRIALS else "records",
+            log.info("%s %s: %d %s (%.0f s)", m, step.name, n, "trials" if step.kind in TRIALS else "records",
                      time.perf_counter() - t0)
 
 
@@ -141,7 +147,7 @@ def record_costs(study: "Study", models=None) -> pd.DataFrame:
     for m in models or study.p.models:
         times: dict[str, list[float]] = {}
         for step in steps(study, m):
-            if step.kind != NIAH_TRIALS:
+            if step.kind not in TRIALS:
                 times.setdefault(_cost_kind(step), []).extend(STATUS[step.kind](study, m, step).seconds)
         for kind, ts in times.items():
             if ts:
@@ -187,7 +193,7 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
     costs = committed_costs(study)
     for m in models or study.p.models:
         statuses = {step: STATUS[step.kind](study, m, step) for step in steps(study, m, multilingual)}
-        timed = {step: st.seconds for step, st in statuses.items() if step.kind != NIAH_TRIALS}
+        timed = {step: st.seconds for step, st in statuses.items() if step.kind not in TRIALS}
         calibrated = [t for step, ts in timed.items() if step.calibrated for t in ts]
         pooled = [t for ts in timed.values() for t in ts]
         for step, st in statuses.items():

@@ -28,16 +28,18 @@ def top_heads(study: "Study", k: int | None = None, temperature: float | None = 
 
 
 def niah_detection(study: "Study") -> pd.DataFrame:
-    """NIAH-R's detection per model: the grid, how many trials retrieved the needle (and so
-    count), how many heads ever copied, and the decoding time the trials took."""
+    """NIAH-R's detection per model and grid (the profile's context lengths, and the prompts' length where the
+    profile has that grid): how many trials retrieved the needle (and so count), how many heads ever copied, and
+    the decoding time the trials took."""
     from ...niah import MIN_RECALL
 
     p, rows = study.p, []
-    for m in study.p.models:
-        trials = study.niah_trials(m)
+    grids = [False] + ([True] if p.niah_prompt_lengths else [])  # and the grid at the prompts' length
+    for m, long in ((m, long) for m in study.p.models for long in grids):
+        trials = study.niah_trials(m, long)
         counted = [r for r in trials if r.counted()]
         rows.append({"model": m, "haystack": p.niah_haystack, "needles": p.niah_needles,
-                     "context lengths": list(p.niah_lengths), "depths": list(p.niah_depths), "trials": len(trials),
+                     "context lengths": list(study.niah_lengths(long)), "depths": list(p.niah_depths), "trials": len(trials),
                      "counted": len(counted), "counted share": len(counted) / len(trials),
                      "mean recall": float(np.mean([r.recall for r in trials])),
                      "decode tokens (max)": max(r.steps for r in trials),

@@ -11,7 +11,7 @@ from ...evaluate import per_query as per_query_ndcg
 from ...heads import in_domain_samples
 from ...scoring import record_run
 from .. import analysis
-from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_SOURCE
+from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE, NIAH_SOURCES
 from .schema import COLUMNS, METHODS, mean_over_collections, with_later_columns, write
 from .schema import write as write_table  # per_query's `write` argument shadows the name
 
@@ -33,6 +33,8 @@ def method_runs(study: "Study", m: str, collection: str, k: int, temperature, so
             out.append((method, src, k, record_run(recs, heads)))
     if "NIAH-R" in study.head_methods(m):
         out.append(("NIAH-R", NIAH_SOURCE, k, record_run(recs, study.heads(m, "niah", k))))
+    if NIAH_PROMPT in study.head_methods(m):
+        out.append((NIAH_PROMPT, NIAH_PROMPT_SOURCE, k, record_run(recs, study.heads(m, "niah-prompt", k))))
     if "nq" in sources:  # all heads of the best layer window on the NQ detection records
         window = study.layer_window_heads(m, temperature)
         out.append(("Layer window", "nq", len(window), record_run(recs, window)))
@@ -62,7 +64,7 @@ def per_query(study: "Study", collections=None, k: int | None = None, temperatur
 
 
 def nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
-    sel = pq[pq["head source"].fillna("").isin(["", "all", "nq", NIAH_SOURCE])]
+    sel = pq[pq["head source"].fillna("").isin(["", "all", "nq", *NIAH_SOURCES])]
     wide = sel.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
     return wide.reindex(columns=list(METHODS))  # a method no model has (NIAH-R without retrieved needles): NaN
 
@@ -95,7 +97,7 @@ def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_
     rows = []
     for a, b, src in pairs:
         claim = f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
-        sel = pq[pq["head source"].fillna("").isin({"", "all", src, NIAH_SOURCE})]  # a read table's "" is NaN
+        sel = pq[pq["head source"].fillna("").isin({"", "all", src, *NIAH_SOURCES})]  # a read table's "" is NaN
         family, results = [], []
         models = list(dict.fromkeys(sel["model"]))
         for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
@@ -128,7 +130,8 @@ def table1_pairs(study: "Study", sources=("nq",)) -> list[tuple[str, str, str]]:
     whose candidates they re-rank (the profile's); with a dense first stage, dense against BM25
     (each its own top k for the same queries); CoRe-R against ICR and QR-R with every other head source."""
     first = FIRST_STAGE_METHODS[study.p.first_stage]
-    pairs = [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"), ("CoRe-R", "NIAH-R", "nq"), ("CoRe-R", "Layer window", "nq"),
+    pairs = [("CoRe-R", "ICR", "nq"), ("CoRe-R", "QR-R", "nq"), ("CoRe-R", "NIAH-R", "nq"), ("CoRe-R", NIAH_PROMPT, "nq"),
+             ("CoRe-R", "Layer window", "nq"),
              ("CoRe-R", "Bi-encoder", "nq"), ("ICR", first, "all"), ("CoRe-R", first, "nq")]
     if first != "BM25":
         pairs.append((first, "BM25", ""))
