@@ -25,14 +25,27 @@ def test_ratios_and_verdicts_against_the_targets(tmp_path):
                               "sweep_seconds_per_100_queries": 3.0, "tweak_seconds": 2.0, "seconds": 5.0},
                        tmp_path, "x", "--models m")
     md = (tmp_path / "bench.md").read_text()
-    assert "| m | 8000 | c | 13.000 | 1.30 |" in md and "skipped: too large" in md
+    assert "| m | 8000 | c | float32 | 13.000 | 1.30 |  |" in md and "skipped: too large" in md
     assert "(target <= 5 s: met)" in md and "(target <= 1.5 s: MISSED)" in md
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["config"] == "a"
+
+
+def test_bf16_rows_have_their_own_reference_and_a_ratio_to_fp32(tmp_path):
+    rows = [row("a", 4000, 10.0, 200), row("c", 4000, 11.0, 220),
+            {**row("a", 4000, 6.0, 120), "dtype": "bfloat16"}, {**row("c", 4000, 6.6, 130), "dtype": "bfloat16"}]
+    df = bench.ratios(rows).set_index(["config", "dtype"])
+    assert df.loc[("c", "bfloat16"), "time_ratio"] == pytest.approx(1.1)  # against bf16's own plain forward
+    assert df.loc[("a", "bfloat16"), "vs_fp32"] == pytest.approx(0.6) and df.loc[("c", "bfloat16"), "vs_fp32"] == pytest.approx(0.6)
+    assert df["vs_fp32"].isna().sum() == 2  # fp32 rows have none
+    bench.write_report(rows, None, tmp_path, "x")
+    assert "| m | 4000 | c | bfloat16 | 6.600 | 1.10 | 0.60 |" in (tmp_path / "bench.md").read_text()
 
 
 def test_worker_measures_a_real_prompt(shared_data):
     out = bench.worker("smollm2-135m", "b", 300, 1, str(shared_data))
     assert 150 < out["tokens"] <= 300 and out["seconds"] > 0 and out["model_and_run_mb"] > 0
+    assert out["dtype"] == "float32"
+    assert bench.worker("smollm2-135m", "a", 300, 1, str(shared_data), dtype="bfloat16")["dtype"] == "bfloat16"
 
 
 def test_pruned_and_exit_configs_run_the_layers_asked_for(shared_data):

@@ -77,6 +77,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", nargs="+", type=int, default=[1000, 2000, 4000, 8000])
     ap.add_argument("--configs", nargs="*", default=[c for c in CONFIGS if c != "pruned"], choices=list(CONFIGS))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                    help="each configuration in each dtype (bf16 against fp32 side by side: float32 bfloat16)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-sweep", action="store_true", help="skip (f), the cached-record sweeps")
@@ -85,13 +87,13 @@ def main(argv=None) -> None:
     rows = []
     for m in args.models:
         for t in args.tokens:
-            for c in args.configs:
+            for c, dtype in ((c, d) for c in args.configs for d in args.dtypes):
                 if c == "d" and naive_attention_gb(m, t) > NAIVE_LIMIT_GB:
-                    rows.append({"model": m, "config": c, "target_tokens": t,
+                    rows.append({"model": m, "config": c, "target_tokens": t, "dtype": dtype,
                                  "error": f"skipped: eager output_attentions keeps ~{naive_attention_gb(m, t):.0f} GB of "
                                           f"attention maps (limit {NAIVE_LIMIT_GB} GB on this machine)"})
                     continue
-                row = measure(m, c, t, args.repeats, args.data)
+                row = measure(m, c, t, args.repeats, args.data, dtype=None if dtype == "float32" else dtype)
                 rows.append(row)
                 print(row, flush=True)
     sweep = None if args.no_sweep else sweep_seconds(args.data, args.sweep_profile)
@@ -99,15 +101,20 @@ def main(argv=None) -> None:
 
 
 def ratios(rows: list[dict]):
-    """The measured rows with time and memory ratios to (a) of the same model and length, each
-    target beside them and whether it is met."""
+    """The measured rows with time and memory ratios to (a) of the same model, length and dtype, each
+    target beside them and whether it is met; ``vs_fp32``: the time against the same configuration in fp32
+    (same run), for rows in another dtype."""
     import pandas as pd
 
     df = pd.DataFrame([r for r in rows if "error" not in r])
-    base = df[df.config == "a"].set_index(["model", "target_tokens"])
-    key = list(zip(df.model, df.target_tokens))
+    df["dtype"] = df["dtype"].fillna("float32") if "dtype" in df else "float32"  # rows written before the column
+    base = df[df.config == "a"].set_index(["model", "target_tokens", "dtype"])
+    key = list(zip(df.model, df.target_tokens, df.dtype))
     df["time_ratio"] = df.seconds.values / base.loc[key, "seconds"].values
     df["memory_ratio"] = df.model_and_run_mb.values / base.loc[key, "model_and_run_mb"].values
+    fp32 = df[df.dtype == "float32"].set_index(["model", "target_tokens", "config"])["seconds"]
+    df["vs_fp32"] = [s / fp32.get((m, t, c), float("nan")) if d != "float32" else float("nan")
+                     for m, t, c, d, s in zip(df.model, df.target_tokens, df.config, df.dtype, df.seconds)]
     largest = df.groupby("model").target_tokens.transform("max")
     targets, verdicts = [], []
     for r, top in zip(df.itertuples(), largest):
@@ -127,6 +134,8 @@ def ratios(rows: list[dict]):
 
 def write_report(rows: list[dict], sweep: dict | None, out: Path, torch_version: str, command: str = "",
                  notes: list[str] = ()) -> None:
+    import pandas as pd
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({"command": f"python -m corelib.study.bench {command}", "rows": rows,
                                                 "sweep": sweep}, indent=1))
@@ -140,11 +149,12 @@ def write_report(rows: list[dict], sweep: dict | None, out: Path, torch_version:
              "(transformers maps safetensors files, so only used embedding rows become resident), activations "
              "and caches; on a GPU it is the peak GPU allocation. The memory ratio compares that.", "",
              *[f"- ({k}) {v}" for k, v in CONFIGS.items() if k in {r["config"] for r in rows}], "",
-             "| model | tokens | config | seconds | time ratio | peak RSS MB | model+run MB | memory ratio | target | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | tokens | config | dtype | seconds | time ratio | time vs fp32 | peak RSS MB | model+run MB | memory ratio | target | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
         config = f"{r.config} ({int(r.layers)} layers)" if r.config == "eexit" else r.config
-        lines.append(f"| {r.model} | {r.tokens} | {config} | {r.seconds:.3f} | {r.time_ratio:.2f} | "
+        vs = "" if pd.isna(r.vs_fp32) else f"{r.vs_fp32:.2f}"
+        lines.append(f"| {r.model} | {r.tokens} | {config} | {r.dtype} | {r.seconds:.3f} | {r.time_ratio:.2f} | {vs} | "
                      f"{r.max_rss_mb:.0f} | {r.model_and_run_mb:.0f} | {r.memory_ratio:.2f} | {r.target} | {r.verdict} |")
     if sweep:
         ok_t = "met" if sweep["tweak_seconds"] <= 5 else "MISSED"

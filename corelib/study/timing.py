@@ -122,14 +122,15 @@ def timed(fn, cuda: bool) -> float:
     return time.perf_counter() - t0
 
 
-def worker(model: str, config: str, tokens: int, repeats: int, data: str | None, layers: int | None = None) -> dict:
+def worker(model: str, config: str, tokens: int, repeats: int, data: str | None, layers: int | None = None,
+           dtype: str | None = None) -> dict:
     """Run one configuration in this process; report the median time and this process's peak RSS.
 
     The prompt is built first with a one-layer copy of the model (tokenizer and chat markers);
     the resident memory after that (libraries, the SciFact corpus, the prompt) is the baseline
     that 'model+run' is measured from, so the data loaded for the prompt is not counted as the
     model's cost. ``layers``: the layers loaded for "pruned", the layers run for "eexit" (default:
-    down to the deepest top-8 CoRe head in results/heads).
+    down to the deepest top-8 CoRe head in results/heads). ``dtype``: the model's (default: fp32 on a CPU).
     """
     import gc
 
@@ -144,7 +145,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
     if config == "pruned" and layers is None:
         raise ValueError("config 'pruned' needs layers: how many of the first layers to keep")
     loaded = {"e50": total // 2, "pruned": layers}.get(config)
-    lm = load_model(model, num_layers=loaded)
+    lm = load_model(model, num_layers=loaded, dtype=dtype)
     ids = torch.tensor([p.input_ids], device=lm.device)
     layers = (layers or deepest_top8(model)) if config == "eexit" else loaded
 
@@ -172,7 +173,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
               else f"CPU, {torch.get_num_threads()} threads ({str(lm.dtype).removeprefix('torch.')})")
     return {"model": model, "config": config, "tokens": len(p.input_ids), "seconds": statistics.median(times),
             "max_rss_mb": peak, "baseline_rss_mb": rss_base, "model_and_run_mb": used, "layers": layers,
-            "device": device}
+            "device": device, "dtype": str(lm.dtype).removeprefix("torch.")}
 
 
 def worker_env() -> dict:
@@ -184,16 +185,18 @@ def worker_env() -> dict:
 
 
 def measure(model: str, config: str, tokens: int, repeats: int = 3, data: str | None = None,
-            layers: int | None = None) -> dict:
+            layers: int | None = None, dtype: str | None = None) -> dict:
     """One configuration's worker result, run in a fresh process (so that its peak memory is its own);
     on failure a row with the error's last line."""
     cmd = [sys.executable, "-m", "corelib.study.timing", "--worker", model, config, str(tokens), "--repeats", str(repeats)]
     cmd += ["--data", str(data)] if data else []
     cmd += ["--layers", str(layers)] if layers else []
+    cmd += ["--dtype", dtype] if dtype else []
     out = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
-        return {"model": model, "config": config, "target_tokens": tokens, "error": lines[-1]}
+        return {"model": model, "config": config, "target_tokens": tokens, "error": lines[-1],
+                **({"dtype": dtype} if dtype else {})}
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "target_tokens": tokens}
 
 
@@ -203,9 +206,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None)
     ap.add_argument("--layers", type=int, default=None, help="layers kept (pruned) or run (eexit)")
+    ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: fp32 on a CPU)")
     args = ap.parse_args(argv)
     m, c, t = args.worker
-    print(json.dumps(worker(m, c, int(t), args.repeats, args.data, args.layers)))
+    print(json.dumps(worker(m, c, int(t), args.repeats, args.data, args.layers, args.dtype)))
 
 
 if __name__ == "__main__":
