@@ -1,10 +1,14 @@
 """The precision check of a dtype against fp32 (analysis.RULES, *bf16 on the CPU*)."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from corelib.study import Study
 from corelib.study.precision import QUERY_TOLERANCE, agreement, passes, precision_check
+
+TABLES = Path(__file__).resolve().parents[1] / "results" / "cpu" / "tables"
 
 
 def _rows(model, values, method="ICR", src="all"):
@@ -108,3 +112,20 @@ def test_the_report_says_when_a_models_rows_predate_the_profiles_sample(tmp_path
     assert "`make pending PROFILE=smoke MODEL=smollm2-135m`" in note
     avg.assign(queries=228).to_csv(S.tables_dir / "table1_average.csv", index=False)
     assert sample_notes(S) == []
+
+
+def test_the_cpu_profile_gives_the_15b_at_least_400_queries_in_bf16():
+    """The 1.5B's sample: every query of MED, LISA, NPL and CISI, at least 60 of each other collection, 100 x 2
+    detection prompts, bf16 (its precision check passed: results/cpu/tables/precision.csv)."""
+    from corelib.study import profile
+
+    p = profile("cpu")
+    committed = pd.read_csv(TABLES / "collections.csv")
+    judged = dict(zip(committed["collection"], committed["judged queries"]))
+    m = "qwen2.5-coder-1.5b"
+    assert p.expected_queries(m, judged) == 426 and p.detection_for(m) == 100 and p.dtype_for(m) == "bfloat16"
+    for c in ("med", "lisa", "npl", "cisi"):
+        assert p.queries_for(m, c, judged[c]) is None  # whole
+    assert all(p.queries_for(m, c, judged[c]) >= 60 for c in ("scifact", "arguana", "cranfield"))
+    check = pd.read_csv(TABLES / "precision.csv")
+    assert check[(check["model"] == m) & (check["dtype"] == "bfloat16")]["passes"].all()

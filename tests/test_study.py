@@ -32,7 +32,8 @@ def test_profiles_are_fixed_and_named():
     assert cpu.queries_for("smollm2-135m", "xquad-r/de") == 50 and cpu.queries_for("gemma3-270m", "xquad-r/de") == 30
     assert (cpu.top_k, cpu.words, cpu.negatives, cpu.positions, cpu.detection_samples) == (20, 100, 19, 2, 100)
     assert cpu.models_for_ablations == ("smollm2-135m",)
-    assert cpu.queries_for("qwen2.5-coder-1.5b", "scifact") == 15 and cpu.detection_for("qwen2.5-coder-1.5b") == 50
+    assert cpu.queries_for("qwen2.5-coder-1.5b", "scifact", 300) == 64 and cpu.detection_for("qwen2.5-coder-1.5b") == 100
+    assert cpu.queries_for("qwen2.5-coder-1.5b", "npl", 93) is None  # a small collection whole
     assert cpu.detection_for("smollm2-135m") == 100 and cpu.queries_for("qwen2.5-coder-1.5b", "xquad-r/es") == 10
     quick = profile("quick")
     assert quick.models == ("smollm2-135m",) and (quick.top_k, quick.words) == (cpu.top_k, cpu.words)  # shares records

@@ -171,14 +171,17 @@ PROFILES: dict[str, Profile] = {
                      multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), calibrated_detection_ablation=False,
                      hours="about 52 min from a cold cache (see results/quick/README.md)"),
     # Every judged test query up to 300 per collection (~1,060 per model) for the two smallest models, so that
-    # a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection; qwen 1.5b 15 per collection and
-    # 50 detection queries (about a minute per calibrated record of ~3.5k tokens on 2 CPU cores in fp32).
+    # a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection; qwen 1.5b, the one model whose
+    # ICR is above BM25, 426 (every query of MED, LISA, CISI and NPL, 64 of each other collection) in bf16, which
+    # its precision check allowed (results/cpu/tables/precision.csv; ~20 s per calibrated record against ~60 s
+    # in fp32 on 2 CPU cores).
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"), COLLECTIONS_CPU,
                    top_k=20, words=100, queries=30, detection_samples=100, negatives=19, positions=2, temperature=0.001,
                    multilingual=XQUAD, ablation_models=(DEFAULT_MODEL,), niah_prompt_lengths=(3500,),
-                   queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300), ("qwen2.5-coder-1.5b", 15)),
+                   queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300), ("qwen2.5-coder-1.5b", 64)),
+                   whole_up_to_by_model=(("qwen2.5-coder-1.5b", 100),),
+                   dtype_by_model=(("qwen2.5-coder-1.5b", "bfloat16"),),
                    multilingual_queries=((DEFAULT_MODEL, 50), ("qwen2.5-coder-1.5b", 10)),
-                   detection_by_model=(("qwen2.5-coder-1.5b", 50),),
                    # 426 queries each: NPL 93, CISI 76, LISA 35, MED 30 whole; 64 of SciFact, ArguAna, Cranfield
                    order_models=(DEFAULT_MODEL, "gemma3-270m"),
                    heads_dir="heads",  # results/heads: the CLI's default --heads-dir reads the cpu profile's rankings

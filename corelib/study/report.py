@@ -340,14 +340,18 @@ def sample_notes(study: "Study") -> list[str]:
     judged = dict(zip(coll["collection"], coll["judged queries"]))
     if not set(study.p.collections) <= set(judged):
         return []
-    notes = []
+    notes, check = [], t.read("precision")
     for _, r in avg.iterrows():
         if r["model"] not in study.p.models:
             continue
         want = study.p.expected_queries(r["model"], judged)
+        # the committed rows are the fp32 side of the model's precision check where its ICR mean is that side's
+        fp32 = check[(check["model"] == r["model"]) & (check["method"] == "ICR")] if check is not None else None
+        fp32 = (" (in fp32: they are the fp32 side of its precision check)" if fp32 is not None and len(fp32)
+                and abs(float(fp32["ndcg@10 fp32"].iloc[0]) - float(r["ICR"])) < 1e-9 else "")
         if int(r["queries"]) != want:
             notes.append(f"- **{r['model']}'s rows predate the profile's sample**: the tables hold {int(r['queries'])} "
-                         f"evaluated queries of it, the profile's sample has {want} ({study.p.sizes(r['model'])}); "
+                         f"evaluated queries of it{fp32}, the profile's sample has {want} ({study.p.sizes(r['model'])}); "
                          f"`make pending PROFILE={study.p.name} MODEL={r['model']}` lists the records left, then "
                          f"`make reproduce PROFILE={study.p.name}` rewrites them.")
     pq = t.read("per_query")
