@@ -49,10 +49,9 @@ def _committed(study: "Study", model: str) -> pd.DataFrame:
     return pq
 
 
-def recompute(study: "Study", model: str, dtype: str, data=None) -> pd.DataFrame:
+def recompute(study: "Study", model: str, dtype: str, committed: pd.DataFrame, data=None) -> pd.DataFrame:
     """The model's per-query rows of the record-based methods with records in ``dtype`` (same queries, same head
-    sources as the committed table)."""
-    committed = _committed(study, model)
+    sources as the ``committed`` per-query table)."""
     mine = committed[committed["model"] == model]
     sources = [s for s in HEAD_SOURCES if s in set(mine["head source"])]
     extra = {} if NIAH_PROMPT in set(mine["method"]) else {"niah_prompt_lengths": ()}  # what the fp32 rows lack
@@ -125,7 +124,7 @@ def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: 
     """Run the check for one model and write ``precision`` and ``precision_verdicts`` (other models' and dtypes'
     rows kept)."""
     committed = _committed(study, model)
-    new = recompute(study, model, dtype)
+    new = recompute(study, model, dtype, committed)
     fp32 = committed[(committed["model"] == model) & committed["method"].isin(set(new["method"]))]
     agree = agreement(fp32, new, model, dtype)
     verdicts = verdict_changes(study, committed, new, model, dtype)
