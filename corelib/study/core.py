@@ -58,6 +58,7 @@ class Study:
         self._collections: dict[str, Collection] = {}
         self._scores: dict[tuple, HeadScores] = {}
         self._candidates: dict[tuple, Candidates] = {}
+        self._judged: dict[str, int] = {}
         self._in_domain: dict[tuple, tuple] = {}
         self._niah: dict[str, list[TrialResult]] = {}
         self._head_methods: dict[str, dict[str, str]] = {}
@@ -120,8 +121,9 @@ class Study:
         """The model's sampled queries of a collection (None: all its judged test queries)."""
         if dict(self.p.whole_up_to_by_model).get(model) is None:
             return self.p.queries_for(model, collection)
-        judged = len(sample_queries(self.collection(collection), None))
-        return self.p.queries_for(model, collection, judged)
+        if collection not in self._judged:  # candidates() asks on every call: count once
+            self._judged[collection] = len(sample_queries(self.collection(collection), None))
+        return self.p.queries_for(model, collection, self._judged[collection])
 
     def candidates(self, model: str, collection: str, method: str | None = None) -> Candidates:
         """The profile's query sample of a collection, with its first-stage top-k (``method``: bm25
