@@ -10,6 +10,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .methods import NIAH_PROMPT
+
 
 def save(fig, path_without_suffix: str | Path) -> list[Path]:
     """Write ``<path>.png`` and ``<path>.pdf``; dots in the name (``qwen2.5-...``) are kept. The PDF carries
@@ -51,7 +53,9 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
     return ax
 
 
-ORDER_LABELS = {"core": "CoRe-R", "qr": "QR-R", "niah": "NIAH-R"}  # a head order -> the method that reads it
+# a head order -> the method that reads it; the prompt-length needle heads share NIAH-R's colour, dotted
+ORDER_LABELS = {"core": "CoRe-R", "qr": "QR-R", "niah": "NIAH-R", "niah-prompt": NIAH_PROMPT}
+ORDER_STYLES = {"niah-prompt": ":"}
 
 
 def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None, window: tuple[int, float] | None = None):
@@ -66,7 +70,7 @@ def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None, wind
     for name in curves.columns:
         s = curves[name].dropna()
         label = ORDER_LABELS.get(name, name)
-        ax.plot(s.index, s.values, color=colour(label), label=f"{label} order")
+        ax.plot(s.index, s.values, color=colour(label), ls=ORDER_STYLES.get(name, "-"), label=f"{label} order")
         k = int(s.idxmax())
         ax.scatter([k], [s.max()], color=colour(label), zorder=3)
         peaks.append((label, k, float(s.max())))
@@ -110,7 +114,8 @@ def sweep_grid(sweep: pd.DataFrame, peaks: pd.DataFrame, model: str):
 
         for order in part.columns:
             label = ORDER_LABELS.get(order, order)
-            ax.plot(part.index, part[order], label=f"{label} order", lw=1, color=colour(label))
+            ax.plot(part.index, part[order], label=f"{label} order", lw=1, color=colour(label),
+                    ls=ORDER_STYLES.get(order, "-"))
         ax.axhline(icr, color=colour("ICR"), ls="--", lw=0.8, label="ICR")
         row = peaks[(peaks["model"] == model) & (peaks["collection"] == name)].iloc[0]
         if pd.notna(row.get("Layer window")):
