@@ -37,3 +37,18 @@ def test_save_writes_the_same_bytes_at_another_time(tmp_path, monkeypatch):
     second = [p.read_bytes() for p in plots.save(fig, tmp_path / "b" / "fig")]
     plt.close(fig)
     assert first == second
+
+
+def test_sweep_draws_every_head_order_of_the_study_in_its_method_colour():
+    import pandas as pd
+
+    from corelib.study.methods import NIAH_PROMPT, colour
+
+    curves = pd.DataFrame({"core": [0.3, 0.5, 0.4], "qr": [0.2, 0.3, 0.25], "niah": [0.1, 0.2, 0.3],
+                           "niah-prompt": [0.15, 0.35, 0.2]}, index=[1, 2, 3])
+    ax = plots.head_count_sweep(curves, 0.3, "t")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    plt.close(ax.figure)
+    prompt = lines[f"{NIAH_PROMPT} order"]
+    assert prompt.get_color() == colour("NIAH-R") and prompt.get_linestyle() == ":"
+    assert lines["CoRe-R order"].get_linestyle() == "-" and list(prompt.get_ydata()) == [0.15, 0.35, 0.2]
