@@ -40,19 +40,26 @@ large-if-needed = @if $(BIN)/python -c "import sys; from corelib.study import pr
 	sys.exit('qwen2.5-coder-1.5b' not in ('$(MODEL)'.split() or profile('$(PROFILE)').models))"; \
 	then $(MAKE) --no-print-directory models-large; fi
 
+# MODEL="a b" (some of the profile's models): their rows of every table are recomputed and the other models' committed
+# rows kept (Study.other_models); the executed notebooks of such a run go to results/<profile>/models/<a+b>/
+empty :=
+space := $(empty) $(empty)
+comma := ,
+EXECUTED = results/$(PROFILE)$(if $(MODEL),/models/$(subst $(space),+,$(strip $(MODEL))))
+
 reproduce: setup
 	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) | sed 's/^/== /'; test $${PIPESTATUS[0]} -eq 0
 	$(large-if-needed)
-	@mkdir -p results/$(PROFILE) figures
-	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" | sed 's/^/== /'
+	@mkdir -p $(EXECUTED) figures
+	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m)) | sed 's/^/== /'
 	@nbs=$$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(NOTEBOOKS)) || exit 1; \
 	for nb in $$nbs; do \
-	  echo "== $$nb ($(PROFILE))"; \
+	  echo "== $$nb ($(PROFILE)$(if $(MODEL),: $(MODEL)))"; \
 	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \
-	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results \
-	    "$$nb" "results/$(PROFILE)/$$(basename $$nb)" 2>&1 | grep -v "Kernel is running over TCP" ; \
+	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results $(if $(MODEL),-y "MODELS: [$(subst $(space),$(comma) ,$(strip $(MODEL)))]") \
+	    "$$nb" "$(EXECUTED)/$$(basename $$nb)" 2>&1 | grep -v "Kernel is running over TCP" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
-	  $(BIN)/python -m corelib.study clean-outputs "results/$(PROFILE)/$$(basename $$nb)" || exit 1; \
+	  $(BIN)/python -m corelib.study clean-outputs "$(EXECUTED)/$$(basename $$nb)" || exit 1; \
 	done
 	@echo "== done: results/$(PROFILE)/REPORT.md. The full study is 'make warm PROFILE=cpu' (many hours, resumable), then 'make reproduce PROFILE=cpu'."
 
@@ -60,18 +67,18 @@ reproduce: setup
 warm: setup
 	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) >/dev/null
 	$(large-if-needed)
-	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
+	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m))
 
 # The pruning cost (notebook 07's timings) of the profile's models (MODEL=name for one), cached per model; time it on
 # an otherwise idle machine (no `make warm` running); `make reproduce` then reuses it
 time-pruning: setup
 	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) >/dev/null
 	$(large-if-needed)
-	$(BIN)/python -m corelib.study -v time-pruning --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
+	$(BIN)/python -m corelib.study -v time-pruning --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m))
 
 # What `make warm` has left per model and step (reads file names only; loads no model)
 pending: setup
-	$(BIN)/python -m corelib.study pending --profile $(PROFILE) --data "$(DATA)" $(if $(MODEL),--model $(MODEL))
+	$(BIN)/python -m corelib.study pending --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m))
 
 # JupyterLab rooted at the project: notebooks/ (runnable, and the explorer) and results/<profile>/ (executed)
 lab: setup

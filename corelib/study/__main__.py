@@ -76,8 +76,8 @@ def main(argv=None) -> int:
                         "model's records in another dtype against its committed fp32 rows (computes the records it lacks)")
     pc.add_argument("--model", required=True, help="the model to check (one of the profile's)")
     pc.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2 and the "
-                   "candidate-order check from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
+    sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2, the "
+                   "candidate-order check, the peak test and the pruning margin from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
                    "scores: depth, pruning survival, heat maps (no forward)")
     sub.add_parser("figures", parents=[prof, out], help="redraw the figures that need no record from a profile's "
@@ -175,13 +175,18 @@ def main(argv=None) -> int:
     def comparisons():
         from . import report
         from .order_check import order_claims
+        from .tables.sweep import peak_comparisons
 
         S = Study(args.profile, out=args.out)
         t = S.tables
         written = {}
         for name, per_query, build in (("comparisons_table1", "per_query", t.table1_comparisons),
                                        ("comparisons_table2", "per_query_multilingual", t.table2_comparisons),
-                                       ("comparisons_order", "order_per_query", lambda df: order_claims(S, df))):
+                                       ("comparisons_order", "order_per_query", lambda df: order_claims(S, df)),
+                                       ("comparisons_peak", "per_query_peak",
+                                        lambda df: t.comparisons("peak", [peak_comparisons(S, df)])),
+                                       ("comparisons_pruning", "per_query_pruning",
+                                        lambda df: t.comparisons("pruning", [t.pruning_margin(df)]))):
             df = t.read(per_query)
             if df is not None:
                 written[name] = build(df)

@@ -35,18 +35,25 @@ class Study:
 
     out: the results directory; tables go to ``out/<profile>/tables``, head rankings to
     ``out/heads`` (cpu profile) or ``out/<profile>/heads``; figures to ``figures/<profile>``
-    (``figures`` defaults to a sibling of ``out``). ``models`` narrows the profile's models.
+    (``figures`` defaults to a sibling of ``out``). ``models`` narrows the profile's models: the tables it
+    writes then replace those models' rows and keep the other models' (``other_models``) committed rows, so
+    that one model's results can be recomputed without the others' records (``tables.schema.write``).
     """
 
     def __init__(self, profile_name: str | Profile = "quick", data: str | os.PathLike | None = None,
                  out: str | os.PathLike = "results", figures: str | os.PathLike | None = None,
                  models=None, store: RecordStore | None = None, **overrides):
         p = profile(profile_name, **overrides)
+        full = p.models
         if models:
             unknown = sorted(set(models) - set(p.models))
             if unknown:
                 raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
             p = profile(p, models=tuple(models))
+        # the profile's models (the order of the tables' rows), and those this study leaves out (whose committed
+        # rows its tables keep)
+        self.profile_models: tuple[str, ...] = full
+        self.other_models: tuple[str, ...] = tuple(m for m in full if m not in p.models)
         self.p = p
         self.data = data
         self.out = Path(out)

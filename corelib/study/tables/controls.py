@@ -15,7 +15,7 @@ from ...architecture import global_attention_heads
 from ...evaluate import ndcg_rows
 from ...scoring import filtered_doc_sum, head_index
 from .. import analysis
-from .schema import write
+from .schema import family, read, write
 
 if TYPE_CHECKING:
     from ..core import Study
@@ -120,13 +120,25 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
                 pct, pb, pw = analysis.control_p(score, scores)
                 pos_rows.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
                                  "p better": pb, "p worse": pw, "sets": len(sets)})
-    positions = pd.DataFrame(pos_rows)
+    positions = pd.DataFrame(pos_rows).assign(**{"p better holm": np.nan, "p worse holm": np.nan, "verdict": ""})
+    return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
+
+
+@family("control_positions")
+def control_families(study: "Study", positions: pd.DataFrame) -> pd.DataFrame:
+    """Holm over the models within each (control, method) family, and the verdicts; a control's set count
+    (which bounds its smallest p) is read from the ``controls`` table, written first."""
+    positions = positions.copy()
+    counts = read(study, "controls")
+    sets = positions.merge(counts[["model", "control", "sets"]], on=["model", "control"], how="left")["sets"] \
+        if counts is not None else pd.Series(np.nan, index=positions.index)
     for _, idx in positions.groupby(["control", "method"], sort=False).groups.items():  # a family: every model
         positions.loc[idx, "p better holm"] = analysis.holm(positions.loc[idx, "p better"])
         positions.loc[idx, "p worse holm"] = analysis.holm(positions.loc[idx, "p worse"])
-    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE, sets) for b, w, method, sets in
-                            zip(positions["p better holm"], positions["p worse holm"], positions["method"], positions["sets"])]
-    return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
+    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE, None if pd.isna(n) else n)
+                            for b, w, method, n in zip(positions["p better holm"], positions["p worse holm"],
+                                                       positions["method"], sets.to_numpy())]
+    return positions
 
 
 IN_SAMPLE = "best single heads (in-sample reference, not a bound)"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ...architecture import global_attention_layers
 from .. import analysis
 from ..methods import NIAH_SOURCE
-from .schema import write
+from .schema import family, write
 
 if TYPE_CHECKING:
     from ..core import Study
@@ -95,7 +95,13 @@ def depth(study: "Study", k: int | None = None, temperature: float | None = None
                      "global-attention layers": "all" if global_layers is None else str(global_layers),
                      "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum()),
                      "largest share keeping the top layers": analysis.share_keeping_layers(top["layer"], spec.num_layers)})
-    df = pd.DataFrame(rows)
+    return write(study, "depth", pd.DataFrame(rows).assign(**{"p more holm": np.nan, "p fewer holm": np.nan, "verdict": ""}))
+
+
+@family("depth")
+def depth_family(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
+    """The middle-third test's family: every model (Holm), and its verdicts."""
+    df = df.copy()
     df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
     df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]
-    return write(study, "depth", df)
+    return df

@@ -11,6 +11,7 @@ from ...scoring import record_run
 from .. import analysis
 from ..profiles import kept_layers
 from .schema import write
+from .table1 import claim_families
 
 if TYPE_CHECKING:
     from ..core import Study
@@ -32,7 +33,7 @@ def pruning_levels(study: "Study", m: str, k: int | None = None, temperature: fl
 def pruning(study: "Study", k: int | None = None, temperature: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """nDCG@10 of CoRe-R, QR-R and NIAH-R with the heads re-selected among the kept layers, per pruned share
     (exact from all-layer records; ``pruning_levels``), and the per-query table of CoRe-R at 0% and 50% for the
-    margin test."""
+    margin test (``per_query_pruning``, with the other models' committed rows in a narrowed study)."""
     k = k or study.p.num_heads
     rows, pq = [], []
     for m in study.p.models:
@@ -49,7 +50,9 @@ def pruning(study: "Study", k: int | None = None, temperature: float | None = No
                                                 "head source": "nq"}))
                 rows.append({"model": m, "method": method, "pruned share": share, "kept layers": kept,
                              "ndcg@10": float(np.mean(vals)), "deepest head": max(l for l, _ in heads), "level": level})
-    return write(study, "pruning", pd.DataFrame(rows)), (pd.concat(pq, ignore_index=True) if pq else pd.DataFrame())
+    per_query_pruning = (write(study, "per_query_pruning", pd.concat(pq, ignore_index=True).assign(
+        **{"first stage": study.p.first_stage, "k": k})) if pq else pd.DataFrame())
+    return write(study, "pruning", pd.DataFrame(rows)), per_query_pruning
 
 
 def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PRUNING_MARGIN) -> pd.DataFrame:
@@ -68,9 +71,5 @@ def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PR
                      "detectable (80% power)": r.mde, "queries": r.queries, "collections": r.collections,
                      "identical": r.identical})
     df = pd.DataFrame(rows)
-    df["p holm"] = analysis.holm(df["p"])
-    df["p holm inferior"] = analysis.holm(df["p inferior"])  # the test that can contradict: both are shown
     family = pd.DataFrame(analysis.family_columns(results, df["p"], interval_level=1 - 2 * analysis.ALPHA))
-    df = pd.concat([df, family], axis=1)
-    df["verdict"] = [analysis.margin_verdict(a, b, i) for a, b, i in zip(df["p holm"], df["p holm inferior"], df["identical"])]
-    return df.drop(columns=["identical"])
+    return claim_families(study, pd.concat([df, family], axis=1).drop(columns=["identical"]))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from ..methods import TABLE1
 
 if TYPE_CHECKING:
     from ..core import Study
+
+log = logging.getLogger(__name__)
 
 
 # BM25 and Dense: first stages (nDCG@10 of their own top-k for the same queries); Bi-encoder: the profile's
@@ -118,22 +121,74 @@ def columns(name: str) -> list[str]:
     return list(COLUMNS[base_table(name)])
 
 
+# Columns computed over a whole table, a family of tests across models (Holm over the models, and the verdicts
+# that read it): table name -> f(study, df) -> df, registered by the module that builds the table (``family``).
+# ``write`` applies it to every row the table holds, the other models' kept rows included.
+FAMILIES: dict[str, Callable[["Study", pd.DataFrame], pd.DataFrame]] = {}
+
+
+def family(name: str):
+    """Register ``f(study, df) -> df`` as the table ``name``'s family-wide columns (see ``FAMILIES``)."""
+    def register(f):
+        FAMILIES[name] = f
+        return f
+    return register
+
+
+# a comparison's interval and detectable difference at its family's Holm level: not recomputable from a table's
+# rows (they need each row's bootstrap), so a table merging rows of two runs leaves them empty (the report then
+# prints the unadjusted interval, marked)
+FAMILY_INTERVAL = ("ci low (family)", "ci high (family)", "detectable (80% power, family)")
+
+
+def with_other_models(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """A table of a study narrowed to some of its profile's models: the new rows, and the committed table's
+    rows of the profile's other models (``Study.other_models``) that the new rows do not hold, in the profile's
+    model order. A table built from an already merged one (Table 1 from the per-query table) holds every
+    model and keeps nothing. A pooled row (of no profile model) is never kept: it needs every model's queries."""
+    others = [m for m in study.other_models if m not in set(df["model"])] if "model" in df else []
+    old = read(study, name) if others else None
+    if old is None:
+        return df
+    kept = old[old["model"].isin(others)]
+    if kept.empty:
+        return df
+    if base_table(name) == "comparisons":  # each row's family interval is at a level set by every p of its family
+        kept = kept.assign(**{c: np.nan for c in FAMILY_INTERVAL})
+        df = df.assign(**{c: np.nan for c in FAMILY_INTERVAL})
+    log.info("table %s: rows of %s recomputed, the committed rows of %s kept", name,
+             ", ".join(dict.fromkeys(df["model"])), ", ".join(dict.fromkeys(kept["model"])))
+    order = {m: i for i, m in enumerate(study.profile_models)}
+    if "query_id" in df:
+        df = df.assign(query_id=df["query_id"].astype(str))
+    both = pd.concat([kept, df], ignore_index=True)
+    rank = both["model"].map(order).fillna(len(order))  # a row of no profile model (pooled) last
+    return both.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def write(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Write a table (its columns in ``COLUMNS``' order) and return it as written: with the other models' kept
+    rows of a narrowed study and the table's family-wide columns (``FAMILIES``) computed over all of them."""
     cols = columns(name)
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ValueError(f"table {name} lacks columns {missing}")
-    df = df[cols].reset_index(drop=True)
+    df = with_other_models(study, name, df[cols].reset_index(drop=True))
+    if name in FAMILIES:
+        df = FAMILIES[name](study, df)[cols]
     study.tables_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(study.tables_dir / f"{name}.csv", index=False)
     return df
 
 
 def read(study: "Study", name: str) -> pd.DataFrame | None:
+    """A table as written, or None; query ids are read as text, as the tables were built (so that a query of
+    a read table and of a new one are the same query when pooled)."""
     path = study.tables_dir / f"{name}.csv"
     if not path.is_file():
         return None
-    return with_later_columns(pd.read_csv(path), base_table(name))[columns(name)]
+    df = with_later_columns(pd.read_csv(path, dtype={"query_id": str}), base_table(name))[columns(name)]
+    return df
 
 
 def mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:

@@ -11,7 +11,7 @@ from ...records import QueryRecord
 from ...scoring import cumulative_doc_scores, record_run
 from .. import analysis
 from .schema import write
-from .table1 import compare
+from .table1 import claim_families, compare
 
 if TYPE_CHECKING:
     from ..core import Study
@@ -67,27 +67,29 @@ def peak_test(study: "Study", few: int = analysis.FEW_HEADS, temperature: float 
         table = pd.concat(per_q, ignore_index=True)
         first, second = analysis.split_halves(table[["collection"]], study.p.seed)
         ks = [col for col in table.columns if isinstance(col, (int, np.integer))]
-        chosen, halves = [], []
+        halves = []
         for choose, test in ((first, second), (second, first)):
             curve = table.loc[choose].groupby("collection")[ks].mean().mean()  # collection-weighted, choosing half
             k_few = int(curve[[x for x in ks if x < few]].idxmax()) + 1
             k_many = int(curve[[x for x in ks if x >= few]].idxmax()) + 1
-            chosen.append((k_few, k_many))
             rows = table.loc[test]
             for label, k in (("few", k_few), ("many", k_many)):
                 halves.append(pd.DataFrame({"model": m, "collection": rows["collection"], "query_id": rows["query_id"],
-                                            "head source": "nq", "k": 0, "first stage": study.p.first_stage,
+                                            "head source": "nq", "k": k, "first stage": study.p.first_stage,
                                             "method": label, "ndcg@10": rows[k - 1].values}))
-        frames.append(pd.concat(halves, ignore_index=True).assign(
-            a_name=f"CoRe-R, best k < {few} (k={chosen[0][0]} / {chosen[1][0]}, each chosen on the other half)",
-            b_name=f"CoRe-R, best k >= {few} (k={chosen[0][1]} / {chosen[1][1]})"))
-    pq = pd.concat(frames, ignore_index=True)
+        frames.append(pd.concat(halves, ignore_index=True))
+    return peak_comparisons(study, write(study, "per_query_peak", pd.concat(frames, ignore_index=True)), few)
+
+
+def peak_comparisons(study: "Study", pq: pd.DataFrame, few: int = analysis.FEW_HEADS) -> pd.DataFrame:
+    """The peak test's comparison per model from its per-query table (``per_query_peak``: on each query the
+    best k < ``few`` and the best k >= ``few`` chosen on the other half, in the column ``k``), Holm over the models."""
     rows = []
     for m, g in pq.groupby("model", sort=False):
-        rows.append(compare(study, g.drop(columns=["a_name", "b_name"]), [("few", "many", "nq")])
-                    .assign(a=g["a_name"].iloc[0], b=g["b_name"].iloc[0],
+        ks = {label: " / ".join(str(k) for k in dict.fromkeys(g.loc[g["method"] == label, "k"]))
+              for label in ("few", "many")}
+        rows.append(compare(study, g.assign(k=0), [("few", "many", "nq")])
+                    .assign(a=f"CoRe-R, best k < {few} (k={ks['few']}, each chosen on the other half)",
+                            b=f"CoRe-R, best k >= {few} (k={ks['many']})",
                             claim=f"peak below {few} heads: best k < {few} beats best k >= {few}"))
-    out = pd.concat(rows, ignore_index=True)
-    out["p holm"] = analysis.holm(out["p"])
-    out["verdict"] = [analysis.superiority_verdict(d, p) for d, p in zip(out["difference"], out["p holm"])]
-    return out
+    return claim_families(study, pd.concat(rows, ignore_index=True))  # Holm over the models

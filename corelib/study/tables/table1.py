@@ -12,7 +12,7 @@ from ...heads import in_domain_samples
 from ...scoring import record_run
 from .. import analysis
 from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE, NIAH_SOURCES
-from .schema import COLUMNS, METHODS, mean_over_collections, with_later_columns, write
+from .schema import COLUMNS, METHODS, family, mean_over_collections, with_later_columns, write
 from .schema import write as write_table  # per_query's `write` argument shadows the name
 
 if TYPE_CHECKING:
@@ -139,6 +139,24 @@ def table1_pairs(study: "Study", sources=("nq",)) -> list[tuple[str, str, str]]:
     # QR-R the plain in-domain heads: CoRe-R against it there would not be a controlled comparison
     return pairs + [(a, b, src) for src in sources if src != "nq" for a, b in (("CoRe-R", "ICR"), ("CoRe-R", "QR-R"))
                     if not (b == "QR-R" and src.endswith("position-matched"))]
+
+
+@family("comparisons_peak")
+@family("comparisons_pruning")
+def claim_families(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
+    """Holm within each claim over its rows (every model, and the pooled row where there is one), and the
+    verdicts: a margin claim's (it has ``p inferior``, the one-sided test that can contradict it) or a
+    superiority claim's. For the tables whose family is the whole claim and that carry no ceiling note."""
+    df = with_later_columns(df.copy(), "comparisons")
+    identical = (df["difference"] == 0) & (df["ci low"] == 0) & (df["ci high"] == 0)
+    for _, idx in df.groupby("claim", sort=False).groups.items():
+        df.loc[idx, "p holm"] = analysis.holm(df.loc[idx, "p"])
+        if df.loc[idx, "p inferior"].notna().any():
+            df.loc[idx, "p holm inferior"] = analysis.holm(df.loc[idx, "p inferior"])
+    margin = df["p inferior"].notna()
+    df["verdict"] = [analysis.margin_verdict(p, pi, i) if m else analysis.superiority_verdict(d, p, i)
+                     for p, pi, i, m, d in zip(df["p holm"], df["p holm inferior"], identical, margin, df["difference"])]
+    return df
 
 
 def comparisons(study: "Study", name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""A study narrowed to some of its profile's models recomputes their rows and keeps the others' committed rows;
+the columns computed over a whole table (Holm over the models, verdicts) are recomputed over all of them."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from corelib.study import Study, analysis
+from corelib.study.tables import schema
+
+
+def per_query_rows(model, values, qids=("1", "2", "10")):
+    return pd.DataFrame({"model": model, "first stage": "bm25", "collection": "scifact", "query_id": list(qids),
+                         "method": "CoRe-R", "head source": "nq", "k": 8, "ndcg@10": values})
+
+
+def depth_row(model, p_more):
+    return {"model": model, "layers": 30, "top heads": 8, "top layers": [10, 12], "in middle third": 5,
+            "median relative depth": 0.5, "p more": p_more, "p fewer": 0.9, "global-attention layers": "all",
+            "top heads in global layers": 8, "largest share keeping the top layers": 0.5,
+            "p more holm": np.nan, "p fewer holm": np.nan, "verdict": ""}
+
+
+@pytest.fixture
+def studies(tmp_path):
+    full = Study("cpu", out=tmp_path)
+    narrowed = Study("cpu", out=tmp_path, models=["qwen2.5-coder-1.5b"])
+    return full, narrowed
+
+
+def test_a_narrowed_study_names_the_models_it_leaves_out(studies):
+    full, narrowed = studies
+    assert full.other_models == ()
+    assert narrowed.other_models == ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
+
+
+def test_a_narrowed_study_replaces_its_models_rows_and_keeps_the_others(studies):
+    full, narrowed = studies
+    old = pd.concat([per_query_rows(m, [0.1, 0.2, 0.3]) for m in full.p.models], ignore_index=True)
+    full.tables.write("per_query", old)
+    got = narrowed.tables.write("per_query", per_query_rows("qwen2.5-coder-1.5b", [0.9, 0.8, 0.7, 0.6],
+                                                          qids=("1", "2", "10", "11")))
+    assert list(dict.fromkeys(got["model"])) == list(full.p.models)  # the profile's order
+    assert got[got["model"] == "qwen2.5-coder-1.5b"]["ndcg@10"].tolist() == [0.9, 0.8, 0.7, 0.6]
+    assert got[got["model"] == "smollm2-135m"]["ndcg@10"].tolist() == [0.1, 0.2, 0.3]
+    assert len(got) == 3 * 3 + 4
+    # as written and as read: query ids are text, so a query of a kept row and of a new row pool together
+    read = narrowed.tables.read("per_query")
+    assert read["query_id"].map(type).eq(str).all()
+    pd.testing.assert_frame_equal(read, got.assign(query_id=got["query_id"].astype(str)))
+    # the full study writes what it is given: nothing kept
+    assert len(full.tables.write("per_query", per_query_rows("smollm2-135m", [0.5, 0.5, 0.5]))) == 3
+
+
+def test_holm_over_the_models_is_recomputed_over_the_kept_and_new_rows(studies):
+    full, narrowed = studies
+    p_old = [0.01, 0.02, 0.04, 0.5]
+    full.tables.write("depth", pd.DataFrame([depth_row(m, p) for m, p in zip(full.p.models, p_old)]))
+    got = narrowed.tables.write("depth", pd.DataFrame([depth_row("qwen2.5-coder-1.5b", 0.001)]))
+    p_new = [0.01, 0.02, 0.04, 0.001]
+    np.testing.assert_allclose(got["p more holm"], analysis.holm(p_new))
+    assert got["verdict"].tolist() == [analysis.middle_third_verdict(a, b)
+                                       for a, b in zip(analysis.holm(p_new), analysis.holm([0.9] * 4))]
+    assert got["verdict"].iloc[-1] == "supported"
+
+
+def comparison(model, p, p_inferior=np.nan, claim="50% pruning within 0.5 point"):
+    return {"claim": claim, "model": model, "a": "x", "b": "y", "head source": "nq", "difference": -1.0,
+            "ci low": -2.0, "ci high": 0.0, "p": p, "p holm": np.nan, "p inferior": p_inferior,
+            "p holm inferior": np.nan, "detectable (80% power)": 1.0, "queries": 100, "collections": 7,
+            "verdict": "", "ci low (family)": -2.5, "ci high (family)": 0.5, "detectable (80% power, family)": 1.2}
+
+
+def test_a_merged_comparison_drops_the_pooled_row_and_the_family_intervals_it_cannot_recompute(studies):
+    full, narrowed = studies
+    old = [comparison(m, 0.9, 0.001) for m in full.p.models] + [comparison("pooled (a query once)", 0.9, 0.0005)]
+    written = full.tables.write("comparisons_pruning", pd.DataFrame(old))
+    assert written["verdict"].tolist() == ["contradicted"] * 5
+    assert written["ci low (family)"].notna().all()
+    got = narrowed.tables.write("comparisons_pruning", pd.DataFrame([comparison("qwen2.5-coder-1.5b", 0.001, 0.9)]))
+    assert got["model"].tolist() == list(full.p.models)  # no pooled row: it needs every model's queries
+    np.testing.assert_allclose(got["p holm"], analysis.holm([0.9, 0.9, 0.9, 0.001]))
+    assert got["verdict"].tolist() == ["contradicted"] * 3 + ["supported"]
+    assert got[list(schema.FAMILY_INTERVAL)].isna().all().all()
+
+
+def test_control_verdicts_read_each_controls_set_count(studies):
+    full, narrowed = studies
+    controls = pd.DataFrame([{"model": m, "control": "random (layer-matched to CoRe)", "sets": n, "median": 0.3,
+                              "p5": 0.2, "p95": 0.4, "distinct sets": n, "mean CoRe heads shared": 1.0,
+                              "smallest p": 1 / (1 + n)} for m, n in zip(full.p.models, (1000, 12, 1000, 1000))])
+    full.tables.write("controls", controls)
+    positions = pd.DataFrame([{"model": m, "control": "random (layer-matched to CoRe)", "method": "CoRe-R",
+                               "ndcg@10": 0.4, "percentile": 50.0, "p better": 0.5, "p worse": 0.5,
+                               "p better holm": np.nan, "p worse holm": np.nan, "verdict": ""} for m in full.p.models])
+    got = full.tables.write("control_positions", positions)
+    assert got["verdict"].iloc[1].startswith("inconclusive (uninformative: 12 distinct sets")
+    assert got["verdict"].iloc[0] == "inconclusive"
