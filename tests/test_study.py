@@ -244,16 +244,23 @@ def test_a_cold_cache_is_estimated_from_the_committed_cost_table(shared_data, tm
     pd.DataFrame([{"model": "smollm2-135m", "kind": warm.CALIBRATED, "dtype": "default", "records timed": 40,
                    "seconds each (median)": 36.0, "machine": "2 CPU cores (x)", "measured": "2026-12-02"},
                   {"model": "smollm2-135m", "kind": warm.UNCALIBRATED, "dtype": "default", "records timed": 40,
-                   "seconds each (median)": 18.0, "machine": "2 CPU cores (x)", "measured": "2026-12-02"}]
+                   "seconds each (median)": 18.0, "machine": "2 CPU cores (x)", "measured": "2026-12-02"},
+                  {"model": "smollm2-135m", "kind": "needle trial (prompt length)", "dtype": "default",
+                   "records timed": 10, "seconds each (median)": 50.0, "machine": "2 CPU cores (x)",
+                   "measured": "2026-12-02"}]
                  ).to_csv(tmp_path / warm.COSTS_FILE, index=False)
     after = warm.pending(S).set_index("step")
     n = after.loc["scifact", "missing"]
     assert after.loc["scifact", "estimate (h)"] == pytest.approx(n * 36.0 / 3600)
     assert after.loc["NQ detection", "estimate (h)"] == pytest.approx(after.loc["NQ detection", "missing"] * 18.0 / 3600)
     assert after.loc["scifact", "timed on"] == "cost table (2 CPU cores (x), 2026-12-02)"
+    # a needle trial decodes: its grid's own row, never a record's time; a grid with no row has no estimate
+    trials = after.loc["needle trials (prompt length)"]
+    assert trials["estimate (h)"] == pytest.approx(trials["missing"] * 50.0 / 3600)
+    assert np.isnan(after.loc["needle trials", "estimate (h)"])
     # the table written from an empty cache has no row, and merging keeps the committed ones
     path, table = warm.write_record_costs(S)
-    assert len(table) == 2 and path == tmp_path / warm.COSTS_FILE
+    assert len(table) == 3 and path == tmp_path / warm.COSTS_FILE
 
 
 def test_warm_command_names_a_model_outside_the_profile(capsys):

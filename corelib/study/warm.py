@@ -125,8 +125,13 @@ COST_COLUMNS = ("model", "kind", "dtype", "records timed", "seconds each (median
 CALIBRATED, UNCALIBRATED = "calibrated record", "NQ detection record"
 
 
+TRIAL_KINDS = {NIAH_TRIALS: "needle trial", NIAH_PROMPT_TRIALS: "needle trial (prompt length)"}
+
+
 def _cost_kind(step: Step) -> str:
-    return CALIBRATED if step.calibrated else UNCALIBRATED
+    """The cost table's kind of a step's records: calibrated, NQ detection, or a needle grid's trial (decoding
+    included, so a trial costs more than a record of its length)."""
+    return TRIAL_KINDS.get(step.kind) or (CALIBRATED if step.calibrated else UNCALIBRATED)
 
 
 def _dtype(study: "Study", model: str) -> str:
@@ -134,8 +139,8 @@ def _dtype(study: "Study", model: str) -> str:
 
 
 def record_costs(study: "Study", models=None) -> pd.DataFrame:
-    """The median compute time of each model's cached records, per kind (calibrated, NQ detection), read from
-    the record files (the cost table ``pending`` falls back on)."""
+    """The median compute time of each model's cached records, per kind (calibrated, NQ detection, and the
+    needle trials of each grid), read from the record and trial files (the cost table ``pending`` falls back on)."""
     import datetime
     import os
     import platform
@@ -147,8 +152,7 @@ def record_costs(study: "Study", models=None) -> pd.DataFrame:
     for m in models or study.p.models:
         times: dict[str, list[float]] = {}
         for step in steps(study, m):
-            if step.kind not in TRIALS:
-                times.setdefault(_cost_kind(step), []).extend(STATUS[step.kind](study, m, step).seconds)
+            times.setdefault(_cost_kind(step), []).extend(STATUS[step.kind](study, m, step).seconds)
         for kind, ts in times.items():
             if ts:
                 rows.append({"model": m, "kind": kind, "dtype": _dtype(study, m), "records timed": len(ts),
@@ -187,7 +191,8 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
     """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing, and the
     time left at the median compute time of the step's cached records; for a step with none timed yet, of the
     model's other steps of the same kind (calibrated or not), else of all its other record steps (``timed on``
-    says which), else of the committed cost table (``record_costs``; a cold cache). Records written before
+    says which), else of the committed cost table (``record_costs``; a cold cache, and needle trials not timed
+    yet). Records written before
     their files stored a time have none. A damaged file counts as cached until it is read."""
     nan, rows = float("nan"), []
     costs = committed_costs(study)
@@ -198,10 +203,11 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
         pooled = [t for ts in timed.values() for t in ts]
         for step, st in statuses.items():
             timed_on = "this step" if st.seconds else "-"
-            if not st.seconds and st.missing and step in timed:
-                if step.calibrated and calibrated:
+            if not st.seconds and st.missing:
+                record = step in timed  # a needle trial decodes: no record's time stands in for it
+                if record and step.calibrated and calibrated:
                     st, timed_on = replace(st, seconds=calibrated), "calibrated steps"
-                elif pooled:
+                elif record and pooled:
                     st, timed_on = replace(st, seconds=pooled), "other steps"
                 elif (cost := costs.get((m, _cost_kind(step), _dtype(study, m)))) is not None:
                     st, timed_on = replace(st, seconds=[cost[0]]), f"cost table ({cost[1]})"
