@@ -41,7 +41,8 @@ large-if-needed = @if $(BIN)/python -c "import sys; from corelib.study import pr
 	then $(MAKE) --no-print-directory models-large; fi
 
 # MODEL="a b" (some of the profile's models): their rows of every table are recomputed and the other models' committed
-# rows kept (Study.other_models); the executed notebooks of such a run go to results/<profile>/models/<a+b>/
+# rows kept (Study.other_models); the executed notebooks of such a run go to results/<profile>/models/<a+b>/.
+# NB_PARAMS="-p MEASURE_COST False": more papermill parameters for every notebook (here: keep the committed timings)
 empty :=
 space := $(empty) $(empty)
 comma := ,
@@ -56,7 +57,7 @@ reproduce: setup
 	for nb in $$nbs; do \
 	  echo "== $$nb ($(PROFILE)$(if $(MODEL),: $(MODEL)))"; \
 	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \
-	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results $(if $(MODEL),-y "MODELS: [$(subst $(space),$(comma) ,$(strip $(MODEL)))]") \
+	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results $(if $(MODEL),-y "MODELS: [$(subst $(space),$(comma) ,$(strip $(MODEL)))]") $(NB_PARAMS) \
 	    "$$nb" "$(EXECUTED)/$$(basename $$nb)" 2>&1 | grep -v "Kernel is running over TCP" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	  $(BIN)/python -m corelib.study clean-outputs "$(EXECUTED)/$$(basename $$nb)" || exit 1; \

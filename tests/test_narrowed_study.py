@@ -96,3 +96,17 @@ def test_control_verdicts_read_each_controls_set_count(studies):
     got = full.tables.write("control_positions", positions)
     assert got["verdict"].iloc[1].startswith("inconclusive (uninformative: 12 distinct sets")
     assert got["verdict"].iloc[0] == "inconclusive"
+
+
+def test_the_report_says_which_run_computed_each_models_rows(studies):
+    from corelib.study import report
+
+    full, narrowed = studies
+    report.record_provenance(full)
+    got = report.record_provenance(narrowed)
+    assert got["model"].tolist() == list(full.p.models)
+    assert got["command"].tolist() == ["make reproduce PROFILE=cpu"] * 3 + ["make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b"]
+    assert got["machine"].iloc[-1].endswith("bfloat16") and got["machine"].iloc[0].endswith("fp32")
+    lines = report.provenance_lines(got)
+    assert len(lines) == 2 + 2 + 1  # a heading, a blank line, one line per run, a blank line
+    assert lines[3].startswith("- qwen2.5-coder-1.5b: `make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b` at commit ")

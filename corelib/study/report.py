@@ -342,7 +342,7 @@ def sample_notes(study: "Study") -> list[str]:
         return []
     notes, check = [], t.read("precision")
     for _, r in avg.iterrows():
-        if r["model"] not in study.p.models:
+        if r["model"] not in study.profile_models:
             continue
         want = study.p.expected_queries(r["model"], judged)
         # the committed rows are the fp32 side of the model's precision check where its ICR mean is that side's
@@ -353,13 +353,55 @@ def sample_notes(study: "Study") -> list[str]:
             notes.append(f"- **{r['model']}'s rows predate the profile's sample**: the tables hold {int(r['queries'])} "
                          f"evaluated queries of it{fp32}, the profile's sample has {want} ({study.p.sizes(r['model'])}); "
                          f"`make pending PROFILE={study.p.name} MODEL={r['model']}` lists the records left, then "
-                         f"`make reproduce PROFILE={study.p.name}` rewrites them.")
+                         f"`make reproduce PROFILE={study.p.name} MODEL={r['model']}` rewrites them.")
     pq = t.read("per_query")
-    if study.p.niah_needles and study.p.niah_prompt_lengths and pq is not None and NIAH_PROMPT not in set(pq["method"]):
-        notes.append(f"- **{NIAH_PROMPT} is not in these tables yet**: the profile runs its needle trials at the prompts' "
-                     f"length ({list(study.p.niah_prompt_lengths)} tokens), which its committed tables predate; "
-                     f"`make reproduce PROFILE={study.p.name}` adds it.")
+    if study.p.niah_needles and study.p.niah_prompt_lengths and pq is not None:
+        have = set(pq.loc[pq["method"] == NIAH_PROMPT, "model"])
+        lacking = [m for m in study.profile_models if m not in have and m in set(pq["model"])]
+        if lacking:
+            notes.append(f"- **{NIAH_PROMPT} is not in these tables for {', '.join(lacking)}**: the profile runs its "
+                         f"needle trials at the prompts' length ({list(study.p.niah_prompt_lengths)} tokens), which "
+                         f"these models' rows predate; `make reproduce PROFILE={study.p.name} MODEL=<model>` adds it.")
     return notes
+
+
+def record_provenance(study: "Study") -> pd.DataFrame:
+    """Which run computed each model's rows (table ``provenance``): the command, the commit, the date and the
+    machine, for the study's models; a narrowed study keeps the other models' rows (the notebooks' last step)."""
+    import datetime
+    import os
+    import subprocess
+
+    from .timing import machine_key
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    models = " ".join(study.p.models)
+    narrowed = (f' MODEL="{models}"' if " " in models else f" MODEL={models}") if study.other_models else ""
+    key = machine_key()
+    rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', "commit": commit,
+             "date": datetime.date.today().isoformat(),
+             "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']}), "
+                        f"{study.p.dtype_for(m) or ('fp32' if key['device'] == 'cpu' else 'default dtype')}"}
+            for m in study.p.models]
+    return study.tables.write("provenance", pd.DataFrame(rows))
+
+
+def provenance_lines(df: pd.DataFrame | None) -> list[str]:
+    """The report's provenance: one line per run that computed some models' rows."""
+    if df is None or df.empty:
+        return []
+    lines = []
+    for (command, commit, date), g in df.groupby(["command", "commit", "date"], sort=False):
+        machines = ", ".join(dict.fromkeys(g["machine"]))
+        lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines})")
+    return ["Which run computed each model's rows:", "", *lines, ""]
 
 
 def _anchor(title: str) -> str:
@@ -371,7 +413,7 @@ def _figure_links(study: "Study", stems, rel_prefix: str) -> list[str]:
 
     links = []
     for stem in stems:
-        names = ([stem.format(model=m) for m in study.p.models] if "{model}" in stem else
+        names = ([stem.format(model=m) for m in study.profile_models] if "{model}" in stem else
                  [stem.format(released=m.split("/")[-1]) for m in RELEASED_MODELS] if "{released}" in stem else [stem])
         links += [f"[{n}]({rel_prefix}/{n}.png)" for n in names if (study.figures_dir / f"{n}.png").is_file()]
     return links
@@ -387,10 +429,12 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
     v = t.read("verdicts")
     rel_figures = os.path.relpath(study.figures_dir.resolve(), path.parent.resolve())
     rel_tables = os.path.relpath(study.tables_dir.resolve(), path.parent.resolve())
-    sizes = "; ".join(f"{m}: {p.sizes(m)}" for m in p.models)
+    models = study.profile_models  # a narrowed study's tables hold the other models' rows too
+    sizes = "; ".join(f"{m}: {p.sizes(m)}" for m in models)
     text = [f"# Report: CoRe heads reproduction ({p.name} profile)", "",
             f"Produced by `make reproduce PROFILE={p.name}`; tables in [`{rel_tables}`]({rel_tables}), figures in "
-            f"[`{rel_figures}`]({rel_figures}). Models: {', '.join(p.models)}. Sizes: {sizes}.", ""]
+            f"[`{rel_figures}`]({rel_figures}). Models: {', '.join(models)}. Sizes: {sizes}.", "",
+            *provenance_lines(t.read("provenance"))]
     if v is not None:
         text += ["## Summary", "", "Points of nDCG@10 [interval] and the verdict under the analysis plan (appendix); "
                  "Holm within each claim's family, and each interval at the level Holm tests its row (95% before "
@@ -401,7 +445,7 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  *filter(None, [depth_note(t.read("depth"), t.read("released_depth")),
                                 precision_note(t.read("precision"), t.read("precision_verdicts"))]),
                  *sample_notes(study), ""]
-        ours = v[v["model"].isin(p.models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
+        ours = v[v["model"].isin(models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
     tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once
     present = [(title, name, figs, view) for title, name, figs, *view in SECTIONS if tables[name] is not None]
@@ -413,7 +457,7 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
              "verdict) are in points, i.e. 100 x the difference in nDCG@10. QR-R is the CoRe paper's QR baseline "
              "(uncalibrated attention mass on the positive, same detection prompts as CoRe), not QRHead's own procedure.", ""]
     depth = t.read("depth")
-    for m in p.models:
+    for m in models:
         if note := _attention_note_from(depth, m, study):
             text += [f"**Attention window.** {note}", ""]
     missing = [name for name, df in tables.items() if df is None]
