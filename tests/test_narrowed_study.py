@@ -110,3 +110,12 @@ def test_the_report_says_which_run_computed_each_models_rows(studies):
     lines = report.provenance_lines(got)
     assert len(lines) == 2 + 2 + 1  # a heading, a blank line, one line per run, a blank line
     assert lines[3].startswith("- qwen2.5-coder-1.5b: `make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b` at commit ")
+
+
+def test_a_narrowed_study_without_an_ablation_model_keeps_the_committed_ablation_rows(studies):
+    full, narrowed = studies
+    assert full.p.models_for_ablations == ("smollm2-135m",) and narrowed.p.models_for_ablations == ()
+    full.tables.write("ablation_negatives_positions",
+                      pd.DataFrame([{"model": "smollm2-135m", "ablation": "1 negatives", "nDCG@10": 0.4}]))
+    got = narrowed.tables.write("ablation_negatives_positions", pd.DataFrame([]))
+    assert got.to_dict("records") == [{"model": "smollm2-135m", "ablation": "1 negatives", "nDCG@10": 0.4}]

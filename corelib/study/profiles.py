@@ -95,7 +95,9 @@ class Profile:
 
     @property
     def models_for_ablations(self) -> tuple[str, ...]:
-        return self.models if self.ablation_models is None else self.ablation_models
+        """The models the ablations run on: ``ablation_models`` among the profile's models (a profile narrowed to
+        other models runs none)."""
+        return self.models if self.ablation_models is None else tuple(m for m in self.ablation_models if m in self.models)
 
     @property
     def scored_first_stages(self) -> tuple[str, ...]:

@@ -171,6 +171,8 @@ def write(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Write a table (its columns in ``COLUMNS``' order) and return it as written: with the other models' kept
     rows of a narrowed study and the table's family-wide columns (``FAMILIES``) computed over all of them."""
     cols = columns(name)
+    if df.empty and not len(df.columns):  # no row (e.g. no ablation model among a narrowed study's)
+        df = pd.DataFrame(columns=cols)
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ValueError(f"table {name} lacks columns {missing}")
