@@ -45,3 +45,14 @@ S, L, I = "sess" + "ion", "le" + "nt", "iss" + "ue"  # spelt apart, so that this
                                        ('@pytest.fixture(scope="session")', False), ("2 CPU cores, fp32", False)])
 def test_the_pattern_tells_history_from_plain_words(line, bad):
     assert bool(HISTORY.search(line)) is bad
+
+
+def test_the_readme_headline_is_the_committed_cpu_table():
+    """The README's headline table is generated (``python -m corelib.study headline --profile cpu``) from the
+    committed tables, so no number in it is typed by hand."""
+    from corelib.study import Study
+    from corelib.study.report import headline
+
+    table = headline(Study("cpu", out=REPO / "results"))
+    assert table.count("\n") >= 5  # a header, its rule and the four models
+    assert table in (REPO / "README.md").read_text(), "README's headline table: paste the output of `python -m corelib.study headline --profile cpu`"

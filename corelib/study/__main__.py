@@ -82,6 +82,8 @@ def main(argv=None) -> int:
                    "scores: depth, pruning survival, heat maps (no forward)")
     sub.add_parser("figures", parents=[prof, out], help="redraw the figures that need no record from a profile's "
                    "committed tables (Tables 1-2, Figures 1 and 3, scaling, forest)")
+    sub.add_parser("headline", parents=[prof, out], help="the README's headline table (mean nDCG@10 per model and "
+                   "method) from a profile's committed table1_average")
     sub.add_parser("banner", parents=[prof], help="what a profile runs and how long it takes (`make reproduce` prints it first)")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
@@ -198,6 +200,11 @@ def main(argv=None) -> int:
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
         print(S.out / S.p.name / "REPORT.md")
 
+    def headline():
+        from .report import headline as table
+
+        print(table(Study(args.profile, out=args.out)))
+
     def figures():
         from . import plots
 
@@ -221,7 +228,7 @@ def main(argv=None) -> int:
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
-                        "released": released, "order-check": order_check, "figures": figures,
+                        "released": released, "order-check": order_check, "figures": figures, "headline": headline,
                         "comparisons": comparisons, "record-costs": record_costs,
                         "precision-check": precision}[args.command])
 

@@ -208,6 +208,28 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+HEADLINE = ("BM25", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer window")  # the README's columns
+
+
+def headline(study: "Study") -> str:
+    """The README's headline table: mean nDCG@10 over the profile's collections per model (in the profile's
+    order) and method, with each model's evaluated queries, from ``table1_average``, and the dtype of its run
+    (``provenance``)
+    (``python -m corelib.study headline``; a test checks that the README holds it)."""
+    avg = study.tables.read("table1_average")
+    if avg is None:
+        raise FileNotFoundError(f"no table1_average in {study.tables_dir}: run notebook 03 of profile {study.p.name} first")
+    rank = {m: i for i, m in enumerate(study.profile_models)}
+    avg = avg.assign(order=avg["model"].map(rank)).sort_values("order", kind="stable")
+    cols = [c for c in HEADLINE if avg[c].notna().any()]
+    prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
+    dtypes = dict(zip(prov["model"], prov["dtype"])) if prov is not None else {}
+    df = pd.DataFrame({"model": avg["model"], "queries": avg["queries"].map(lambda n: f"{int(n):,}"),
+                       "dtype": avg["model"].map(dtypes).fillna("-"),
+                       **{c: avg[c].to_numpy() for c in cols}})
+    return markdown_table(df)
+
+
 def _forest_view(df: pd.DataFrame) -> pd.DataFrame:
     """The pooled test's difference [95% CI] per claim and collection (every model's rows: the figure)."""
     pooled = df[df["model"] == analysis.POOLED] if (df["model"] == analysis.POOLED).any() else df
@@ -387,8 +409,8 @@ def record_provenance(study: "Study") -> pd.DataFrame:
     key = machine_key()
     rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', "commit": commit,
              "date": datetime.date.today().isoformat(),
-             "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']}), "
-                        f"{study.p.dtype_for(m) or ('fp32' if key['device'] == 'cpu' else 'default dtype')}"}
+             "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']})",
+             "dtype": study.p.dtype_for(m) or ("fp32" if key["device"] == "cpu" else "default")}
             for m in study.p.models]
     return study.tables.write("provenance", pd.DataFrame(rows))
 
@@ -399,7 +421,7 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
         return []
     lines = []
     for (command, commit, date), g in df.groupby(["command", "commit", "date"], sort=False):
-        machines = ", ".join(dict.fromkeys(g["machine"]))
+        machines = "; ".join(dict.fromkeys(g["machine"] + ", " + g["dtype"]))
         lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines})")
     return ["Which run computed each model's rows:", "", *lines, ""]
 

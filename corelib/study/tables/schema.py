@@ -86,7 +86,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                          "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
                          "top-k share of all heads (%)"),
     "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
-    "provenance": ("model", "command", "commit", "date", "machine"),
+    "provenance": ("model", "command", "commit", "date", "machine", "dtype"),
     "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
                 "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
                 "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
