@@ -96,6 +96,22 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     spec = S.spec(m)  # a local directory: its ranking file is named with its fingerprint, and carries it
     saved = head_ranking_path(S.heads_dir, spec.model_id, "core", spec.fingerprint)
     assert saved.name.startswith("tiny-mistral-") and HeadSet.load(saved).fingerprint == spec.fingerprint
+    # one model recomputed alone (a narrowed study: `make reproduce MODEL=`) gives the full run's tables back, the
+    # other model's rows kept and every family-wide column (Holm over the models, pooled rows) recomputed
+    import pandas as pd
+
+    names = ("per_query", "table1_average", "comparisons_table1", "controls", "control_positions", "depth", "pruning")
+    before = {name: t.read(name) for name in names}
+    g = str(dirs["gemma3"])
+    N = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"), models=[g])
+    assert N.other_models == (m,)
+    n = N.tables
+    npq = n.per_query(sources=("nq", "in-domain", "in-domain, position-matched"))
+    n.table1(npq)
+    n.comparisons("table1", [n.compare(npq, n.table1_pairs(("nq", "in-domain", "in-domain, position-matched")))])
+    n.controls(), n.depth(), n.pruning()
+    for name, df in before.items():
+        pd.testing.assert_frame_equal(n.read(name), df, obj=name)
 
 
 @pytest.mark.shared_data
