@@ -160,8 +160,12 @@ def pruning(df: pd.DataFrame, title: str, margin: float = 0.5):
         ax.set_title(m, fontsize=9)
         ax.set(xlabel="share of layers pruned")
     axes[0, 0].set(ylabel="mean nDCG@10")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(labels), fontsize=8, frameon=False)
+    legend = {}  # every panel's entries once (a model's table may lack the level that keeps its top heads)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(legend),
+               fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -399,7 +399,9 @@ def record_provenance(study: "Study") -> pd.DataFrame:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+        # the code that computes (results being written are not a change of it)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/corelib", ":/notebooks",
+                                ":/Makefile", ":/requirements*.txt", ":/pyproject.toml"], capture_output=True, text=True,
                                cwd=Path(__file__).parent).stdout.strip()
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):

@@ -128,7 +128,7 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
 def control_families(study: "Study", positions: pd.DataFrame) -> pd.DataFrame:
     """Holm over the models within each (control, method) family, and the verdicts; a control's set count
     (which bounds its smallest p) is read from the ``controls`` table, written first."""
-    positions = positions.copy()
+    positions = positions.replace({"method": LEGACY_NAMES})
     counts = read(study, "controls")
     sets = positions.merge(counts[["model", "control", "sets"]], on=["model", "control"], how="left")["sets"] \
         if counts is not None else pd.Series(np.nan, index=positions.index)
@@ -142,3 +142,4 @@ def control_families(study: "Study", positions: pd.DataFrame) -> pd.DataFrame:
 
 
 IN_SAMPLE = "best single heads (in-sample reference, not a bound)"
+LEGACY_NAMES = {"oracle (in-sample upper bound)": IN_SAMPLE}  # the same heads, under the name of older tables
