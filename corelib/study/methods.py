@@ -56,5 +56,10 @@ def colour(label: str) -> str:
     return METHODS[base].colour
 
 
+def line_style(label: str) -> str:
+    """The method's line style: dotted for NIAH-R (prompt length), which shares NIAH-R's colour; solid otherwise."""
+    return ":" if label.startswith(NIAH_PROMPT) else "-"
+
+
 def palette(labels) -> dict[str, str]:
     return {label: colour(label) for label in labels}

@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .methods import NIAH_PROMPT
+from .methods import NIAH_PROMPT, line_style
 
 
 def save(fig, path_without_suffix: str | Path) -> list[Path]:
@@ -55,7 +55,7 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
 
 # a head order -> the method that reads it; the prompt-length needle heads share NIAH-R's colour, dotted
 ORDER_LABELS = {"core": "CoRe-R", "qr": "QR-R", "niah": "NIAH-R", "niah-prompt": NIAH_PROMPT}
-ORDER_STYLES = {"niah-prompt": ":"}
+ORDER_STYLES = {"niah-prompt": line_style(NIAH_PROMPT)}
 
 
 def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None, window: tuple[int, float] | None = None):
@@ -145,7 +145,7 @@ def pruning(df: pd.DataFrame, title: str, margin: float = 0.5):
         part = df[df["model"] == m]
         fixed = part[part["level"].fillna("fixed") == "fixed"]
         for method, g in fixed.groupby("method", sort=False):
-            ax.plot(g["pruned share"], g["ndcg@10"], marker="o", color=colour(method), label=method)
+            ax.plot(g["pruned share"], g["ndcg@10"], marker="o", color=colour(method), ls=line_style(method), label=method)
         keeps = part[(part["level"] != "fixed") & part["level"].notna() & (part["method"] == "CoRe-R")]
         if len(keeps):  # the largest share that keeps the layers of CoRe's top heads
             x = float(keeps["pruned share"].iloc[0])
