@@ -180,18 +180,22 @@ def main(argv=None) -> int:
         from .tables.sweep import peak_comparisons
 
         S = Study(args.profile, out=args.out)
-        t = S.tables
         written = {}
-        for name, per_query, build in (("comparisons_table1", "per_query", t.table1_comparisons),
-                                       ("comparisons_table2", "per_query_multilingual", t.table2_comparisons),
-                                       ("comparisons_order", "order_per_query", lambda df: order_claims(S, df)),
-                                       ("comparisons_peak", "per_query_peak",
-                                        lambda df: t.comparisons("peak", [peak_comparisons(S, df)])),
-                                       ("comparisons_pruning", "per_query_pruning",
-                                        lambda df: t.comparisons("pruning", [t.pruning_margin(df)]))):
-            df = t.read(per_query)
-            if df is not None:
-                written[name] = build(df)
+        for name, per_query, build in (
+                ("comparisons_table1", "per_query", lambda s, df: s.tables.table1_comparisons(df)),
+                ("comparisons_table2", "per_query_multilingual", lambda s, df: s.tables.table2_comparisons(df)),
+                ("comparisons_order", "order_per_query", order_claims),
+                ("comparisons_peak", "per_query_peak", lambda s, df: s.tables.comparisons("peak", [peak_comparisons(s, df)])),
+                ("comparisons_pruning", "per_query_pruning",
+                 lambda s, df: s.tables.comparisons("pruning", [s.tables.pruning_margin(df)]))):
+            df = S.tables.read(per_query)
+            if df is None:
+                continue
+            # a per-query table that holds some of the models (written by a narrowed run): rebuilt as that run
+            # would, keeping the other models' committed comparison rows
+            held = [m for m in S.p.models if m in set(df["model"])]
+            by = S if set(held) == set(S.p.models) or not held else Study(args.profile, out=args.out, models=held)
+            written[name] = build(by, df)
         if not written:
             raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
         written["verdicts"] = report.verdicts(S)

@@ -99,7 +99,9 @@ def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_
         claim = f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
         sel = pq[pq["head source"].fillna("").isin({"", "all", src, *NIAH_SOURCES})]  # a read table's "" is NaN
         family, results = [], []
-        models = list(dict.fromkeys(sel["model"]))
+        # the models that have both methods (NIAH-R (prompt length) or the layer window may exist for some only):
+        # a pooled row only where it pools more than one of them
+        models = [m for m, g in sel.groupby("model", sort=False) if {a, b} <= set(g["method"])]
         for m in models + (["pooled (a query once)"] if len(models) > 1 else []):
             pool = m.startswith("pooled")
             part = sel if pool else sel[sel["model"] == m]
