@@ -212,10 +212,9 @@ HEADLINE = ("BM25", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer wind
 
 
 def headline(study: "Study") -> str:
-    """The README's headline table: mean nDCG@10 over the profile's collections per model (in the profile's
-    order) and method, with each model's evaluated queries, from ``table1_average``, and the dtype of its run
-    (``provenance``)
-    (``python -m corelib.study headline``; a test checks that the README holds it)."""
+    """The README's headline table (``python -m corelib.study headline``; a test checks that the README holds
+    it): mean nDCG@10 over the profile's collections per model, in the profile's order, and method, with each
+    model's evaluated queries (``table1_average``) and the dtype of the run that computed them (``provenance``)."""
     avg = study.tables.read("table1_average")
     if avg is None:
         raise FileNotFoundError(f"no table1_average in {study.tables_dir}: run notebook 03 of profile {study.p.name} first")
