@@ -106,7 +106,7 @@ def test_the_report_says_which_run_computed_each_models_rows(studies):
     got = report.record_provenance(narrowed)
     assert got["model"].tolist() == list(full.p.models)
     assert got["command"].tolist() == ["make reproduce PROFILE=cpu"] * 3 + ["make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b"]
-    assert got["dtype"].tolist() == ["fp32"] * 3 + ["bfloat16"]
+    assert got["dtype"].tolist() == ["float32"] * 3 + ["bfloat16"]
     lines = report.provenance_lines(got)
     assert len(lines) == 2 + 2 + 1  # a heading, a blank line, one line per run, a blank line
     assert lines[3].startswith("- qwen2.5-coder-1.5b: `make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b` at commit ")

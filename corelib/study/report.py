@@ -411,7 +411,7 @@ def record_provenance(study: "Study") -> pd.DataFrame:
     rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', "commit": commit,
              "date": datetime.date.today().isoformat(),
              "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']})",
-             "dtype": study.p.dtype_for(m) or ("fp32" if key["device"] == "cpu" else "default")}
+             "dtype": str(study.spec(m).dtype).removeprefix("torch.")}  # as loaded: the profile's, or the device's default
             for m in study.p.models]
     return study.tables.write("provenance", pd.DataFrame(rows))
 

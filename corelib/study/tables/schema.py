@@ -190,8 +190,7 @@ def read(study: "Study", name: str) -> pd.DataFrame | None:
     path = study.tables_dir / f"{name}.csv"
     if not path.is_file():
         return None
-    df = with_later_columns(pd.read_csv(path, dtype={"query_id": str}), base_table(name))[columns(name)]
-    return df
+    return with_later_columns(pd.read_csv(path, dtype={"query_id": str}), base_table(name))[columns(name)]
 
 
 def mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
