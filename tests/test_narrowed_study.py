@@ -106,10 +106,14 @@ def test_the_report_says_which_run_computed_each_models_rows(studies):
     got = report.record_provenance(narrowed)
     assert got["model"].tolist() == list(full.p.models)
     assert got["command"].tolist() == ["make reproduce PROFILE=cpu"] * 3 + ["make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b"]
-    assert got["dtype"].tolist() == ["float32"] * 3 + ["bfloat16"]
+    assert got["dtype"].tolist() == [full.p.dtype_for(m) or "float32" for m in full.p.models]  # as loaded
+    assert got["dtype"].iloc[-1] == "bfloat16"
     lines = report.provenance_lines(got)
     assert len(lines) == 2 + 2 + 1  # a heading, a blank line, one line per run, a blank line
     assert lines[3].startswith("- qwen2.5-coder-1.5b: `make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b` at commit ")
+    assert lines[2].endswith("its executed notebooks: [`./`](./)")
+    assert lines[3].endswith("its executed notebooks: [`models/qwen2.5-coder-1.5b/`](models/qwen2.5-coder-1.5b/)")
+    assert report.executed_folder('make reproduce PROFILE=cpu MODEL="a b"') == "models/a+b/"  # as the Makefile names it
 
 
 def test_a_narrowed_study_without_an_ablation_model_keeps_the_committed_ablation_rows(studies):

@@ -423,8 +423,19 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
     lines = []
     for (command, commit, date), g in df.groupby(["command", "commit", "date"], sort=False):
         machines = "; ".join(dict.fromkeys(g["machine"] + ", " + g["dtype"]))
-        lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines})")
+        folder = executed_folder(command)
+        lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines}); its executed "
+                     f"notebooks: [`{folder}`]({folder})")
     return ["Which run computed each model's rows:", "", *lines, ""]
+
+
+def executed_folder(command: str) -> str:
+    """Where a ``make reproduce`` command wrote its executed notebooks, relative to the profile's REPORT.md (the
+    Makefile's EXECUTED): the profile's folder, or ``models/<a+b>/`` for a run narrowed with MODEL=."""
+    import shlex
+
+    models = [w.split("=", 1)[1] for w in shlex.split(command) if w.startswith("MODEL=")]
+    return f"models/{'+'.join(models[0].split())}/" if models else "./"
 
 
 def _anchor(title: str) -> str:
