@@ -35,6 +35,7 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
     ax = ax or plt.subplots(figsize=(max(5, H * 0.3 + 2), max(4, L * 0.2 + 1.5)))[1]
     sns.heatmap(scores.float().numpy(), ax=ax, cmap="viridis", cbar_kws={"label": "score"},
                 xticklabels=max(1, H // 8), yticklabels=max(1, L // 16))
+    ax.tick_params(axis="both", labelrotation=0)  # seaborn turns crowded labels sideways; the step above spaces them
     for l, h in top:
         ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="red", lw=1.5))
     for y in (L / 3, 2 * L / 3):
