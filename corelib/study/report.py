@@ -214,7 +214,8 @@ HEADLINE = ("BM25", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R", "Layer wind
 def headline(study: "Study") -> str:
     """The README's headline table (``python -m corelib.study headline``; a test checks that the README holds
     it): mean nDCG@10 over the profile's collections per model, in the profile's order, and method, with each
-    model's evaluated queries (``table1_average``) and the dtype of the run that computed them (``provenance``)."""
+    model's evaluated queries (``table1_average``), and the dtype and commit of the run that computed them
+    (``provenance``; the report names its command)."""
     avg = study.tables.read("table1_average")
     if avg is None:
         raise FileNotFoundError(f"no table1_average in {study.tables_dir}: run notebook 03 of profile {study.p.name} first")
@@ -222,9 +223,10 @@ def headline(study: "Study") -> str:
     avg = avg.assign(order=avg["model"].map(rank)).sort_values("order", kind="stable")
     cols = [c for c in HEADLINE if avg[c].notna().any()]
     prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
-    dtypes = dict(zip(prov["model"], prov["dtype"])) if prov is not None else {}
+    run = prov.set_index("model") if prov is not None else pd.DataFrame(columns=["dtype", "commit"])
     df = pd.DataFrame({"model": avg["model"], "queries": avg["queries"].map(lambda n: f"{int(n):,}"),
-                       "dtype": avg["model"].map(dtypes).fillna("-"),
+                       "dtype": avg["model"].map(run["dtype"]).fillna("-"),
+                       "commit": avg["model"].map(run["commit"]).fillna("-"),
                        **{c: avg[c].to_numpy() for c in cols}})
     return markdown_table(df)
 
