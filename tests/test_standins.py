@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,7 +62,16 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     assert list(family.index) == [m, str(dirs["gemma3"]), "pooled (a query once)"]
     assert family.loc["pooled (a query once)", "queries"] == family.loc[m, "queries"]  # the same queries, counted once
     assert (family["p holm"] >= family["p"] - 1e-12).all()
-    t.controls()
+    controls, _, dists = t.controls()
+    sets = t.read("control_sets")  # every random set's score, so that the figure redraws from the tables alone
+    assert len(sets) == controls["sets"].sum() and set(sets["model"]) == {m, str(dirs["gemma3"])}
+    for (model, control), scores in dists.items():
+        got = sets[(sets["model"] == model) & (sets["control"] == control)]["ndcg@10"].to_numpy()
+        np.testing.assert_array_equal(got, scores)  # exact through the CSV
+    from corelib.study import plots
+
+    drawn = plots.control_figures(S)
+    assert len([x for x in drawn if x.suffix == ".png" and x.is_file()]) == 2  # a figure per model
     t.in_domain_sources(pq)
     t.sweep()
     depth = t.depth().set_index("model")
@@ -100,7 +110,8 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     # other model's rows kept and every family-wide column (Holm over the models, pooled rows) recomputed
     import pandas as pd
 
-    names = ("per_query", "table1_average", "comparisons_table1", "controls", "control_positions", "depth", "pruning")
+    names = ("per_query", "table1_average", "comparisons_table1", "controls", "control_sets", "control_positions", "depth",
+             "pruning")
     before = {name: t.read(name) for name in names}
     g = str(dirs["gemma3"])
     N = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"), models=[g])

@@ -257,6 +257,25 @@ def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame,
     return fig
 
 
+def control_figures(study, models=None) -> list[Path]:
+    """Each model's controls figure (``control_distribution``) from the tables alone: ``control_sets`` (every
+    random set's score), ``control_positions`` and ``controls``; ``models``: some of them (default: every model
+    with sets in the table)."""
+    t = study.tables
+    sets, positions, counts = t.read("control_sets"), t.read("control_positions"), t.read("controls")
+    if sets is None or positions is None:
+        return []
+    written = []
+    for m in models or dict.fromkeys(sets["model"]):
+        mine = sets[sets["model"] == m]
+        if mine.empty:  # a model whose committed rows predate the table
+            continue
+        dists = {c: g["ndcg@10"].to_numpy() for c, g in mine.groupby("control", sort=False)}
+        written += save(control_distribution(dists, positions[positions["model"] == m], m, counts),
+                        study.figures_dir / f"controls_{m}")
+    return written  # the figures stay open, so that a notebook shows them
+
+
 def _size_label(n: float) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
@@ -335,7 +354,8 @@ def forest(df: pd.DataFrame, title: str):
 
 def redraw(study) -> list[Path]:
     """Redraw, from the study's committed tables alone, the figures that need no record: Table 1 and 2, Figure 1
-    (sweep), Figure 3 (pruning and its cost), the scaling view and the forest plot
+    (sweep), Figure 3 (pruning and its cost), the controls (where ``control_sets`` holds a model's sets), the
+    scaling view and the forest plot
     (``python -m corelib.study figures --profile cpu``)."""
     t, out, p = study.tables, study.figures_dir, study.p
     written = []
@@ -359,6 +379,7 @@ def redraw(study) -> list[Path]:
                                            "own process)"), out / "fig3_pruning_cost")
     if (scale := t.read("scaling")) is not None:
         written += save(scaling(scale, avg), out / "scaling")
+    written += control_figures(study)
     if (fo := t.read("forest")) is not None:
         written += save(forest(fo, f"Per-collection paired differences, profile {p.name} ({p.first_stage.upper()} top "
                                    f"{p.top_k}, NQ heads, top {p.num_heads}; 95% CIs)"), out / "forest")

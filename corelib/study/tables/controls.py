@@ -89,7 +89,7 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
     best set); gemma3's global-attention heads as a set. Each method's verdict is Holm-adjusted over the models
     (its family: one control, one method, every model)."""
     k = study.p.num_heads
-    dist_rows, pos_rows, dists = [], [], {}
+    dist_rows, pos_rows, dists, set_rows = [], [], {}, []
     for m in study.p.models:
         spec = study.spec(m)
         L, H = spec.num_layers, spec.num_heads
@@ -112,6 +112,8 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
                 continue
             scores = set_scores(study, m, sets)
             dists[m, control] = scores
+            set_rows.append(pd.DataFrame({"model": m, "control": control, "set": np.arange(len(scores)),
+                                          "ndcg@10": scores}))
             dist_rows.append({"model": m, "control": control, "sets": len(sets), "distinct sets": distinct,
                               "mean CoRe heads shared": float(np.mean([len(core & set(x)) for x in sets])),
                               "smallest p": 1 / (1 + len(sets)), "median": float(np.median(scores)),
@@ -121,6 +123,7 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
                 pos_rows.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
                                  "p better": pb, "p worse": pw, "sets": len(sets)})
     positions = pd.DataFrame(pos_rows).assign(**{"p better holm": np.nan, "p worse holm": np.nan, "verdict": ""})
+    write(study, "control_sets", pd.concat(set_rows, ignore_index=True) if set_rows else pd.DataFrame())
     return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
 
 

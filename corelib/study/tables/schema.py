@@ -51,6 +51,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                           "CoRe-R - ICR"),
     "positive_slots": ("collection", "model", "slot", "positives"),
     "controls": ("model", "control", "sets", "median", "p5", "p95", "distinct sets", "mean CoRe heads shared", "smallest p"),
+    # every random head set's score (the distributions the controls figure draws), one row per set
+    "control_sets": ("model", "control", "set", "ndcg@10"),
     "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "p better holm",
                           "p worse holm", "verdict"),
     "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
