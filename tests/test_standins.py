@@ -63,7 +63,7 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     assert family.loc["pooled (a query once)", "queries"] == family.loc[m, "queries"]  # the same queries, counted once
     assert (family["p holm"] >= family["p"] - 1e-12).all()
     controls, _, dists = t.controls()
-    sets = t.read("control_sets")  # every random set's score, so that the figure redraws from the tables alone
+    sets = t.read("control_set_scores")  # every random set's score, so that the figure redraws from the tables alone
     assert len(sets) == controls["sets"].sum() and set(sets["model"]) == {m, str(dirs["gemma3"])}
     for (model, control), scores in dists.items():
         got = sets[(sets["model"] == model) & (sets["control"] == control)]["ndcg@10"].to_numpy()
@@ -74,6 +74,13 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     assert len([x for x in drawn if x.suffix == ".png" and x.is_file()]) == 2  # a figure per model
     t.in_domain_sources(pq)
     t.sweep()
+    maps = t.head_score_maps()  # every head of every method, so that Figure 2 redraws from the tables alone
+    g3 = maps[(maps["model"] == str(dirs["gemma3"])) & (maps["method"] == "core")]
+    assert sorted(set(g3.loc[g3["global-attention layer"], "layer"])) == [1, 3] and maps[maps["model"] == m]["global-attention layer"].all()
+    core = S.head_scores(m, "core")
+    mine = maps[(maps["model"] == m) & (maps["method"] == "core")]
+    assert [tuple(x) for x in mine[["layer", "head"]].to_numpy()] == core.order()
+    assert len([x for x in plots.heatmap_figures(S) if x.suffix == ".png"]) >= 2  # S_CoRe per model (and NIAH-R's)
     depth = t.depth().set_index("model")
     assert depth.loc[m, "global-attention layers"] == "all" and depth.loc[str(dirs["gemma3"]), "global-attention layers"] == "[1, 3]"
     prune, ppq = t.pruning()
@@ -110,8 +117,8 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     # other model's rows kept and every family-wide column (Holm over the models, pooled rows) recomputed
     import pandas as pd
 
-    names = ("per_query", "table1_average", "comparisons_table1", "controls", "control_sets", "control_positions", "depth",
-             "pruning")
+    names = ("per_query", "table1_average", "comparisons_table1", "controls", "control_set_scores", "control_positions",
+             "head_scores", "depth", "pruning")
     before = {name: t.read(name) for name in names}
     g = str(dirs["gemma3"])
     N = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"), models=[g])
@@ -120,7 +127,7 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     npq = n.per_query(sources=("nq", "in-domain", "in-domain, position-matched"))
     n.table1(npq)
     n.comparisons("table1", [n.compare(npq, n.table1_pairs(("nq", "in-domain", "in-domain, position-matched")))])
-    n.controls(), n.depth(), n.pruning()
+    n.controls(), n.head_score_maps(), n.depth(), n.pruning()
     for name, df in before.items():
         pd.testing.assert_frame_equal(n.read(name), df, obj=name)
 

@@ -42,16 +42,50 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
         ax.axhline(y, color="white", ls="--", lw=1)
     handles = [Patch(fill=False, edgecolor="red", label=f"top {len(top)} heads"),
                Line2D([], [], color="grey", ls="--", label="middle third of depth")]
-    if global_layers:
-        for l in global_layers:
-            ax.annotate("", xy=(0, l + 0.5), xytext=(-1.2, l + 0.5), annotation_clip=False,
-                        arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.2})
-        handles.append(Line2D([], [], color="black", marker=">", ls="", label="global-attention layer"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(handles), fontsize=7,
+    if global_layers:  # their layer labels read "(global)", in bold, every one of them shown
+        shown = {int(t.get_text()) for t in ax.get_yticklabels() if t.get_text()} | set(global_layers)
+        ax.set_yticks([l + 0.5 for l in sorted(shown)],
+                      [f"{l} (global)" if l in global_layers else str(l) for l in sorted(shown)])
+        for label in ax.get_yticklabels():
+            label.set_fontweight("bold" if "global" in label.get_text() else "normal")
+        handles.append(Line2D([], [], color="none", label="(global): layer attending over the whole prompt"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), borderaxespad=4.8, ncol=len(handles), fontsize=7,
               frameon=False)
     ax.set(xlabel="head", ylabel="layer")
     ax.set_title(title, fontsize=9, wrap=True)
     return ax
+
+
+HEATMAPS = {"core": ("fig2_heatmap_{model}", "Figure 2 analog: S_CoRe, {model} (t={temperature:g})"),
+            "niah": ("fig2_heatmap_niah_{model}", "Figure 2 analog: NIAH retrieval score, {model}")}
+
+
+def heatmap_figures(study, models=None, k: int | None = None, methods=tuple(HEATMAPS)) -> list[Path]:
+    """Figure 2's maps (S_CoRe, and NIAH-R's copying score where a model has it; ``methods``: some of them) from
+    the table ``head_scores`` alone: every head's score, the top ``k`` outlined, gemma3's global-attention layers
+    marked."""
+    table = study.tables.read("head_scores")
+    if table is None:
+        return []
+    k = k or study.p.num_heads
+    written = []
+    for m in models or dict.fromkeys(table["model"]):
+        for method in methods:
+            stem, title = HEATMAPS[method]
+            g = table[(table["model"] == m) & (table["method"] == method)]
+            if g.empty:
+                continue
+            L, H = int(g["layer"].max()) + 1, int(g["head"].max()) + 1
+            grid = np.zeros((L, H), dtype=np.float32)
+            grid[g["layer"].to_numpy(), g["head"].to_numpy()] = g["score"].to_numpy()
+            scores = torch.from_numpy(grid)
+            top = [(int(l), int(h)) for l, h in g.sort_values("rank")[["layer", "head"]].head(k).to_numpy()]
+            layers = g.groupby("layer")["global-attention layer"].first()
+            global_layers = None if layers.all() else [int(l) for l in layers.index[layers.astype(bool)]]
+            ax = head_heatmap(scores, title.format(model=m, temperature=g["temperature"].iloc[0]), top,
+                              global_layers=global_layers)
+            written += save(ax.figure, study.figures_dir / stem.format(model=m))
+    return written  # the figures stay open, so that a notebook shows them
 
 
 # a head order -> the method that reads it; the prompt-length needle heads share NIAH-R's colour, dotted
@@ -258,11 +292,11 @@ def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame,
 
 
 def control_figures(study, models=None) -> list[Path]:
-    """Each model's controls figure (``control_distribution``) from the tables alone: ``control_sets`` (every
+    """Each model's controls figure (``control_distribution``) from the tables alone: ``control_set_scores`` (every
     random set's score), ``control_positions`` and ``controls``; ``models``: some of them (default: every model
     with sets in the table)."""
     t = study.tables
-    sets, positions, counts = t.read("control_sets"), t.read("control_positions"), t.read("controls")
+    sets, positions, counts = t.read("control_set_scores"), t.read("control_positions"), t.read("controls")
     if sets is None or positions is None:
         return []
     written = []
@@ -354,8 +388,8 @@ def forest(df: pd.DataFrame, title: str):
 
 def redraw(study) -> list[Path]:
     """Redraw, from the study's committed tables alone, the figures that need no record: Table 1 and 2, Figure 1
-    (sweep), Figure 3 (pruning and its cost), the controls (where ``control_sets`` holds a model's sets), the
-    scaling view and the forest plot
+    (sweep), Figure 2's maps and the controls (for the models whose ``head_scores`` and ``control_set_scores``
+    rows exist), Figure 3 (pruning and its cost), the scaling view and the forest plot
     (``python -m corelib.study figures --profile cpu``)."""
     t, out, p = study.tables, study.figures_dir, study.p
     written = []
@@ -380,6 +414,7 @@ def redraw(study) -> list[Path]:
     if (scale := t.read("scaling")) is not None:
         written += save(scaling(scale, avg), out / "scaling")
     written += control_figures(study)
+    written += heatmap_figures(study)
     if (fo := t.read("forest")) is not None:
         written += save(forest(fo, f"Per-collection paired differences, profile {p.name} ({p.first_stage.upper()} top "
                                    f"{p.top_k}, NQ heads, top {p.num_heads}; 95% CIs)"), out / "forest")

@@ -36,7 +36,7 @@ __all__ = ["COLUMNS", "METHODS", "Ablations", "Tables", "base_table", "columns",
 ARTEFACTS = {
     "write": schema.write, "read": schema.read,
     "collections": inputs.collections, "prompt_lengths": inputs.prompt_lengths,
-    "top_heads": heads.top_heads, "niah_detection": heads.niah_detection, "overlap": heads.overlap,
+    "top_heads": heads.top_heads, "head_score_maps": heads.head_score_maps, "niah_detection": heads.niah_detection, "overlap": heads.overlap,
     "detection_temperature": heads.detection_temperature, "depth": heads.depth,
     "per_query": table1.per_query, "table1": table1.table1, "compare": table1.compare,
     "table1_pairs": table1.table1_pairs, "comparisons": table1.comparisons,

@@ -123,7 +123,7 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
                 pos_rows.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
                                  "p better": pb, "p worse": pw, "sets": len(sets)})
     positions = pd.DataFrame(pos_rows).assign(**{"p better holm": np.nan, "p worse holm": np.nan, "verdict": ""})
-    write(study, "control_sets", pd.concat(set_rows, ignore_index=True) if set_rows else pd.DataFrame())
+    write(study, "control_set_scores", pd.concat(set_rows, ignore_index=True) if set_rows else pd.DataFrame())
     return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ...architecture import global_attention_layers
 from .. import analysis
-from ..methods import NIAH_SOURCE
+from ..methods import NIAH_PROMPT_SOURCE, NIAH_SOURCE
 from .schema import family, write
 
 if TYPE_CHECKING:
@@ -25,6 +25,22 @@ def top_heads(study: "Study", k: int | None = None, temperature: float | None = 
             rows.append(t.assign(model=m, method=method, **{"head source": NIAH_SOURCE if method == "niah" else "nq"}))
     df = pd.concat(rows).rename(columns={"relative_depth": "relative depth"})
     return write(study, "top_heads", df)
+
+
+def head_score_maps(study: "Study", temperature: float | None = None) -> pd.DataFrame:
+    """Every head's score and rank for each method (table ``head_scores``, which Figure 2's maps are drawn
+    from), with the layers that attend over the whole prompt marked (gemma3's 3 of 18; every layer elsewhere)."""
+    rows = []
+    for m in study.p.models:
+        spec = study.spec(m)
+        global_layers = global_attention_layers(spec)
+        for method in study.head_methods(m).values():
+            s = study.head_scores(m, method, temperature)
+            t = s.table()
+            rows.append(t.assign(model=m, method=method, temperature=s.provenance.get("temperature"),
+                                 **{"head source": {"niah": NIAH_SOURCE, "niah-prompt": NIAH_PROMPT_SOURCE}.get(method, "nq"),
+                                    "global-attention layer": True if global_layers is None else t["layer"].isin(global_layers)}))
+    return write(study, "head_scores", pd.concat(rows, ignore_index=True).rename(columns={"relative_depth": "relative depth"}))
 
 
 def niah_detection(study: "Study") -> pd.DataFrame:

@@ -27,6 +27,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "collections": ("collection", "documents", "judged queries", "first stage", "BM25 nDCG@10 (all queries)"),
     "prompt_lengths": ("model", "layers", "heads per layer", "kv heads", "collection", "mean tokens", "max tokens"),
     "top_heads": ("model", "method", "head source", "rank", "layer", "head", "score", "relative depth"),
+    # every head of every method (Figure 2's maps); "temperature": CoRe's (empty for the others)
+    "head_scores": ("model", "method", "head source", "temperature", "rank", "layer", "head", "score", "relative depth",
+                    "global-attention layer"),
     "niah_detection": ("model", "haystack", "needles", "context lengths", "depths", "trials", "counted",
                        "counted share", "mean recall", "decode tokens (max)", "heads above 0", "ties broken by",
                        "decode seconds"),
@@ -52,7 +55,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "positive_slots": ("collection", "model", "slot", "positives"),
     "controls": ("model", "control", "sets", "median", "p5", "p95", "distinct sets", "mean CoRe heads shared", "smallest p"),
     # every random head set's score (the distributions the controls figure draws), one row per set
-    "control_sets": ("model", "control", "set", "ndcg@10"),
+    "control_set_scores": ("model", "control", "set", "ndcg@10"),
     "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "p better holm",
                           "p worse holm", "verdict"),
     "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
