@@ -1,5 +1,6 @@
 SHELL := /bin/bash
-# make reproduce  -> sets up .venv (first time) and executes every notebook into results/ (FROM=05: from notebook 05 on)
+# make reproduce  -> sets up .venv (first time) and executes every notebook into results/ (FROM=05: from notebook 05 on;
+#                    ONLY=06: that notebook alone)
 # make test       -> sets up .venv (first time) and runs the test suite
 PY      ?= python3
 VENV    := .venv
@@ -53,7 +54,7 @@ reproduce: setup
 	$(large-if-needed)
 	@mkdir -p $(EXECUTED) figures
 	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m)) | sed 's/^/== /'
-	@nbs=$$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(NOTEBOOKS)) || exit 1; \
+	@nbs=$$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(if $(ONLY),--only $(ONLY)) $(NOTEBOOKS)) || exit 1; \
 	for nb in $$nbs; do \
 	  echo "== $$nb ($(PROFILE)$(if $(MODEL),: $(MODEL)))"; \
 	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \

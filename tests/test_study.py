@@ -395,6 +395,12 @@ def test_a_profile_without_multilingual_sets_skips_their_notebook_and_never_subs
     assert out.split() == ["notebooks/08_table2_multilingual.ipynb", "notebooks/10_report.ipynb"] and not err
     assert main(["notebooks", "--profile", "quick", "--from", "5", "notebooks/07_fig3_layer_pruning.ipynb"]) == 2
     assert "no notebook's name sorts at or after --from '5'" in capsys.readouterr().err
+    # ONLY=08: that notebook alone
+    assert main(["notebooks", "--profile", "quick", "--only", "08", "notebooks/07_fig3_layer_pruning.ipynb",
+                 "notebooks/08_table2_multilingual.ipynb", "notebooks/10_report.ipynb"]) == 0
+    assert capsys.readouterr().out.split() == ["notebooks/08_table2_multilingual.ipynb"]
+    assert main(["notebooks", "--profile", "quick", "--only", "11", "notebooks/07_fig3_layer_pruning.ipynb"]) == 2
+    assert "no notebook's name starts with --only '11'" in capsys.readouterr().err
     S = Study("cpu-dense", data=shared_data, out=tmp_path)
     with pytest.raises(ValueError, match="no collections to evaluate for 'per_query_multilingual' in profile cpu-dense"):
         S.tables.per_query(S.p.multilingual, name="per_query_multilingual")

@@ -62,6 +62,8 @@ def main(argv=None) -> int:
                        help="the numbered notebooks that apply to a profile (skipped ones, with why, on stderr)")
     n.add_argument("--from", dest="start", default="", help="only notebooks whose file name sorts at or after this "
                    "prefix (e.g. 05): resumes a stopped `make reproduce` (FROM=05) without re-running the earlier ones")
+    n.add_argument("--only", default="", help="only the notebooks whose file name starts with this prefix (e.g. 06): "
+                   "one notebook's tables and figures again (ONLY=06)")
     n.add_argument("paths", nargs="+")
     t = sub.add_parser("time-pruning", parents=[prof, data, models], help="measure and cache the pruning cost of a "
                        "profile's models (on an idle machine), which `make reproduce` then reuses")
@@ -96,8 +98,12 @@ def main(argv=None) -> int:
             print(f"error: no notebook's name sorts at or after --from {args.start!r}; the notebooks are "
                   f"{', '.join(Path(p).name for p in args.paths)} (give a prefix such as 05)", file=sys.stderr)
             return 2
+        if args.only and not any(Path(path).name.startswith(args.only) for path in args.paths):
+            print(f"error: no notebook's name starts with --only {args.only!r}; the notebooks are "
+                  f"{', '.join(Path(p).name for p in args.paths)}", file=sys.stderr)
+            return 2
         for path in args.paths:
-            if Path(path).name < args.start:
+            if Path(path).name < args.start or not Path(path).name.startswith(args.only):
                 continue
             why = skipped.get(Path(path).stem)
             if why:
