@@ -118,3 +118,68 @@ def test_an_order_check_for_one_model_keeps_the_other_models_rows(tmp_path, monk
     for table in (out, back):
         assert table.groupby("model")["ndcg@10"].first().to_dict() == {"smollm2-135m": 0.25, "gemma3-270m": 0.75}
         assert len(table) == 4
+
+
+def _tau_study(tmp_path, monkeypatch, icr_run):
+    """A one-model cpu study whose committed order check lacks the tau in ICR's order, with its records,
+    candidates and heads stood in (no forward)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from corelib.study import Study, order_check
+
+    S = Study("cpu", out=tmp_path, models=["gemma3-270m"])
+    S.p = type(S.p)(**{**S.p.__dict__, "collections": ("med",)})
+    bm25 = {"1": {"a": 3.0, "b": 2.0, "c": 1.0}, "2": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    qrels = {"1": {"a": 1}, "2": {"c": 1}}
+    monkeypatch.setattr(S, "collection", lambda c: SimpleNamespace(qrels=qrels))
+    monkeypatch.setattr(S, "candidates", lambda m, c: SimpleNamespace(run=lambda: bm25))
+    monkeypatch.setattr(S, "order_sample", lambda m, c: ["1", "2"])
+    monkeypatch.setattr(S, "_reranker", lambda m: SimpleNamespace(records=lambda coll, cand, qids: ["records"]))
+    monkeypatch.setattr(order_check, "committed_heads", lambda s, m, methods: {x: None for x in methods})
+    monkeypatch.setattr(order_check, "record_run", lambda records, heads: icr_run)
+    monkeypatch.setattr(order_check, "order_claims", lambda study, opq: opq)
+    monkeypatch.setattr(order_check, "order_agreement", lambda study, opq: opq)
+
+    def rows(order, method, ndcg, tau):
+        return pd.DataFrame({"model": "gemma3-270m", "collection": "med", "query_id": ["1", "2"], "order": order,
+                             "method": method, "ndcg@10": ndcg, "kendall tau vs BM25": tau})
+
+    S.tables.write("order_per_query", pd.concat([
+        rows("shuffled (seed 0)", "ICR", [0.3, 0.4], [0.2, -0.2]), rows("shuffled (seed 0)", "BM25", [1.0, 0.5], 1.0),
+        rows(order_check.ICR_ORDER_NAME, "ICR", [1.0, 0.5], float("nan")),
+        rows(order_check.ICR_ORDER_NAME, "BM25", [1.0, 0.5], float("nan"))]))
+    return S, order_check
+
+
+def test_filling_the_icr_order_tau_keeps_every_committed_value(tmp_path, monkeypatch):
+    """`order-check --fill-tau`: the tau in ICR's order comes from the ICR-order records, every other value
+    of the committed table is kept (the shuffled rows need no record)."""
+    import math
+
+    import numpy as np
+
+    ranking = {"1": {"a": 3.0, "b": 1.0, "c": 2.0}, "2": {"a": 3.0, "b": 2.0, "c": 1.0}}  # BM25's nDCG on both
+    S, order_check = _tau_study(tmp_path, monkeypatch, ranking)
+    before = S.tables.read("order_per_query")
+    got = order_check.fill_icr_order_tau(S)["order_per_query"]
+    icr = got[(got["order"] == order_check.ICR_ORDER_NAME) & (got["method"] == "ICR")]
+    assert icr["kendall tau vs BM25"].round(6).tolist() == [round(1 / 3, 6), 1.0]
+    assert got.loc[(got["order"] == order_check.ICR_ORDER_NAME) & (got["method"] == "BM25"),
+                   "kendall tau vs BM25"].tolist() == [1.0, 1.0]
+    keep = [c for c in got if c != "kendall tau vs BM25"]
+    assert got[keep].equals(before[keep])
+    shuffled = got["order"] != order_check.ICR_ORDER_NAME
+    np.testing.assert_array_equal(got.loc[shuffled, "kendall tau vs BM25"], before.loc[shuffled, "kendall tau vs BM25"])
+    assert not math.isnan(S.tables.read("order_per_query")["kendall tau vs BM25"].sum())
+    with pytest.raises(ValueError, match="already hold their Kendall tau"):
+        order_check.fill_icr_order_tau(S)
+
+
+def test_filling_the_tau_refuses_records_that_disagree_with_the_committed_ndcg(tmp_path, monkeypatch):
+    ranking = {"1": {"a": 1.0, "b": 2.0, "c": 3.0}, "2": {"a": 3.0, "b": 2.0, "c": 1.0}}  # query 1: nDCG 0.5, not 1.0
+    S, order_check = _tau_study(tmp_path, monkeypatch, ranking)
+    with pytest.raises(ValueError, match="another nDCG@10 than the committed rows on 1 of 2 queries"):
+        order_check.fill_icr_order_tau(S)
+    assert S.tables.read("order_per_query")["kendall tau vs BM25"].isna().sum() == 4  # nothing written

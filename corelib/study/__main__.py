@@ -70,8 +70,10 @@ def main(argv=None) -> int:
     t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
     sub.add_parser("robustness", parents=[prof, out], help="per-collection differences (forest plot), "
                    "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
-    sub.add_parser("order-check", parents=[prof, data, models, out], help="the candidate-order check: the claims with shuffled "
-                   "candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
+    oc = sub.add_parser("order-check", parents=[prof, data, models, out], help="the candidate-order check: the claims with "
+                        "shuffled candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
+    oc.add_argument("--fill-tau", action="store_true", help="only fill the committed rows' missing Kendall tau in ICR's "
+                    "order, from the ICR-order records of the order sample (computed where missing; shuffled rows kept)")
     sub.add_parser("record-costs", parents=[prof, data, models, out], help="write the median compute time of each "
                    "model's cached records per kind into results/record_costs.csv, which `pending` reads for a cold cache")
     pc = sub.add_parser("precision-check", parents=[prof, data, out], help="the analysis plan's precision check: one "
@@ -231,10 +233,10 @@ def main(argv=None) -> int:
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
     def order_check():
-        from .order_check import write_all as write_order
+        from .order_check import fill_icr_order_tau, write_all
 
         S = Study(args.profile, data=args.data, out=args.out, models=args.model)
-        for name, df in write_order(S).items():
+        for name, df in (fill_icr_order_tau if args.fill_tau else write_all)(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,

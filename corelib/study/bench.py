@@ -84,6 +84,9 @@ def main(argv=None) -> None:
     ap.add_argument("--no-sweep", action="store_true", help="skip (f), the cached-record sweeps")
     ap.add_argument("--sweep-profile", default="quick", help="profile whose default-model records (f) uses")
     args = ap.parse_args(argv)
+    if "a" not in args.configs:  # before any forward: every ratio of the report is to (a)
+        ap.error(f"--configs {' '.join(args.configs)} lacks a: the report gives each configuration's time and memory "
+                 "against (a), the plain forward of the same run, so include a (e.g. --configs a c)")
     rows = []
     for m in args.models:
         for t in args.tokens:

@@ -9,6 +9,7 @@ with the same heads, beside the same queries in ICR's order (notebook 03's per-q
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,8 @@ from .methods import NIAH_SOURCE
 
 if TYPE_CHECKING:
     from .core import Study
+
+log = logging.getLogger(__name__)
 
 ICR_ORDER_NAME = "rank 1 last"
 ORDER_PAIRS = (("CoRe-R", "ICR"), ("CoRe-R", "QR-R"), ("CoRe-R", "NIAH-R"), ("CoRe-R", "BM25"), ("ICR", "BM25"))
@@ -125,6 +128,70 @@ def order_agreement(study: "Study", opq: pd.DataFrame) -> pd.DataFrame:
                              [x.to_numpy() for _, x in mg.groupby("collection")["kendall tau vs BM25"]])
                          if mg["kendall tau vs BM25"].notna().all() else float("nan")})
     return study.tables.write("order_agreement", pd.DataFrame(rows))
+
+
+def committed_heads(study: "Study", m: str, methods) -> dict[str, list | None]:
+    """The heads of each of ``methods`` (of ``ORDER_METHODS``) from the profile's committed head rankings
+    (``results/heads``: the rankings the study's NQ detection records and needle trials gave), checked against the
+    model's weights."""
+    from ..heads import HeadSet, head_ranking_path
+
+    spec = study.spec(m)
+    out: dict[str, list | None] = {"ICR": None}
+    for method, key in (("QR-R", "qr"), ("CoRe-R", "core"), ("NIAH-R", "niah")):
+        if method not in methods:
+            continue
+        path = head_ranking_path(study.heads_dir, spec.model_id, key, spec.fingerprint)
+        ranking = HeadSet.load(path)
+        if ranking.fingerprint and ranking.fingerprint != spec.fingerprint:
+            raise ValueError(f"{path} was detected on other weights than {m}'s ({ranking.fingerprint}, not "
+                             f"{spec.fingerprint}): re-run the study's head detection (notebook 02) first")
+        out[method] = ranking.top(study.p.num_heads).heads
+    return out
+
+
+def fill_icr_order_tau(study: "Study") -> dict[str, pd.DataFrame]:
+    """The committed order check with the Kendall tau in ICR's order filled in for the study's models whose
+    committed rows lack it (``order-check --fill-tau``): their ICR-order records of the order sample are
+    computed where the cache lacks them (the shuffled records are not needed: every other value is kept as
+    committed), with the heads of the committed rankings. The records must give back the committed nDCG@10 of
+    every method on every query, so the tau and the nDCG come from the same records; else nothing is written."""
+    opq = study.tables.read("order_per_query")
+    if opq is None:
+        raise FileNotFoundError(f"no order_per_query table in {study.tables_dir}: run `order-check` first")
+    opq = opq.assign(query_id=lambda d: d["query_id"].astype(str))
+    icr_rows = (opq["order"] == ICR_ORDER_NAME) & opq["model"].isin(study.p.models)
+    todo = [m for m in dict.fromkeys(opq.loc[icr_rows, "model"])
+            if opq.loc[icr_rows & (opq["model"] == m), "kendall tau vs BM25"].isna().any()]
+    if not todo:
+        raise ValueError("every model's rows in ICR's order already hold their Kendall tau: nothing to fill")
+    s = study
+    for m in todo:
+        heads = committed_heads(s, m, set(opq.loc[icr_rows & (opq["model"] == m), "method"]))
+        for c in s.p.collections:
+            coll, cand = s.collection(c), s.candidates(m, c)
+            qids = s.order_sample(m, c)
+            bm25 = cand.run()
+            records = s._reranker(m).records(coll, cand, qids)
+            for method in dict.fromkeys(opq.loc[icr_rows & (opq["model"] == m), "method"]):
+                at = icr_rows & (opq["model"] == m) & (opq["collection"] == c) & (opq["method"] == method)
+                if method == "BM25":
+                    run = {q: bm25[q] for q in qids}
+                else:
+                    run = record_run(records, heads[method])
+                    got = per_query(run, coll.qrels).rename(index=str)
+                    committed = opq.loc[at].set_index("query_id")["ndcg@10"]
+                    differ = (got.reindex(committed.index) - committed).abs() > 1e-9
+                    if differ.any():
+                        raise ValueError(f"{m} {c} {method}: the ICR-order records give another nDCG@10 than the "
+                                         f"committed rows on {int(differ.sum())} of {len(committed)} queries (e.g. "
+                                         f"{committed.index[differ.to_numpy()][0]}), so their tau would not belong to "
+                                         "those rows: re-run the model's whole order check instead")
+                opq.loc[at, "kendall tau vs BM25"] = [_kendall(run[q], bm25[q]) for q in opq.loc[at, "query_id"]]
+            log.info("%s %s: Kendall tau in ICR's order on %d queries", m, c, len(qids))
+    opq = study.tables.write("order_per_query", opq)
+    return {"order_per_query": opq, "comparisons_order": order_claims(study, opq),
+            "order_agreement": order_agreement(study, opq)}
 
 
 def write_all(study: "Study") -> dict[str, pd.DataFrame]:
