@@ -52,3 +52,23 @@ def test_sweep_draws_every_head_order_of_the_study_in_its_method_colour():
     prompt = lines[f"{NIAH_PROMPT} order"]
     assert prompt.get_color() == colour("NIAH-R") and prompt.get_linestyle() == ":"
     assert lines["CoRe-R order"].get_linestyle() == "-" and list(prompt.get_ydata()) == [0.15, 0.35, 0.2]
+
+
+def test_a_control_without_its_sets_scores_is_drawn_from_its_summary():
+    """A model whose committed rows predate ``control_set_scores``: its 5-95% band and median, each method's line."""
+    import pandas as pd
+
+    summary = pd.Series({"model": "m", "control": "random (uniform)", "sets": 1000, "median": 0.40, "p5": 0.32,
+                         "p95": 0.45, "distinct sets": float("nan")})
+    positions = pd.DataFrame({"model": "m", "control": "random (uniform)", "method": ["ICR", "CoRe-R"],
+                              "ndcg@10": [0.42, 0.47], "percentile": [68.0, 99.0]})
+    fig = plots.control_distribution({"random (uniform)": summary}, positions, "m")
+    ax = fig.axes[0]
+    band = [p for p in ax.patches if p.get_label() == "5-95% of the sets"]
+    assert len(band) == 1 and band[0].get_x() == 0.32 and band[0].get_width() == 0.45 - 0.32
+    lines = {round(l.get_xdata()[0], 6) for l in ax.lines}
+    assert {0.40, 0.42, 0.47} <= lines
+    lo, hi = ax.get_xlim()
+    assert lo < 0.32 and hi > 0.47
+    assert "1000 sets: grey 5-95%, dotted median" in ax.get_title()
+    plt.close(fig)

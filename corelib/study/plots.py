@@ -249,11 +249,13 @@ def method_bars(table: pd.DataFrame, title: str,
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2)))
 
 
-def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame, model: str,
+def control_distribution(scores: dict[str, np.ndarray | pd.Series], positions: pd.DataFrame, model: str,
                          counts: pd.DataFrame | None = None):
     """The random-head-set distributions of one model (a panel per control, its number of sets and of distinct
     sets in the title), with a line per method in its colour and a line style of its own, so that methods
-    that coincide stay distinguishable; a marker per method at its own height; the legend outside the axes."""
+    that coincide stay distinguishable; a marker per method at its own height; the legend outside the axes.
+    A control given as a row of table ``controls`` (a run that kept no set's score) is drawn as its 5-95% band
+    and median instead of a histogram."""
     from .methods import colour
 
     def tint(label):  # sets that are no method (the in-sample reference, gemma3's global heads): black
@@ -265,20 +267,32 @@ def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame,
     methods = list(dict.fromkeys(positions["method"]))
     fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores) + 2.6, 3.4), squeeze=False, sharey=True)
     for ax, (control, values) in zip(axes.flat, scores.items()):
-        sns.histplot(values, ax=ax, color="lightgrey", bins=40)
-        top = ax.get_ylim()[1]
         rows = positions[positions["control"] == control].set_index("method")
+        if isinstance(values, pd.Series):  # the summary of table controls
+            sets, summary = int(values["sets"]), True
+            ax.axvspan(values["p5"], values["p95"], color="lightgrey", lw=0, label="5-95% of the sets")
+            ax.axvline(values["median"], color="grey", lw=1, ls=":")
+            ax.set_ylim(0, 1)
+            ax.set_yticks([])
+            lo, hi = min(values["p5"], rows["ndcg@10"].min()), max(values["p95"], rows["ndcg@10"].max())
+            ax.set_xlim(lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo))
+        else:
+            sets, summary = len(values), False
+            sns.histplot(values, ax=ax, color="lightgrey", bins=40)
+        top = ax.get_ylim()[1]
         for i, method in enumerate(methods):
             if method not in rows.index:
                 continue
             x = rows.loc[method, "ndcg@10"]
             ax.axvline(x, color=tint(method), lw=1.4, ls=LINE_STYLES[i % len(LINE_STYLES)])
             ax.plot([x], [top * (0.97 - 0.06 * i)], marker="o", ms=4, color=tint(method))
-        title = f"{control}\n{len(values)} sets"
+        title = f"{control}\n{sets} sets"
         if counts is not None:
             row = counts[(counts["model"] == model) & (counts["control"] == control)]
-            if len(row) and pd.notna(row["distinct sets"].iloc[0]) and row["distinct sets"].iloc[0] <= len(values):
+            if len(row) and pd.notna(row["distinct sets"].iloc[0]) and row["distinct sets"].iloc[0] <= sets:
                 title += f" (every distinct set: {int(row['distinct sets'].iloc[0])})"
+        if summary:
+            title += ": grey 5-95%, dotted median"
         ax.set_title(title, fontsize=9)
         ax.set(xlabel="mean nDCG@10 over collections")
     handles = [plt.Line2D([], [], color=tint(m), ls=LINE_STYLES[i % len(LINE_STYLES)], marker="o", ms=4,
@@ -293,18 +307,22 @@ def control_distribution(scores: dict[str, np.ndarray], positions: pd.DataFrame,
 
 def control_figures(study, models=None) -> list[Path]:
     """Each model's controls figure (``control_distribution``) from the tables alone: ``control_set_scores`` (every
-    random set's score), ``control_positions`` and ``controls``; ``models``: some of them (default: every model
-    with sets in the table)."""
+    random set's score), ``control_positions`` and ``controls``; a model whose committed rows predate the set
+    scores is drawn from the summary in ``controls``. ``models``: some of them (default: every model with
+    positions)."""
     t = study.tables
     sets, positions, counts = t.read("control_set_scores"), t.read("control_positions"), t.read("controls")
-    if sets is None or positions is None:
+    if positions is None or (sets is None and counts is None):
         return []
     written = []
-    for m in models or dict.fromkeys(sets["model"]):
-        mine = sets[sets["model"] == m]
-        if mine.empty:  # a model whose committed rows predate the table
+    for m in models or dict.fromkeys(positions["model"]):
+        mine = sets[sets["model"] == m] if sets is not None else pd.DataFrame()
+        if len(mine):
+            dists = {c: g["ndcg@10"].to_numpy() for c, g in mine.groupby("control", sort=False)}
+        elif counts is not None and m in set(counts["model"]):
+            dists = {r["control"]: r for _, r in counts[counts["model"] == m].iterrows()}
+        else:
             continue
-        dists = {c: g["ndcg@10"].to_numpy() for c, g in mine.groupby("control", sort=False)}
         written += save(control_distribution(dists, positions[positions["model"] == m], m, counts),
                         study.figures_dir / f"controls_{m}")
     return written  # the figures stay open, so that a notebook shows them
