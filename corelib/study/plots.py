@@ -406,8 +406,8 @@ def forest(df: pd.DataFrame, title: str):
 
 def redraw(study) -> list[Path]:
     """Redraw, from the study's committed tables alone, the figures that need no record: Table 1 and 2, Figure 1
-    (sweep), Figure 2's maps and the controls (for the models whose ``head_scores`` and ``control_set_scores``
-    rows exist), Figure 3 (pruning and its cost), the scaling view and the forest plot
+    (sweep), Figure 2's maps (for the models whose ``head_scores`` rows exist), the controls (from the set scores,
+    else from the summary in table ``controls``), Figure 3 (pruning and its cost), the scaling view and the forest plot
     (``python -m corelib.study figures --profile cpu``)."""
     t, out, p = study.tables, study.figures_dir, study.p
     written = []
