@@ -452,10 +452,11 @@ def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
     class Spec:
         num_layers, num_heads = 10, 2
 
-    calls = []
+    calls, dtypes = [], []
 
-    def fake_measure(m, config, tokens, repeats, data, layers=None):
+    def fake_measure(m, config, tokens, repeats, data, layers=None, dtype=None):
         calls.append((config, layers))
+        dtypes.append(dtype)
         kept = layers or 10
         return {"model": m, "config": config, "tokens": tokens, "seconds": 2.0 * kept / 10, "model_and_run_mb": 100.0 * kept,
                 "device": "cpu"}
@@ -475,6 +476,13 @@ def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
     assert len(calls) == 2 * n
     assert len(list((tmp_path / "timings" / "pruning_cost").glob("m-*.json"))) == 2
     assert not list((tmp_path / "timings" / "pruning_cost").glob("*.tmp"))  # written whole, then renamed
+    assert set(dtypes) == {None}
+    # a model whose records are bf16 is timed in bf16, and that is another key
+    from dataclasses import replace
+
+    S.p = replace(S.p, dtype_by_model=(("m", "bfloat16"),))
+    S.tables.model_pruning_cost("m", tokens=500, repeats=3)
+    assert len(calls) == 3 * n and dtypes[2 * n:] == ["bfloat16"] * n
 
 
 def test_the_explorer_never_starts_forwards_unasked(tmp_path, shared_data, monkeypatch):

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
                    "one notebook's tables and figures again (ONLY=06)")
     n.add_argument("paths", nargs="+")
     t = sub.add_parser("time-pruning", parents=[prof, data, models], help="measure and cache the pruning cost of a "
-                       "profile's models (on an idle machine), which `make reproduce` then reuses")
+                       "profile's models (on an idle machine, in each model's dtype) and write their rows of the "
+                       "pruning_cost table, which `make reproduce` then reuses")
     t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
     sub.add_parser("robustness", parents=[prof, out], help="per-collection differences (forest plot), "
                    "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
         for m in S.p.models:
             df = S.tables.model_pruning_cost(m, repeats=args.repeats)
             print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+        # the table notebook 07 reads: these models' rows (cached above) replace theirs, the others' are kept
+        print(f"{S.tables_dir / 'pruning_cost'}.csv: {len(S.tables.pruning_cost(repeats=args.repeats))} rows")
 
     def robustness():
         from .robustness import write_all

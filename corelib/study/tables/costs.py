@@ -51,8 +51,9 @@ def model_pruning_cost(study: "Study", m: str, tokens: int | None = None, repeat
         q = next(iter(cand.ranking))
         docs = prompt_order([c.document(d, study.p.words) for d in cand.ranking[q]])
         n_tokens = len(build_prompt(lm.tokenizer, c.queries[q], docs, lm.prefix, lm.suffix).input_ids)
+    dtype = study.p.dtype_for(m)  # timed in the dtype the model's records are computed in
     key = {"model": m, "tokens": n_tokens, "repeats": repeats, "pruned shares": list(study.p.prune_levels),
-           "exit layers": exit_layers, **machine_key()}
+           "exit layers": exit_layers, **machine_key(), **({"dtype": dtype} if dtype else {})}
     cache = cache_root() / "timings" / "pruning_cost" / f"{m}-{digest(key)}.json"
     if cache.is_file():
         log.info("pruning cost of %s: cached (%s)", m, cache)
@@ -64,10 +65,10 @@ def model_pruning_cost(study: "Study", m: str, tokens: int | None = None, repeat
     rows = []
     for share in study.p.prune_levels:
         kept = kept_layers(total, share)
-        row = (measure(m, "pruned", n_tokens, repeats, study.data, layers=kept) if kept < total
-               else measure(m, "b", n_tokens, repeats, study.data))
+        row = (measure(m, "pruned", n_tokens, repeats, study.data, layers=kept, dtype=dtype) if kept < total
+               else measure(m, "b", n_tokens, repeats, study.data, dtype=dtype))
         rows.append({**row, "pruned share": share, "kept layers": kept, "run": "pruned"})
-    rows.append({**measure(m, "eexit", n_tokens, repeats, study.data, layers=exit_layers),
+    rows.append({**measure(m, "eexit", n_tokens, repeats, study.data, layers=exit_layers, dtype=dtype),
                  "pruned share": 0.0, "kept layers": total, "run": f"early exit after layer {exit_layers - 1}"})
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
