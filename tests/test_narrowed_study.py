@@ -71,7 +71,7 @@ def comparison(model, p, p_inferior=np.nan, claim="50% pruning within 0.5 point"
             "verdict": "", "ci low (family)": -2.5, "ci high (family)": 0.5, "detectable (80% power, family)": 1.2}
 
 
-def test_a_merged_comparison_drops_the_pooled_row_and_the_family_intervals_it_cannot_recompute(studies):
+def test_a_merged_comparison_drops_the_pooled_row_and_the_kept_rows_family_intervals(studies):
     full, narrowed = studies
     old = [comparison(m, 0.9, 0.001) for m in full.p.models] + [comparison("pooled (a query once)", 0.9, 0.0005)]
     written = full.tables.write("comparisons_pruning", pd.DataFrame(old))
@@ -81,7 +81,36 @@ def test_a_merged_comparison_drops_the_pooled_row_and_the_family_intervals_it_ca
     assert got["model"].tolist() == list(full.p.models)  # no pooled row: it needs every model's queries
     np.testing.assert_allclose(got["p holm"], analysis.holm([0.9, 0.9, 0.9, 0.001]))
     assert got["verdict"].tolist() == ["contradicted"] * 3 + ["supported"]
-    assert got[list(schema.FAMILY_INTERVAL)].isna().all().all()
+    # the kept rows' level may have changed with the new p: left empty; the new row's is its builder's
+    assert got[list(schema.FAMILY_INTERVAL)].iloc[:3].isna().all().all()
+    assert got[list(schema.FAMILY_INTERVAL)].iloc[3].tolist() == [-2.5, 0.5, 1.2]
+
+
+def test_a_narrowed_comparison_sets_its_interval_at_the_level_of_the_merged_family(studies):
+    """The 1.5B's pruning margin recomputed alone: its 90% interval at the Holm level that its p has among the
+    committed p of the three other models (which the write keeps), so that it agrees with the merged verdict."""
+    full, narrowed = studies
+    old = [comparison(m, p) for m, p in zip(full.p.models[:3], (0.001, 0.004, 0.3))]
+    full.tables.write("comparisons_pruning", pd.DataFrame(old + [comparison("qwen2.5-coder-1.5b", 0.5)]))
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in ("scifact", "nfcorpus"):
+        base = rng.uniform(0, 1, 60)
+        for method, values in (("0% pruned", base), ("50% pruned", np.clip(base + rng.normal(0.004, 0.02, 60), 0, 1))):
+            rows.append(pd.DataFrame({"model": "qwen2.5-coder-1.5b", "collection": c, "query_id": [str(i) for i in range(60)],
+                                      "method": method, "head source": "nq", "ndcg@10": values}))
+    pq = pd.concat(rows, ignore_index=True)
+    got = narrowed.tables.pruning_margin(pq)
+    new = got[got["model"] == "qwen2.5-coder-1.5b"].iloc[0]
+    p = [new["p"], 0.001, 0.004, 0.3]
+    level = analysis.holm_levels(p)[0]
+    r = analysis.paired(analysis.paired_differences(pq, "50% pruned", "0% pruned"), level=0.9)
+    lo, hi = r.interval(1 - 2 * analysis.ALPHA * level / analysis.ALPHA)
+    assert (new["ci low (family)"], new["ci high (family)"]) == pytest.approx((lo, hi))
+    assert level != analysis.holm_levels([new["p"]])[0]  # the one-model family would have given another level
+    merged = narrowed.tables.comparisons("pruning", [got])
+    np.testing.assert_allclose(merged["p holm"], analysis.holm([0.001, 0.004, 0.3, new["p"]]))
+    assert merged["ci low (family)"].iloc[3] == new["ci low (family)"] and merged["ci low (family)"].iloc[:3].isna().all()
 
 
 def test_control_verdicts_read_each_controls_set_count(studies):
@@ -123,3 +152,29 @@ def test_a_narrowed_study_without_an_ablation_model_keeps_the_committed_ablation
                       pd.DataFrame([{"model": "smollm2-135m", "ablation": "1 negatives", "nDCG@10": 0.4}]))
     got = narrowed.tables.write("ablation_negatives_positions", pd.DataFrame([]))
     assert got.to_dict("records") == [{"model": "smollm2-135m", "ablation": "1 negatives", "nDCG@10": 0.4}]
+
+
+def test_the_peak_test_is_one_family_of_every_model_and_the_pooled_test(studies):
+    """Its intervals at the Holm level of that family (as every claim's), each model's chosen k in its label."""
+    from corelib.study.tables.sweep import peak_comparisons
+
+    full, _ = studies
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, shift in (("smollm2-135m", 0.03), ("gemma3-270m", 0.0)):
+        for c in ("scifact", "nfcorpus"):
+            base = rng.uniform(0, 1, 40)
+            for method, k, values in (("many", 17, base), ("few", 5, np.clip(base + rng.normal(shift, 0.05, 40), 0, 1))):
+                rows.append(pd.DataFrame({"model": m, "first stage": "bm25", "collection": c, "query_id": [str(i) for i in range(40)],
+                                          "method": method, "head source": "nq", "k": k, "ndcg@10": values}))
+    pq = pd.concat(rows, ignore_index=True)
+    got = peak_comparisons(full, pq)
+    assert got["model"].tolist() == ["smollm2-135m", "gemma3-270m", "pooled (a query once)"]
+    assert got["a"].iloc[0] == "CoRe-R, best k < 10 (k=5, each chosen on the other half)"
+    assert got["a"].iloc[2] == "CoRe-R, best k < 10 (each model's, each chosen on the other half)"
+    np.testing.assert_allclose(got["p holm"], analysis.holm(got["p"]))
+    levels = analysis.holm_levels(got["p"])
+    for (_, row), level in zip(got.iterrows(), levels):
+        part = pq if row["model"].startswith("pooled") else pq[pq["model"] == row["model"]]
+        d = analysis.paired_differences(part, "few", "many", pool=row["model"].startswith("pooled"))
+        assert (row["ci low (family)"], row["ci high (family)"]) == pytest.approx(analysis.paired(d).interval(1 - level))

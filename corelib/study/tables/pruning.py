@@ -10,7 +10,7 @@ from ...evaluate import per_query
 from ...scoring import record_run
 from .. import analysis
 from ..profiles import kept_layers
-from .schema import write
+from .schema import kept_p_values, write
 from .table1 import claim_families
 
 if TYPE_CHECKING:
@@ -71,5 +71,6 @@ def pruning_margin(study: "Study", pq: pd.DataFrame, margin: float = analysis.PR
                      "detectable (80% power)": r.mde, "queries": r.queries, "collections": r.collections,
                      "identical": r.identical})
     df = pd.DataFrame(rows)
-    family = pd.DataFrame(analysis.family_columns(results, df["p"], interval_level=1 - 2 * analysis.ALPHA))
+    kept = kept_p_values(study, "comparisons_pruning", rows[0]["claim"], models) if rows else []
+    family = pd.DataFrame(analysis.family_columns(results, list(df["p"]) + kept, interval_level=1 - 2 * analysis.ALPHA))
     return claim_families(study, pd.concat([df, family], axis=1).drop(columns=["identical"]))

@@ -142,9 +142,21 @@ def family(name: str):
 
 
 # a comparison's interval and detectable difference at its family's Holm level: not recomputable from a table's
-# rows (they need each row's bootstrap), so a table merging rows of two runs leaves them empty (the report then
-# prints the unadjusted interval, marked)
+# rows (they need each row's bootstrap). A narrowed study computes its own rows' at the level their family has
+# with the committed rows it keeps (``kept_p_values``); the kept rows' are left empty, since their level may have
+# changed (the report then prints their unadjusted interval, marked)
 FAMILY_INTERVAL = ("ci low (family)", "ci high (family)", "detectable (80% power, family)")
+
+
+def kept_p_values(study: "Study", name: str, claim: str, models) -> list[float]:
+    """The p-values of the committed rows of ``claim`` in comparison table ``name`` that a write of a narrowed
+    study keeps (``with_other_models``: the profile's other models, not among ``models``, the new rows' models):
+    the rest of the claim's family when the new rows' intervals are set at their Holm level."""
+    others = [m for m in study.other_models if m not in set(models)]
+    old = read(study, name) if others else None
+    if old is None:
+        return []
+    return old.loc[(old["claim"] == claim) & old["model"].isin(others), "p"].tolist()
 
 
 def with_other_models(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -161,7 +173,6 @@ def with_other_models(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFra
         return df
     if base_table(name) == "comparisons":  # each row's family interval is at a level set by every p of its family
         kept = kept.assign(**{c: np.nan for c in FAMILY_INTERVAL})
-        df = df.assign(**{c: np.nan for c in FAMILY_INTERVAL})
     log.info("table %s: rows of %s recomputed, the committed rows of %s kept", name,
              ", ".join(dict.fromkeys(df["model"])), ", ".join(dict.fromkeys(kept["model"])))
     order = {m: i for i, m in enumerate(study.profile_models)}

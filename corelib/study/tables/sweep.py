@@ -82,14 +82,14 @@ def peak_test(study: "Study", few: int = analysis.FEW_HEADS, temperature: float 
 
 
 def peak_comparisons(study: "Study", pq: pd.DataFrame, few: int = analysis.FEW_HEADS) -> pd.DataFrame:
-    """The peak test's comparison per model from its per-query table (``per_query_peak``: on each query the
-    best k < ``few`` and the best k >= ``few`` chosen on the other half, in the column ``k``), Holm over the models."""
-    rows = []
-    for m, g in pq.groupby("model", sort=False):
-        ks = {label: " / ".join(str(k) for k in dict.fromkeys(g.loc[g["method"] == label, "k"]))
-              for label in ("few", "many")}
-        rows.append(compare(study, g.assign(k=0), [("few", "many", "nq")])
-                    .assign(a=f"CoRe-R, best k < {few} (k={ks['few']}, each chosen on the other half)",
-                            b=f"CoRe-R, best k >= {few} (k={ks['many']})",
-                            claim=f"peak below {few} heads: best k < {few} beats best k >= {few}"))
-    return claim_families(study, pd.concat(rows, ignore_index=True))  # Holm over the models
+    """The peak test's comparisons from its per-query table (``per_query_peak``: on each query the best k < ``few``
+    and the best k >= ``few`` chosen on the other half, in the column ``k``): one family of every model and the
+    pooled test (a query once), Holm within it (analysis.RULES, *Families*)."""
+    claim = f"peak below {few} heads: best k < {few} beats best k >= {few}"
+    rows = compare(study, pq.assign(k=0), [("few", "many", "nq")], table="comparisons_peak", claim=claim)
+    ks = {(m, label): " / ".join(str(k) for k in dict.fromkeys(g["k"])) for (m, label), g in pq.groupby(["model", "method"])}
+    rows["a"] = [f"CoRe-R, best k < {few} (" + (f"k={ks[m, 'few']}" if (m, "few") in ks else "each model's") +
+                 ", each chosen on the other half)" for m in rows["model"]]
+    rows["b"] = [f"CoRe-R, best k >= {few} (" + (f"k={ks[m, 'many']}" if (m, "many") in ks else "each model's") + ")"
+                 for m in rows["model"]]
+    return claim_families(study, rows)

@@ -12,7 +12,7 @@ from ...heads import in_domain_samples
 from ...scoring import record_run
 from .. import analysis
 from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE, NIAH_SOURCES
-from .schema import COLUMNS, METHODS, family, mean_over_collections, with_later_columns, write
+from .schema import COLUMNS, METHODS, family, kept_p_values, mean_over_collections, with_later_columns, write
 from .schema import write as write_table  # per_query's `write` argument shadows the name
 
 if TYPE_CHECKING:
@@ -90,13 +90,19 @@ def table1(study: "Study", pq: pd.DataFrame, name: str = "table1") -> tuple[pd.D
     return write(study, name, t), write(study, f"{name}_average", avg.reset_index())
 
 
-def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_question: bool = False) -> pd.DataFrame:
+def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_question: bool = False,
+            table: str | None = None, claim: str | None = None) -> pd.DataFrame:
     """Paired comparisons of method pairs per model and pooled (a query once), with CI, p,
     Holm-adjusted p within each claim's family and a verdict (analysis.RULES). ``by_question``: the
-    collections hold the same questions (XQuAD-R's languages), so each question is one unit of the test."""
+    collections hold the same questions (XQuAD-R's languages), so each question is one unit of the test.
+    ``table``: the comparison table the rows go to, whose committed rows of other models a narrowed study keeps
+    (their p-values join the family that sets each new row's interval level); ``claim``: the claim's name
+    (one pair only; default "<a> beats <b>")."""
+    if claim is not None and len(pairs) != 1:
+        raise ValueError(f"a claim name ({claim!r}) names one pair's claim, and {len(pairs)} pairs were given")
     rows = []
     for a, b, src in pairs:
-        claim = f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
+        name = claim or f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
         sel = pq[pq["head source"].fillna("").isin({"", "all", src, *NIAH_SOURCES})]  # a read table's "" is NaN
         family, results = [], []
         # the models that have both methods (NIAH-R (prompt length) or the layer window may exist for some only):
@@ -112,12 +118,13 @@ def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_
                 d = analysis.by_question(d)
             r = analysis.paired(d)
             results.append(r)
-            family.append({"claim": claim, "model": m, "a": a, "b": b, "head source": src, "difference": r.estimate,
+            family.append({"claim": name, "model": m, "a": a, "b": b, "head source": src, "difference": r.estimate,
                            "ci low": r.ci_low, "ci high": r.ci_high, "p": r.p, "detectable (80% power)": r.mde,
                            "queries": r.queries, "collections": r.collections, "identical": r.identical,
                            "zero share": float((d["diff"] == 0).mean())})
         adj = analysis.holm([f["p"] for f in family])
-        for f, ph, fam in zip(family, adj, analysis.family_columns(results, [f["p"] for f in family])):
+        kept = kept_p_values(study, table, name, models) if table else []
+        for f, ph, fam in zip(family, adj, analysis.family_columns(results, [f["p"] for f in family] + kept)):
             f.update(fam)
             f["p holm"] = ph
             f["verdict"] = analysis.ceiling_note(analysis.superiority_verdict(f["difference"], ph, f.pop("identical")),
