@@ -178,3 +178,51 @@ def test_the_peak_test_is_one_family_of_every_model_and_the_pooled_test(studies)
         part = pq if row["model"].startswith("pooled") else pq[pq["model"] == row["model"]]
         d = analysis.paired_differences(part, "few", "many", pool=row["model"].startswith("pooled"))
         assert (row["ci low (family)"], row["ci high (family)"]) == pytest.approx(analysis.paired(d).interval(1 - level))
+
+
+def _record_free_study(tmp_path, monkeypatch, bm25_scores):
+    """A cpu study whose committed per-query table holds BM25, Bi-encoder and CoRe-R rows of two queries, with the
+    record-free runs stood in: BM25 ranks as ``bm25_scores``, the bi-encoder puts the relevant document first."""
+    from types import SimpleNamespace
+
+    from corelib.study.tables import table1
+
+    S = Study("cpu", out=tmp_path)
+    qrels = {"1": {"a": 1}, "2": {"b": 1}}
+    monkeypatch.setattr(S, "collection", lambda c: SimpleNamespace(qrels=qrels))
+    monkeypatch.setattr(table1, "record_free_runs", lambda study, m, c: [
+        ("BM25", "", 0, bm25_scores), ("Bi-encoder", "", 0, {"1": {"a": 2.0, "b": 1.0}, "2": {"a": 1.0, "b": 2.0}})])
+    rows = [("BM25", "", [1.0, 0.6309297535714575]), ("Bi-encoder", "", [0.5, 0.5]), ("CoRe-R", "nq", [0.25, 0.75])]
+    pq = pd.concat([pd.DataFrame({"model": "smollm2-135m", "first stage": "bm25", "collection": "med", "query_id": ["1", "2"],
+                                  "method": m, "head source": src, "k": 0, "ndcg@10": v}) for m, src, v in rows],
+                   ignore_index=True)
+    S.tables.write("per_query", pq)
+    return S
+
+
+def test_record_free_rows_are_recomputed_and_every_other_row_is_kept(tmp_path, monkeypatch):
+    S = _record_free_study(tmp_path, monkeypatch, {"1": {"a": 2.0, "b": 1.0}, "2": {"a": 2.0, "b": 1.0}})
+    before = S.tables.read("per_query")
+    got = S.tables.refresh_record_free()["per_query"]
+    assert got["ndcg@10"].tolist() == [1.0, 0.6309297535714575, 1.0, 1.0, 0.25, 0.75]  # the bi-encoder's rows only
+    keep = [c for c in got if c != "ndcg@10"]
+    assert got[keep].equals(before[keep]) and S.tables.read("per_query")["ndcg@10"].tolist() == got["ndcg@10"].tolist()
+    prov = pd.DataFrame([{"model": "smollm2-135m", "command": "make reproduce PROFILE=cpu", "commit": "abc",
+                          "date": "2026-11-28", "machine": "cpu, 2 cores", "dtype": "float32", "methods": ""}])
+    S.tables.write("provenance", prov)
+    from corelib.study import report
+
+    written = report.record_free_provenance(S, "python -m corelib.study record-free --profile cpu", {"BM25", "Bi-encoder"})
+    assert written["methods"].fillna("").tolist() == ["", "BM25, Bi-encoder"]
+    lines = report.provenance_lines(written)
+    assert lines[2].startswith("- smollm2-135m: `make reproduce PROFILE=cpu` at commit abc")
+    assert lines[3].startswith("- BM25, Bi-encoder rows of smollm2-135m: `python -m corelib.study record-free --profile cpu`")
+    assert report.record_free_provenance(S, "again", {"BM25", "Bi-encoder"})["command"].tolist()[-1] == "again"
+    assert len(S.tables.read("provenance")) == 2  # the earlier refresh's rows replaced
+
+
+def test_a_record_free_refresh_refuses_other_first_stage_candidates(tmp_path, monkeypatch):
+    S = _record_free_study(tmp_path, monkeypatch, {"1": {"a": 1.0, "b": 2.0}, "2": {"a": 2.0, "b": 1.0}})
+    with pytest.raises(ValueError, match="first stage's nDCG@10 changed on 1 queries"):
+        S.tables.refresh_record_free()
+    assert S.tables.read("per_query")["ndcg@10"].iloc[2] == 0.5  # nothing written

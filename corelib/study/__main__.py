@@ -69,6 +69,8 @@ def main(argv=None) -> int:
                        "profile's models (on an idle machine, in each model's dtype) and write their rows of the "
                        "pruning_cost table, which `make reproduce` then reuses")
     t.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (notebook 07's TIMING_REPEATS)")
+    sub.add_parser("practitioner-cost", parents=[prof, data, out], help="time a practitioner's per-query latency of "
+                   "the bi-encoder and the profile's first model (notebook 03's practitioner_cost; on an idle machine)")
     sub.add_parser("robustness", parents=[prof, out], help="per-collection differences (forest plot), "
                    "leave-one-collection-out estimates and agreement with BM25, from a profile's per-query table (no forward)")
     oc = sub.add_parser("order-check", parents=[prof, data, models, out], help="the candidate-order check: the claims with "
@@ -83,6 +85,9 @@ def main(argv=None) -> int:
     pc.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2, the "
                    "candidate-order check, the peak test and the pruning margin from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
+    sub.add_parser("record-free", parents=[prof, data, out], help="recompute the rows of the methods that read no "
+                   "attention record (first stages, bi-encoder) for every model of the per-query tables, then Tables 1-2, "
+                   "the comparisons, the robustness tables, the figures and REPORT.md (no LLM forward)")
     sub.add_parser("released", parents=[prof, data, out], help="the paper's models from their authors' released head "
                    "scores: depth, pruning survival, heat maps (no forward)")
     sub.add_parser("figures", parents=[prof, out], help="redraw the figures that need no record from a profile's "
@@ -163,6 +168,13 @@ def main(argv=None) -> int:
         # the table notebook 07 reads: these models' rows (cached above) replace theirs, the others' are kept
         print(f"{S.tables_dir / 'pruning_cost'}.csv: {len(S.tables.pruning_cost(repeats=args.repeats))} rows")
 
+    def practitioner_cost():
+        S = Study(args.profile, data=args.data, out=args.out)
+        pq = S.tables.read("per_query")
+        if pq is None:
+            raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run notebook 03 of profile {S.p.name} first")
+        print(S.tables.practitioner_cost(pq).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
     def robustness():
         from .robustness import write_all
 
@@ -220,6 +232,25 @@ def main(argv=None) -> int:
 
         print(table(Study(args.profile, out=args.out)))
 
+    def record_free():
+        from . import plots, report
+        from .robustness import write_all as write_robustness
+        from .tables.table1 import record_free_methods
+
+        S = Study(args.profile, data=args.data, out=args.out)
+        per_query = S.tables.refresh_record_free()
+        if not per_query:
+            raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
+        for name, table in (("per_query", "table1"), ("per_query_multilingual", "table2")):
+            if name in per_query:
+                S.tables.table1(per_query[name], name=table)
+        report.record_free_provenance(S, f"python -m corelib.study record-free --profile {S.p.name}",
+                                      record_free_methods(S))
+        write_robustness(S)
+        comparisons()  # the paired tests, the verdicts and REPORT.md
+        for path in plots.redraw(S):
+            print(path)
+
     def figures():
         from . import plots
 
@@ -244,7 +275,7 @@ def main(argv=None) -> int:
 
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
                         "released": released, "order-check": order_check, "figures": figures, "headline": headline,
-                        "comparisons": comparisons, "record-costs": record_costs,
+                        "comparisons": comparisons, "record-costs": record_costs, "record-free": record_free, "practitioner-cost": practitioner_cost,
                         "precision-check": precision}[args.command])
 
 

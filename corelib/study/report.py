@@ -223,7 +223,8 @@ def headline(study: "Study") -> str:
     avg = avg.assign(order=avg["model"].map(rank)).sort_values("order", kind="stable")
     cols = [c for c in HEADLINE if avg[c].notna().any()]
     prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
-    run = prov.set_index("model") if prov is not None else pd.DataFrame(columns=["dtype", "commit"])
+    run = (prov[prov["methods"].fillna("") == ""].set_index("model") if prov is not None
+           else pd.DataFrame(columns=["dtype", "commit"]))
     df = pd.DataFrame({"model": avg["model"], "queries": avg["queries"].map(lambda n: f"{int(n):,}"),
                        "dtype": avg["model"].map(run["dtype"]).fillna("-"),
                        "commit": avg["model"].map(run["commit"]).fillna("-"),
@@ -391,6 +392,17 @@ def sample_notes(study: "Study") -> list[str]:
 def record_provenance(study: "Study") -> pd.DataFrame:
     """Which run computed each model's rows (table ``provenance``): the command, the commit, the date and the
     machine, for the study's models; a narrowed study keeps the other models' rows (the notebooks' last step)."""
+    models = " ".join(study.p.models)
+    narrowed = (f' MODEL="{models}"' if " " in models else f" MODEL={models}") if study.other_models else ""
+    rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', **_run_stamp(),
+             "dtype": str(study.spec(m).dtype).removeprefix("torch."),  # as loaded: the profile's, or the device's default
+             "methods": ""}
+            for m in study.p.models]
+    return study.tables.write("provenance", pd.DataFrame(rows))
+
+
+def _run_stamp() -> dict[str, str]:
+    """The commit (marked where the code has uncommitted changes), the date and the machine of a run."""
     import datetime
     import os
     import subprocess
@@ -407,15 +419,24 @@ def record_provenance(study: "Study") -> pd.DataFrame:
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (not a git checkout)"
-    models = " ".join(study.p.models)
-    narrowed = (f' MODEL="{models}"' if " " in models else f" MODEL={models}") if study.other_models else ""
     key = machine_key()
-    rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', "commit": commit,
-             "date": datetime.date.today().isoformat(),
-             "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']})",
-             "dtype": str(study.spec(m).dtype).removeprefix("torch.")}  # as loaded: the profile's, or the device's default
-            for m in study.p.models]
-    return study.tables.write("provenance", pd.DataFrame(rows))
+    return {"commit": commit, "date": datetime.date.today().isoformat(),
+            "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']})"}
+
+
+def record_free_provenance(study: "Study", command: str, methods) -> pd.DataFrame:
+    """Add to table ``provenance`` the run that recomputed the record-free ``methods`` of every model it holds
+    (``python -m corelib.study record-free``), replacing an earlier such row; the runs that computed the rest
+    stay."""
+    old = study.tables.read("provenance")
+    if old is None:
+        raise FileNotFoundError(f"no provenance table in {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
+    label = ", ".join(sorted(methods))
+    whole = old[old["methods"].fillna("") == ""]
+    rows = pd.DataFrame([{"model": m, "command": command, **_run_stamp(), "dtype": "-", "methods": label}
+                         for m in whole["model"]])
+    kept = old[(old["methods"].fillna("") != "") & (old["methods"] != label)]
+    return study.tables.write("provenance", pd.concat([whole, kept, rows], ignore_index=True))
 
 
 def provenance_lines(df: pd.DataFrame | None) -> list[str]:
@@ -423,11 +444,17 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
     if df is None or df.empty:
         return []
     lines = []
-    for (command, commit, date), g in df.groupby(["command", "commit", "date"], sort=False):
+    df = df.assign(methods=df["methods"].fillna(""))
+    for (command, commit, date, methods), g in df.groupby(["command", "commit", "date", "methods"], sort=False):
+        if methods:  # a later command that recomputed some methods' rows alone
+            lines.append(f"- {methods} rows of {', '.join(g['model'])}: `{command}` at commit {commit}, {date} "
+                         f"({'; '.join(dict.fromkeys(g['machine']))})")
+            continue
         machines = "; ".join(dict.fromkeys(g["machine"] + ", " + g["dtype"]))
         folder = executed_folder(command)
         lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines}); its executed "
-                     f"notebooks: [`{folder}`]({folder})")
+                     f"notebooks: [`{folder}`]({folder})" + (" (other rows than those recomputed below)" if
+                                                            (df["methods"] != "").any() else ""))
     return ["Which run computed each model's rows:", "", *lines, ""]
 
 

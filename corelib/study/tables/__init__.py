@@ -42,7 +42,7 @@ ARTEFACTS = {
     "per_query": table1.per_query, "table1": table1.table1, "compare": table1.compare,
     "table1_pairs": table1.table1_pairs, "comparisons": table1.comparisons,
     "table1_comparisons": table1.table1_comparisons, "table2_comparisons": table1.table2_comparisons,
-    "in_domain_sources": table1.in_domain_sources,
+    "in_domain_sources": table1.in_domain_sources, "refresh_record_free": table1.refresh_record_free,
     "control_sets": controls.control_sets, "control_counts": controls.control_counts, "controls": controls.controls,
     "sweep": sweep.sweep, "peak_test": sweep.peak_test,
     "pruning": pruning.pruning, "pruning_margin": pruning.pruning_margin,

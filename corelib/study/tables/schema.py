@@ -91,7 +91,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                          "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
                          "top-k share of all heads (%)"),
     "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
-    "provenance": ("model", "command", "commit", "date", "machine", "dtype"),
+    # "methods": empty for the run that computed every row of the model; else the methods a later command
+    # recomputed alone (the record-free ones: ``tables.table1.refresh_record_free``)
+    "provenance": ("model", "command", "commit", "date", "machine", "dtype", "methods"),
     "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
                 "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
                 "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
@@ -102,6 +104,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 LATER_COLUMNS = {
     "comparisons": ("p inferior", "p holm inferior", "ci low (family)", "ci high (family)", "detectable (80% power, family)"),
     "pruning_cost": ("measured",),
+    "provenance": ("methods",),
     "control_positions": ("p better holm", "p worse holm"),
     "controls": ("distinct sets", "mean CoRe heads shared", "smallest p"),
     "pruning": ("level",),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from typing import TYPE_CHECKING
@@ -18,14 +20,25 @@ from .schema import write as write_table  # per_query's `write` argument shadows
 if TYPE_CHECKING:
     from ..core import Study
 
+log = logging.getLogger(__name__)
+
+
+def record_free_runs(study: "Study", m: str, collection: str) -> list[tuple[str, str, int, dict]]:
+    """The runs of the methods that read no attention record: the scored first stages and the bi-encoder."""
+    return [*((FIRST_STAGE_METHODS[stage], "", 0, study.candidates(m, collection, stage).run())
+              for stage in study.p.scored_first_stages),
+            ("Bi-encoder", "", 0, study.bi_encoder_run(m, collection))]
+
+
+def record_free_methods(study: "Study") -> set[str]:
+    return {FIRST_STAGE_METHODS[stage] for stage in study.p.scored_first_stages} | {"Bi-encoder"}
+
 
 def method_runs(study: "Study", m: str, collection: str, k: int, temperature, sources) -> list[tuple[str, str, int, dict]]:
     recs = study.records(m, collection)
     spec = study.spec(m)
-    out = [(FIRST_STAGE_METHODS[stage], "", 0, study.candidates(m, collection, stage).run())
-           for stage in study.p.scored_first_stages]
-    out += [("Bi-encoder", "", 0, study.bi_encoder_run(m, collection)),
-            ("ICR", "all", spec.num_layers * spec.num_heads, record_run(recs))]
+    out = record_free_runs(study, m, collection)
+    out += [("ICR", "all", spec.num_layers * spec.num_heads, record_run(recs))]
     for src in sources:
         exclude = collection if src.startswith("in-domain") else None
         for method, key in DETECTED.items():
@@ -61,6 +74,54 @@ def per_query(study: "Study", collections=None, k: int | None = None, temperatur
                                           "k": kk, "ndcg@10": pq.values}))
     df = pd.concat(rows, ignore_index=True)
     return write_table(study, name, df) if write else df[list(COLUMNS["per_query"])]
+
+
+def refresh_record_free(study: "Study") -> dict[str, pd.DataFrame]:
+    """The committed per-query tables (``per_query``, ``per_query_multilingual``) with the rows of the methods that
+    read no record (``record_free_methods``: the first stages and the bi-encoder) computed again for every model
+    and query they hold, every other row kept as it is (``python -m corelib.study record-free``: no forward of
+    an LLM). The first stages' rows must come back unchanged (the same queries and candidates), and every
+    method's rows must cover the same queries as before; else nothing is written."""
+    free, keys = record_free_methods(study), ["model", "collection", "query_id", "method", "source key"]
+    out = {}
+    for name in ("per_query", "per_query_multilingual"):
+        old = study.tables.read(name)
+        if old is None:
+            continue
+        old = old.assign(**{"source key": old["head source"].fillna("")})  # a read table's "" is NaN
+        rows = []
+        for (m, c), g in old.groupby(["model", "collection"], sort=False):
+            qrels, qids = study.collection(c).qrels, set(g["query_id"])
+            for method, src, kk, run in record_free_runs(study, m, c):
+                pq = per_query_ndcg(run, qrels)
+                rows.append(pd.DataFrame({"model": m, "collection": c, "query_id": pq.index.astype(str),
+                                          "method": method, "source key": src, "new": pq.values}))
+            got = set(rows[-1]["query_id"])
+            if got != qids:
+                raise ValueError(f"{name}: {m} {c} now samples {len(got)} queries, and its committed rows hold "
+                                 f"{len(qids)}: the profile's sample changed since they were computed, so a refresh of "
+                                 "some methods would mix two samples; re-run the model instead")
+        new = pd.concat(rows, ignore_index=True)
+        both = old.merge(new, on=keys, how="left", validate="one_to_one")  # the committed rows, in their order
+        lost = both[both["method"].isin(free) & both["new"].isna()]
+        extra = len(new) - int(both["new"].notna().sum())
+        if len(lost) or extra:
+            r = lost.iloc[0] if len(lost) else new.iloc[0]
+            raise ValueError(f"{name}: {len(lost)} committed rows of {', '.join(sorted(free))} have no recomputed "
+                             f"counterpart and {extra} recomputed rows no committed one (e.g. {r['method']} on "
+                             f"{r['model']} {r['collection']} query {r['query_id']})")
+        first = both["method"].isin(free - {"Bi-encoder"})
+        moved = (both.loc[first, "ndcg@10"] - both.loc[first, "new"]).abs() > 1e-12
+        if moved.any():
+            r = both[first][moved.to_numpy()].iloc[0]
+            raise ValueError(f"{name}: the first stage's nDCG@10 changed on {int(moved.sum())} queries (e.g. "
+                             f"{r['method']} on {r['model']} {r['collection']} query {r['query_id']}): its candidates "
+                             "are not those the committed rows re-ranked")
+        refreshed = both["method"].isin(free)
+        both.loc[refreshed, "ndcg@10"] = both.loc[refreshed, "new"]
+        log.info("%s: %d rows of %s recomputed", name, int(refreshed.sum()), ", ".join(sorted(free)))
+        out[name] = write_table(study, name, both.drop(columns=["new", "source key"]))
+    return out
 
 
 def nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
