@@ -307,15 +307,15 @@ def control_distribution(scores: dict[str, np.ndarray | pd.Series], positions: p
 
 def control_figures(study, models=None) -> list[Path]:
     """Each model's controls figure (``control_distribution``) from the tables alone: ``control_set_scores`` (every
-    random set's score), ``control_positions`` and ``controls``; a model whose committed rows predate the set
-    scores is drawn from the summary in ``controls``. ``models``: some of them (default: every model with
-    positions)."""
+    random set's score), ``control_positions`` and ``controls``. ``models``: some of them, where a model without
+    set scores (its rows predate that table) is drawn from the summary in ``controls``; default: every model with
+    set scores (so that a redraw keeps a figure that its run drew from the sets)."""
     t = study.tables
     sets, positions, counts = t.read("control_set_scores"), t.read("control_positions"), t.read("controls")
     if positions is None or (sets is None and counts is None):
         return []
     written = []
-    for m in models or dict.fromkeys(positions["model"]):
+    for m in models or (dict.fromkeys(sets["model"]) if sets is not None else ()):
         mine = sets[sets["model"] == m] if sets is not None else pd.DataFrame()
         if len(mine):
             dists = {c: g["ndcg@10"].to_numpy() for c, g in mine.groupby("control", sort=False)}

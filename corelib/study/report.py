@@ -225,11 +225,19 @@ def headline(study: "Study") -> str:
     prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
     run = (prov[prov["methods"].fillna("") == ""].set_index("model") if prov is not None
            else pd.DataFrame(columns=["dtype", "commit"]))
+    later = (prov[prov["methods"].fillna("") != ""].drop_duplicates(["command", "commit", "methods"])
+             if prov is not None else pd.DataFrame())
+    mark = {}  # a method recomputed alone by a later command: its column marked, the command named below the table
+    for sign, (_, r) in zip("†‡§", later.iterrows()):
+        for method in r["methods"].split(", "):
+            mark[method] = mark.get(method, "") + sign
     df = pd.DataFrame({"model": avg["model"], "queries": avg["queries"].map(lambda n: f"{int(n):,}"),
                        "dtype": avg["model"].map(run["dtype"]).fillna("-"),
                        "commit": avg["model"].map(run["commit"]).fillna("-"),
-                       **{c: avg[c].to_numpy() for c in cols}})
-    return markdown_table(df)
+                       **{c + mark.get(c, ""): avg[c].to_numpy() for c in cols}})
+    notes = [f"{sign} {r['methods']}: `{r['command']}` at commit {r['commit']} (no LLM forward)"
+             for sign, (_, r) in zip("†‡§", later.iterrows())]
+    return markdown_table(df) + "".join(f"\n\n{n}" for n in notes)
 
 
 def _forest_view(df: pd.DataFrame) -> pd.DataFrame:
