@@ -212,13 +212,15 @@ def test_record_free_rows_are_recomputed_and_every_other_row_is_kept(tmp_path, m
     S.tables.write("provenance", prov)
     from corelib.study import report
 
-    written = report.record_free_provenance(S, "python -m corelib.study record-free --profile cpu", {"BM25", "Bi-encoder"})
+    written = report.later_provenance(S, "python -m corelib.study record-free --profile cpu", "BM25, Bi-encoder")
     assert written["methods"].fillna("").tolist() == ["", "BM25, Bi-encoder"]
     lines = report.provenance_lines(written)
     assert lines[2].startswith("- smollm2-135m: `make reproduce PROFILE=cpu` at commit abc")
     assert lines[3].startswith("- BM25, Bi-encoder rows of smollm2-135m: `python -m corelib.study record-free --profile cpu`")
-    assert report.record_free_provenance(S, "again", {"BM25", "Bi-encoder"})["command"].tolist()[-1] == "again"
+    assert report.later_provenance(S, "again", "BM25, Bi-encoder")["command"].tolist()[-1] == "again"
     assert len(S.tables.read("provenance")) == 2  # the earlier refresh's rows replaced
+    table = report.later_provenance(S, "python -m corelib.study practitioner-cost --profile cpu", "table practitioner_cost")
+    assert report.provenance_lines(table)[4].startswith("- table practitioner_cost (smollm2-135m): `python -m corelib.study practitioner-cost")
 
 
 def test_a_record_free_refresh_refuses_other_first_stage_candidates(tmp_path, monkeypatch):

@@ -174,6 +174,10 @@ def main(argv=None) -> int:
         if pq is None:
             raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run notebook 03 of profile {S.p.name} first")
         print(S.tables.practitioner_cost(pq).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        from . import report
+
+        report.later_provenance(S, f"python -m corelib.study practitioner-cost --profile {S.p.name}",
+                                "table practitioner_cost", models=S.p.models[:1])
 
     def robustness():
         from .robustness import write_all
@@ -244,8 +248,8 @@ def main(argv=None) -> int:
         for name, table in (("per_query", "table1"), ("per_query_multilingual", "table2")):
             if name in per_query:
                 S.tables.table1(per_query[name], name=table)
-        report.record_free_provenance(S, f"python -m corelib.study record-free --profile {S.p.name}",
-                                      record_free_methods(S))
+        report.later_provenance(S, f"python -m corelib.study record-free --profile {S.p.name}",
+                                ", ".join(sorted(record_free_methods(S))))
         write_robustness(S)
         comparisons()  # the paired tests, the verdicts and REPORT.md
         for path in plots.redraw(S):

@@ -227,6 +227,7 @@ def headline(study: "Study") -> str:
            else pd.DataFrame(columns=["dtype", "commit"]))
     later = (prov[prov["methods"].fillna("") != ""].drop_duplicates(["command", "commit", "methods"])
              if prov is not None else pd.DataFrame())
+    later = later[[any(x in cols for x in r.split(", ")) for r in later["methods"]]] if len(later) else later
     mark = {}  # a method recomputed alone by a later command: its column marked, the command named below the table
     for sign, (_, r) in zip("†‡§", later.iterrows()):
         for method in r["methods"].split(", "):
@@ -432,18 +433,17 @@ def _run_stamp() -> dict[str, str]:
             "machine": f"{key['device']}, {os.cpu_count()} cores ({key['cpu']})"}
 
 
-def record_free_provenance(study: "Study", command: str, methods) -> pd.DataFrame:
-    """Add to table ``provenance`` the run that recomputed the record-free ``methods`` of every model it holds
-    (``python -m corelib.study record-free``), replacing an earlier such row; the runs that computed the rest
-    stay."""
+def later_provenance(study: "Study", command: str, what: str, models=None) -> pd.DataFrame:
+    """Add to table ``provenance`` a later command that recomputed ``what`` alone (some methods' rows, "BM25,
+    Bi-encoder", or a table, "table practitioner_cost") for ``models`` (default: every model the table names),
+    replacing an earlier row of the same ``what``; the runs that computed the rest stay."""
     old = study.tables.read("provenance")
     if old is None:
         raise FileNotFoundError(f"no provenance table in {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
-    label = ", ".join(sorted(methods))
     whole = old[old["methods"].fillna("") == ""]
-    rows = pd.DataFrame([{"model": m, "command": command, **_run_stamp(), "dtype": "-", "methods": label}
-                         for m in whole["model"]])
-    kept = old[(old["methods"].fillna("") != "") & (old["methods"] != label)]
+    models = list(whole["model"]) if models is None else list(models)
+    rows = pd.DataFrame([{"model": m, "command": command, **_run_stamp(), "dtype": "-", "methods": what} for m in models])
+    kept = old[(old["methods"].fillna("") != "") & (old["methods"] != what)]
     return study.tables.write("provenance", pd.concat([whole, kept, rows], ignore_index=True))
 
 
@@ -455,8 +455,9 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
     df = df.assign(methods=df["methods"].fillna(""))
     for (command, commit, date, methods), g in df.groupby(["command", "commit", "date", "methods"], sort=False):
         if methods:  # a later command that recomputed some methods' rows alone
-            lines.append(f"- {methods} rows of {', '.join(g['model'])}: `{command}` at commit {commit}, {date} "
-                         f"({'; '.join(dict.fromkeys(g['machine']))})")
+            what = f"{methods} ({', '.join(g['model'])})" if methods.startswith("table ") else \
+                f"{methods} rows of {', '.join(g['model'])}"
+            lines.append(f"- {what}: `{command}` at commit {commit}, {date} ({'; '.join(dict.fromkeys(g['machine']))})")
             continue
         machines = "; ".join(dict.fromkeys(g["machine"] + ", " + g["dtype"]))
         folder = executed_folder(command)
