@@ -461,9 +461,12 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
             continue
         machines = "; ".join(dict.fromkeys(g["machine"] + ", " + g["dtype"]))
         folder = executed_folder(command)
+        # a whole-profile run's notebooks show every model it ran, also those a later narrowed run recomputed
+        later = [m for m in dict.fromkeys(df.loc[df["methods"] == "", "model"]) if m not in set(g["model"])]
+        shown = f"; they also show the earlier rows of {', '.join(later)}" if folder == "./" and later else ""
         lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines}); its executed "
-                     f"notebooks: [`{folder}`]({folder})" + (" (other rows than those recomputed below)" if
-                                                            (df["methods"] != "").any() else ""))
+                     f"notebooks: [`{folder}`]({folder}){shown}" + (" (other rows than those recomputed below)" if
+                                                                   (df["methods"] != "").any() else ""))
     return ["Which run computed each model's rows:", "", *lines, ""]
 
 
