@@ -140,7 +140,7 @@ def test_the_report_says_which_run_computed_each_models_rows(studies):
     lines = report.provenance_lines(got)
     assert len(lines) == 2 + 2 + 1  # a heading, a blank line, one line per run, a blank line
     assert lines[3].startswith("- qwen2.5-coder-1.5b: `make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b` at commit ")
-    assert lines[2].endswith("its executed notebooks: [`./`](./); they also show the earlier rows of qwen2.5-coder-1.5b")
+    assert lines[2].endswith("its executed notebooks: [`./`](./) (they also show the earlier rows of qwen2.5-coder-1.5b)")
     assert lines[3].endswith("its executed notebooks: [`models/qwen2.5-coder-1.5b/`](models/qwen2.5-coder-1.5b/)")
     assert report.executed_folder('make reproduce PROFILE=cpu MODEL="a b"') == "models/a+b/"  # as the Makefile names it
 
@@ -215,7 +215,7 @@ def test_record_free_rows_are_recomputed_and_every_other_row_is_kept(tmp_path, m
     written = report.later_provenance(S, "python -m corelib.study record-free --profile cpu", "BM25, Bi-encoder")
     assert written["methods"].fillna("").tolist() == ["", "BM25, Bi-encoder"]
     lines = report.provenance_lines(written)
-    assert lines[2].startswith("- smollm2-135m: `make reproduce PROFILE=cpu` at commit abc")
+    assert lines[2].startswith("- smollm2-135m (every row but those recomputed below): `make reproduce PROFILE=cpu` at commit abc")
     assert lines[3].startswith("- BM25, Bi-encoder rows of smollm2-135m: `python -m corelib.study record-free --profile cpu`")
     assert report.later_provenance(S, "again", "BM25, Bi-encoder")["command"].tolist()[-1] == "again"
     assert len(S.tables.read("provenance")) == 2  # the earlier refresh's rows replaced

@@ -463,10 +463,10 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
         folder = executed_folder(command)
         # a whole-profile run's notebooks show every model it ran, also those a later narrowed run recomputed
         later = [m for m in dict.fromkeys(df.loc[df["methods"] == "", "model"]) if m not in set(g["model"])]
-        shown = f"; they also show the earlier rows of {', '.join(later)}" if folder == "./" and later else ""
-        lines.append(f"- {', '.join(g['model'])}: `{command}` at commit {commit}, {date} ({machines}); its executed "
-                     f"notebooks: [`{folder}`]({folder}){shown}" + (" (other rows than those recomputed below)" if
-                                                                   (df["methods"] != "").any() else ""))
+        shown = f" (they also show the earlier rows of {', '.join(later)})" if folder == "./" and later else ""
+        rest = " (every row but those recomputed below)" if (df["methods"] != "").any() else ""
+        lines.append(f"- {', '.join(g['model'])}{rest}: `{command}` at commit {commit}, {date} ({machines}); its "
+                     f"executed notebooks: [`{folder}`]({folder}){shown}")
     return ["Which run computed each model's rows:", "", *lines, ""]
 
 
