@@ -40,7 +40,7 @@ RULES = f"""\
   window.
 - *The bi-encoder* reads each candidate as the LLMs do, the title and the body's first 100 words (the profile's
   `words`); tables written before this rule read title and text up to the encoder's 256 tokens (the cpu
-  profile's were recomputed with `record-free`; the default model's practitioner latency is still such a table).
+  profile's per-query rows were recomputed with `record-free`, its practitioner latency with `practitioner-cost`).
 - *Unit and average.* The unit is a test query. A model's score for a method is the mean nDCG@10
   over collections, each collection weighted equally (the mean over its evaluated queries).
   A difference is the same average of per-query paired differences (points of nDCG@10).
