@@ -287,7 +287,7 @@ def test_claims_at_a_glance_is_the_verdicts_as_a_matrix_with_pooled_last():
     assert g.iloc[1].tolist()[1:] == ["-", "2 of 8 in the middle third: inconclusive", "-"]  # not tested: '-'
 
 
-def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_that_test():
+def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_that_test(tmp_path):
     """Either one-sided test can decide a margin claim, so the table keeps both and the report prints both."""
     from corelib.study.report import _fmt_comparison
     from corelib.study.tables.pruning import pruning_margin
@@ -299,7 +299,7 @@ def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_t
             base = rng.uniform(0.3, 0.8)
             rows += [("m", c, f"{c}{q}", "0% pruned", base), ("m", c, f"{c}{q}", "50% pruned", base - 0.05 + rng.normal(0, 0.01))]
     pq = pd.DataFrame(rows, columns=["model", "collection", "query_id", "method", "ndcg@10"])
-    r = pruning_margin(None, pq).iloc[0]  # a 5-point loss against a 0.5-point margin
+    r = pruning_margin(Study("smoke", out=tmp_path), pq).iloc[0]  # a 5-point loss against a 0.5-point margin
     assert r["verdict"] == "contradicted" and r["p holm"] > 0.5 and r["p holm inferior"] < 0.05
     text = _fmt_comparison(r)
     assert "p (loss >= 0.5) = 1" in text and "p (loss <= 0.5) = " in text
