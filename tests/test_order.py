@@ -183,3 +183,23 @@ def test_filling_the_tau_refuses_records_that_disagree_with_the_committed_ndcg(t
     with pytest.raises(ValueError, match="another nDCG@10 than the committed rows on 1 of 2 queries"):
         order_check.fill_icr_order_tau(S)
     assert S.tables.read("order_per_query")["kendall tau vs BM25"].isna().sum() == 4  # nothing written
+
+
+def test_the_tau_fill_reads_the_committed_rankings_and_refuses_other_weights(tmp_path):
+    import shutil
+
+    from corelib.heads import HeadSet, head_ranking_path
+    from corelib.study import Study, order_check
+
+    S = Study("cpu", out=tmp_path, models=["gemma3-270m"])
+    spec = S.spec("gemma3-270m")
+    shutil.copytree("results/heads", S.heads_dir)
+    heads = order_check.committed_heads(S, "gemma3-270m", {"CoRe-R", "QR-R"})
+    assert heads["ICR"] is None and "NIAH-R" not in heads
+    path = head_ranking_path(S.heads_dir, spec.model_id, "core", spec.fingerprint)
+    assert heads["CoRe-R"] == HeadSet.load(path).heads[:8]
+    other = HeadSet.load(path)
+    other.fingerprint = "sha256:not-these-weights"
+    other.save(path)
+    with pytest.raises(ValueError, match="other weights"):
+        order_check.committed_heads(S, "gemma3-270m", {"CoRe-R"})

@@ -134,19 +134,15 @@ def committed_heads(study: "Study", m: str, methods) -> dict[str, list | None]:
     """The heads of each of ``methods`` (of ``ORDER_METHODS``) from the profile's committed head rankings
     (``results/heads``: the rankings the study's NQ detection records and needle trials gave), checked against the
     model's weights."""
-    from ..heads import HeadSet, head_ranking_path
+    from ..heads import resolve_heads
 
     spec = study.spec(m)
     out: dict[str, list | None] = {"ICR": None}
     for method, key in (("QR-R", "qr"), ("CoRe-R", "core"), ("NIAH-R", "niah")):
-        if method not in methods:
-            continue
-        path = head_ranking_path(study.heads_dir, spec.model_id, key, spec.fingerprint)
-        ranking = HeadSet.load(path)
-        if ranking.fingerprint and ranking.fingerprint != spec.fingerprint:
-            raise ValueError(f"{path} was detected on other weights than {m}'s ({ranking.fingerprint}, not "
-                             f"{spec.fingerprint}): re-run the study's head detection (notebook 02) first")
-        out[method] = ranking.top(study.p.num_heads).heads
+        if method in methods:
+            heads = resolve_heads(f"{key}:{study.p.num_heads}", spec.model_id, study.heads_dir, spec.fingerprint)
+            heads.check(spec.model_id, spec.num_layers, spec.num_heads, spec.fingerprint)  # other weights: an error
+            out[method] = heads.heads
     return out
 
 
