@@ -129,3 +129,19 @@ def test_the_cpu_profile_gives_the_15b_at_least_400_queries_in_bf16():
     assert all(p.queries_for(m, c, judged[c]) >= 60 for c in ("scifact", "arguana", "cranfield"))
     check = pd.read_csv(TABLES / "precision.csv")
     assert check[(check["model"] == m) & (check["dtype"] == "bfloat16")]["passes"].all()
+
+
+def test_every_model_the_cpu_profile_runs_in_another_dtype_passed_its_precision_check():
+    """The rule: a model's records leave fp32 only after its check passed. Each model in the cpu profile's
+    ``dtype_by_model`` has committed rows of that dtype in ``precision.csv``, and all of them pass; a model whose
+    committed check failed stays in fp32."""
+    from corelib.study import profile
+
+    p = profile("cpu")
+    check = pd.read_csv(TABLES / "precision.csv")
+    for model, dtype in p.dtype_by_model:
+        rows = check[(check["model"] == model) & (check["dtype"] == dtype)]
+        assert len(rows) and rows["passes"].all(), f"{model} runs in {dtype} without a passing precision check"
+    for model, dtype in set(zip(check["model"], check["dtype"])):
+        if not check[(check["model"] == model) & (check["dtype"] == dtype)]["passes"].all():
+            assert p.dtype_for(model) != dtype, f"{model}'s {dtype} check failed, so it stays in fp32"

@@ -44,6 +44,23 @@ def test_profiles_are_fixed_and_named():
         Study("smoke", models=["gemma3-270m"])
 
 
+def test_a_study_states_each_models_own_sample_and_dtype():
+    """A run's summary (the notebooks' Study, the banner, the report) gives each model's own sample where the
+    models' samples differ, never only the profile's default."""
+    cpu = profile("cpu", dtype_by_model=(("qwen2.5-coder-1.5b", "bfloat16"),))
+    text = cpu.summary()
+    assert "per model: smollm2-135m up to 300 queries/collection; gemma3-270m up to 300" in text
+    assert "qwen2.5-coder-0.5b up to 30 queries/collection;" in text
+    assert text.endswith("qwen2.5-coder-1.5b up to 64 queries/collection (every query of a collection with at most "
+                         "100), bfloat16 records")
+    assert text.count("detection 100 NQ queries x 2 positions") == 1  # shared: said once
+    assert cpu.summary(["qwen2.5-coder-0.5b"]) == cpu.sizes("qwen2.5-coder-0.5b")  # one model: its own sizes
+    assert repr(Study(cpu, models=["gemma3-270m"])).endswith("up to 300 queries/collection; detection 100 NQ queries x "
+                                                            "2 positions, 19 negatives, t=0.001; NIAH 4 needles x 2 "
+                                                            "lengths [1000, 2000] x 5 depths in ADI (and at the "
+                                                            "prompts' length, [3500]))")
+
+
 def test_paper_profile_asks_for_what_exists():
     import ir_datasets
 

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
 
         def banner():
             x = profile(args.profile)
-            print(f"profile {x.name}: {', '.join(x.models)}; {x.sizes()}")
+            print(f"profile {x.name}: {', '.join(x.models)}; {x.summary()}")
             print(f"expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes")
 
         return run_command(banner)

@@ -75,7 +75,7 @@ class Study:
         self.shard: tuple[int, int] | None = None  # (index, count): this process computes every count-th record
 
     def __repr__(self) -> str:
-        return f"Study({self.p.name!r}: {', '.join(self.p.models)}; {self.p.sizes()})"
+        return f"Study({self.p.name!r}: {', '.join(self.p.models)}; {self.p.summary()})"
 
     # ------------------------------------------------------------------ inputs
     def spec(self, model: str) -> ModelSpec:

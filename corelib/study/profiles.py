@@ -139,19 +139,46 @@ class Profile:
             skipped["08_table2_multilingual"] = f"profile {self.name} has no multilingual collections"
         return skipped
 
-    def sizes(self, model: str | None = None) -> str:
+    def _sample(self, model: str | None) -> str:
         q = self.queries_for(model) if model else self.queries
         whole = dict(self.whole_up_to_by_model).get(model) if model else None
         whole = f" (every query of a collection with at most {whole})" if whole is not None else ""
+        return f"{f'up to {q}' if q else 'all'} queries/collection{whole}"
+
+    def _detection(self, model: str | None) -> str:
+        return f"detection {self.detection_for(model)} NQ queries x {self.positions} positions"
+
+    def _dtype(self, model: str | None) -> str:
+        return f"{self.dtype_for(model)} records" if model and self.dtype_for(model) else ""
+
+    def _common(self) -> tuple[str, str]:
+        """What every model shares: (candidates and words, negatives, temperature and needle grids)."""
         niah = (f"; NIAH {self.niah_needles} needles x {len(self.niah_lengths)} lengths {list(self.niah_lengths)} x "
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
         if self.niah_needles and self.niah_prompt_lengths:
             niah += f" (and at the prompts' length, {list(self.niah_prompt_lengths)})"
         stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
-        dtype = f"; {self.dtype_for(model)} records" if model and self.dtype_for(model) else ""
-        return (f"top-{self.top_k} {stage} candidates, {self.words} words/doc, "
-                f"{f'up to {q}' if q else 'all'} queries/collection{whole}; detection {self.detection_for(model)} NQ queries x {self.positions} "
-                f"positions, {self.negatives} negatives, t={self.temperature}{niah}{dtype}")
+        return f"top-{self.top_k} {stage} candidates, {self.words} words/doc", \
+            f"{self.negatives} negatives, t={self.temperature}{niah}"
+
+    def sizes(self, model: str | None = None) -> str:
+        """Every size of one model's run (the profile's defaults when ``model`` is None)."""
+        head, tail = self._common()
+        dtype = f"; {self._dtype(model)}" if self._dtype(model) else ""
+        return f"{head}, {self._sample(model)}; {self._detection(model)}, {tail}{dtype}"
+
+    def summary(self, models=None) -> str:
+        """The sizes of a run of ``models`` (default: the profile's), what they share once and each model's own
+        sample, detection set and dtype where the models differ in them."""
+        models = tuple(models or self.models)
+        head, tail = self._common()
+        parts = {m: (self._sample(m), self._detection(m), self._dtype(m)) for m in models}
+        if len(set(parts.values())) == 1:
+            return self.sizes(models[0])
+        shared = [len({v[i] for v in parts.values()}) == 1 for i in range(3)]  # the same for every model
+        common = [parts[models[0]][i] for i in range(3) if shared[i] and parts[models[0]][i]]
+        own = "; ".join(f"{m} {', '.join(x for i, x in enumerate(parts[m]) if x and not shared[i])}" for m in models)
+        return f"{head}; {'; '.join([*common, tail])}; per model: {own}"
 
 
 COLLECTIONS_CPU = ("scifact", "arguana", "cranfield", "cisi", "med", "npl", "lisa")

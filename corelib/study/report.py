@@ -505,7 +505,7 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
     rel_figures = os.path.relpath(study.figures_dir.resolve(), path.parent.resolve())
     rel_tables = os.path.relpath(study.tables_dir.resolve(), path.parent.resolve())
     models = study.profile_models  # a narrowed study's tables hold the other models' rows too
-    sizes = "; ".join(f"{m}: {p.sizes(m)}" for m in models)
+    sizes = p.summary(models)
     text = [f"# Report: CoRe heads reproduction ({p.name} profile)", "",
             f"Produced by `make reproduce PROFILE={p.name}`; tables in [`{rel_tables}`]({rel_tables}), figures in "
             f"[`{rel_figures}`]({rel_figures}). Models: {', '.join(models)}. Sizes: {sizes}.", "",
