@@ -194,23 +194,23 @@ PROFILES: dict[str, Profile] = {
                      order_queries=3, order_all_up_to=2, hours="~4 min"),
     # `make reproduce` with no PROFILE: every table and figure for the default model within an hour from a cold cache
     # (the calibrated-detection ablation, a second detection pass, is the cpu profile's).
-    # Its records are a subset of the cpu profile's (same prompts), so they count towards it.
+    # Its prompts are a subset of the cpu profile's; it runs in fp32, the cpu profile runs this model in bf16.
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
                      detection_samples=60, negatives=19, positions=2, temperature=0.001,
                      multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), calibrated_detection_ablation=False,
                      hours="about 52 min from a cold cache (see results/quick/README.md)"),
     # Every judged test query up to 300 per collection (~1,060 per model) for the two smallest models, so that
     # a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection; qwen 1.5b, the one model whose
-    # ICR is above BM25, 426 (every query of MED, LISA, CISI and NPL, 64 of each other collection) in bf16, which
-    # its precision check allowed (results/cpu/tables/precision.csv; ~20 s per calibrated record against ~60 s
-    # in fp32 on 2 CPU cores). qwen 0.5b's check failed (ICR: 93% of its queries within 0.05, the rule asks 95%),
-    # so it stays in fp32.
+    # ICR is above BM25, 426 (every query of MED, LISA, CISI and NPL, 64 of each other collection). smollm2 and the
+    # 1.5B run in bf16, which their precision checks allowed (results/cpu/tables/precision.csv: smollm2 on its 1,059
+    # fp32 queries, the 1.5B on its first 105); qwen 0.5b's check failed (ICR: 93% of its queries within 0.05, the
+    # rule asks 95%), so it stays in fp32. Record costs per model, kind and dtype: results/record_costs.csv.
     "cpu": Profile("cpu", (DEFAULT_MODEL, "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"), COLLECTIONS_CPU,
                    top_k=20, words=100, queries=30, detection_samples=100, negatives=19, positions=2, temperature=0.001,
                    multilingual=XQUAD, ablation_models=(DEFAULT_MODEL,), niah_prompt_lengths=(3500,),
                    queries_by_model=((DEFAULT_MODEL, 300), ("gemma3-270m", 300), ("qwen2.5-coder-1.5b", 64)),
                    whole_up_to_by_model=(("qwen2.5-coder-1.5b", 100),),
-                   dtype_by_model=(("qwen2.5-coder-1.5b", "bfloat16"),),
+                   dtype_by_model=((DEFAULT_MODEL, "bfloat16"), ("qwen2.5-coder-1.5b", "bfloat16")),
                    multilingual_queries=((DEFAULT_MODEL, 50), ("qwen2.5-coder-1.5b", 10)),
                    # 426 queries each: NPL 93, CISI 76, LISA 35, MED 30 whole; 64 of SciFact, ArguAna, Cranfield
                    order_models=(DEFAULT_MODEL, "gemma3-270m"),
