@@ -228,3 +228,41 @@ def test_a_record_free_refresh_refuses_other_first_stage_candidates(tmp_path, mo
     with pytest.raises(ValueError, match="first stage's nDCG@10 changed on 1 queries"):
         S.tables.refresh_record_free()
     assert S.tables.read("per_query")["ndcg@10"].iloc[2] == 0.5  # nothing written
+
+
+def test_the_scaling_view_of_a_narrowed_study_keeps_the_others_committed_rows(studies, monkeypatch):
+    """A narrowed run counts the parameters of its own models only: the other models' files need not be there
+    (a run of the smaller models never installs the 1.5B's wheels), and their committed rows stay as they were."""
+    full, narrowed = studies
+    means = {"BM25": 0.4, "Dense": np.nan, "Bi-encoder": 0.5, "ICR": 0.41, "QR-R": 0.42, "CoRe-R": 0.43,
+             "NIAH-R": 0.42}
+    avg = pd.DataFrame([{"model": m, "first stage": "bm25", "collections": 7, "queries": 10, **means}
+                        for m in full.p.models])
+    for s in (full, narrowed):
+        s.tables.write("table1_average", avg.reindex(columns=schema.columns("table1_average")))
+    sizes = dict(zip(full.p.models, (135e6, 268e6, 494e6, 1.54e9)))
+    monkeypatch.setattr(Study, "parameter_count", lambda self, m: sizes[m])
+    before = full.tables.scaling()
+    asked = []
+    monkeypatch.setattr(Study, "parameter_count", lambda self, m: asked.append(m) or 2e9)
+    after = narrowed.tables.scaling()
+    assert asked == ["qwen2.5-coder-1.5b"]  # the others' sizes are read from their committed rows
+    assert after.set_index("model").loc["smollm2-135m", "parameters"] == 135e6
+    assert after.set_index("model").loc["qwen2.5-coder-1.5b", "parameters"] == 2e9 and len(after) == len(before) == 4
+
+
+def test_the_parameter_count_reads_the_config_outside_the_meta_device(monkeypatch):
+    """A model's first config read may convert its GGUF files, which loads weights: never on the meta device."""
+    import torch
+    from transformers import LlamaConfig
+
+    S = Study("smoke")
+
+    class Spec:
+        def config(self):
+            assert torch.empty(0).device.type != "meta", "the config is read on the meta device"
+            return LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=2)
+
+    monkeypatch.setattr(S, "spec", lambda m: Spec())
+    assert S.parameter_count("tiny") == 64 * 16 + 2 * (4 * 16 * 16 + 3 * 16 * 32 + 2 * 16) + 16

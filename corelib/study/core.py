@@ -94,8 +94,9 @@ class Study:
         import torch
         from transformers import AutoModel
 
+        config = s.config()  # outside the meta device: a first call may convert the model's files
         with torch.device("meta"):
-            return sum(p.numel() for p in AutoModel.from_config(s.config()).parameters())
+            return sum(p.numel() for p in AutoModel.from_config(config).parameters())
 
     def model(self, model: str) -> LoadedModel:
         return self.spec(model).load()

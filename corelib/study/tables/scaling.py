@@ -23,8 +23,12 @@ def scaling(study: "Study") -> pd.DataFrame:
     avg, cmp_, ctl, depth, prune = (read(study, n) for n in ("table1_average", "comparisons_table1", "controls", "depth", "pruning"))
     if avg is None:
         raise ValueError("the scaling view reads table1_average: run notebook 03 (Table 1) first")
+    committed = read(study, "scaling")
+    # a narrowed study keeps the other models' committed rows (``write``): their sizes need their model files,
+    # which a run of other models may not have installed (the 1.5B's wheels install on demand only)
+    kept = set(study.other_models) & (set(committed["model"]) if committed is not None else set())
     rows = []
-    for _, r in avg.iterrows():
+    for _, r in avg[~avg["model"].isin(kept)].iterrows():
         m = r["model"]
         facts = MODEL_FACTS.get(m, ModelFacts("", "", ""))  # a model outside the built-ins: its size only
         row = {"model": m, "parameters": float(study.parameter_count(m)), **asdict(facts), "queries": r["queries"],
