@@ -168,6 +168,9 @@ def test_holm_levels_are_the_levels_of_the_step_down():
     assert list(analysis.holm_levels([0.03, 0.026])) == [0.025, 0.025]
     assert list(analysis.holm_levels([0.03, 0.02])) == [0.05, 0.025]  # both rejected
     assert analysis.holm_levels([]).size == 0
+    # equal p-values are one step, whatever order they come in: each at the level of the first of them
+    assert list(analysis.holm_levels([0.0001, 0.0001, 0.0001, 0.2])) == [0.0125] * 3 + [0.05]
+    assert list(analysis.holm_levels([0.2, 0.0001, 0.03, 0.0001])) == [0.025, 0.0125, 0.025, 0.0125]
 
 
 def test_family_intervals_widen_with_the_family_and_agree_with_its_verdicts():

@@ -118,6 +118,13 @@ def test_an_order_check_for_one_model_keeps_the_other_models_rows(tmp_path, monk
     for table in (out, back):
         assert table.groupby("model")["ndcg@10"].first().to_dict() == {"smollm2-135m": 0.25, "gemma3-270m": 0.75}
         assert len(table) == 4
+    # a run of the profile's first model: its new rows go before the kept ones (the profile's order, which the
+    # comparisons, the summary and the claims matrix follow)
+    S = Study("cpu", out=tmp_path, models=["smollm2-135m"])
+    monkeypatch.setattr(order_check, "order_per_query", lambda study, pq: rows("smollm2-135m", 0.125))
+    out = order_check.write_all(S)["order_per_query"]
+    assert list(dict.fromkeys(out["model"])) == ["smollm2-135m", "gemma3-270m"]
+    assert out.groupby("model")["ndcg@10"].first().to_dict() == {"smollm2-135m": 0.125, "gemma3-270m": 0.75}
 
 
 def _tau_study(tmp_path, monkeypatch, icr_run):

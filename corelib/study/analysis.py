@@ -227,17 +227,21 @@ def holm(pvalues) -> np.ndarray:
 def holm_levels(pvalues, alpha: float = ALPHA) -> np.ndarray:
     """The significance level at which Holm's step-down procedure tests each hypothesis (same order as given;
     NaN for a NaN p): alpha / (m - j + 1) for the j-th smallest p while every smaller one is rejected, and for
-    the others the level of the first one not rejected. An interval at 1 - that level excludes 0 when Holm
-    rejects (up to the bootstrap's and the sign-flip test's small disagreements)."""
+    the others the level of the first one not rejected. Equal p-values are one step: each gets the level of the
+    first of them, so that no level depends on the order the rows come in. An interval at 1 - that level excludes
+    0 when Holm rejects (up to the bootstrap's and the sign-flip test's small disagreements)."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full(len(p), np.nan)
     ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
     m = len(ok)
-    level = alpha / max(m, 1)
-    for j, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        out[i] = level
-        if p[i] < level:  # rejected: the next one is tested at the next step's level
-            level = alpha / (m - j - 1) if m - j - 1 > 0 else alpha
+    level, j = alpha / max(m, 1), 0
+    while j < m:
+        tied = order[j:][p[order[j:]] == p[order[j]]]
+        out[tied] = level
+        j += len(tied)
+        if p[tied[0]] < level:  # rejected (all of them): the next one is tested at the next step's level
+            level = alpha / (m - j) if m - j > 0 else alpha
     return out
 
 

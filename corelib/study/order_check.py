@@ -204,6 +204,8 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
     if before is not None:
         kept = before[~before["model"].isin(opq["model"])].assign(query_id=lambda d: d["query_id"].astype(str))
         opq = pd.concat([kept, opq], ignore_index=True)
+        rank = opq["model"].map({m: i for i, m in enumerate(study.profile_models)}).fillna(len(study.profile_models))
+        opq = opq.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)  # the profile's model order
     opq = study.tables.write("order_per_query", opq)
     return {"order_per_query": opq, "comparisons_order": order_claims(study, opq),
             "order_agreement": order_agreement(study, opq)}

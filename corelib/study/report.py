@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from . import analysis
@@ -148,8 +149,13 @@ def verdicts(study: "Study") -> pd.DataFrame:
     the full result (``ours``) and a short one for the claims-at-a-glance matrix (``brief``)."""
     names = [p.stem for p in sorted(study.tables_dir.glob("comparisons_*.csv"))] + ["depth", "released_depth",
                                                                                     "control_positions"]
-    rows = [row for name in names for row in _rows(study, name)]
-    return study.tables.write("verdicts", pd.DataFrame(rows, columns=study.tables.columns("verdicts")))
+    rows = pd.DataFrame([row for name in names for row in _rows(study, name)], columns=study.tables.columns("verdicts"))
+    # within each claim the profile's models in its order (a narrowed run's merged rows may come in another), then
+    # the rows of no profile model (pooled, the released scores' models) as they came
+    claim = rows["claim"].map({c: i for i, c in enumerate(dict.fromkeys(rows["claim"]))})
+    rank = rows["model"].map({m: i for i, m in enumerate(study.profile_models)}).fillna(len(study.profile_models))
+    rows = rows.iloc[np.lexsort((np.arange(len(rows)), rank.to_numpy(), claim.to_numpy()))].reset_index(drop=True)
+    return study.tables.write("verdicts", rows)
 
 
 def findings(study: "Study", tables) -> str:
