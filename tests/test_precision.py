@@ -145,3 +145,18 @@ def test_every_model_the_cpu_profile_runs_in_another_dtype_passed_its_precision_
     for model, dtype in set(zip(check["model"], check["dtype"])):
         if not check[(check["model"] == model) & (check["dtype"] == dtype)]["passes"].all():
             assert p.dtype_for(model) != dtype, f"{model}'s {dtype} check failed, so it stays in fp32"
+
+
+def test_the_report_says_where_a_models_rows_are_in_another_dtype_than_the_profile_computes(tmp_path):
+    """A model whose check passed moves to bf16 in the profile before its rows are computed again: until then the
+    report says that its committed rows are the fp32 ones, and how to rewrite them."""
+    from corelib.study.report import dtype_notes
+
+    S = Study("cpu", out=tmp_path, dtype_by_model=(("gemma3-270m", "bfloat16"),))
+    S.tables_dir.mkdir(parents=True)
+    pd.DataFrame([{"model": m, "command": "make reproduce PROFILE=cpu", "commit": "abc1234", "date": "2026-11-28",
+                   "machine": "cpu, 2 cores", "dtype": "float32", "methods": ""} for m in S.p.models]
+                 ).to_csv(S.tables_dir / "provenance.csv", index=False)
+    assert dtype_notes(S) == ["- **gemma3-270m's rows are float32, and the profile now computes it in bfloat16** (its precision "
+                     "check passed, `precision.csv`): `make reproduce PROFILE=cpu MODEL=gemma3-270m` rewrites them "
+                     "in bfloat16."]

@@ -231,9 +231,10 @@ def headline(study: "Study") -> str:
     prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
     run = (prov[prov["methods"].fillna("") == ""].set_index("model") if prov is not None
            else pd.DataFrame(columns=["dtype", "commit"]))
-    later = (prov[prov["methods"].fillna("") != ""].drop_duplicates(["command", "commit", "methods"])
-             if prov is not None else pd.DataFrame())
-    later = later[[any(x in cols for x in r.split(", ")) for r in later["methods"]]] if len(later) else later
+    later = prov[prov["methods"].fillna("") != ""] if prov is not None else pd.DataFrame()
+    if len(later):  # one note per later command, naming the models whose rows it recomputed
+        later = later.groupby(["command", "commit", "methods"], sort=False)["model"].agg(", ".join).reset_index()
+        later = later[[any(x in cols for x in r.split(", ")) for r in later["methods"]]]
     mark = {}  # a method recomputed alone by a later command: its column marked, the command named below the table
     for sign, (_, r) in zip("†‡§", later.iterrows()):
         for method in r["methods"].split(", "):
@@ -242,8 +243,8 @@ def headline(study: "Study") -> str:
                        "dtype": avg["model"].map(run["dtype"]).fillna("-"),
                        "commit": avg["model"].map(run["commit"]).fillna("-"),
                        **{c + mark.get(c, ""): avg[c].to_numpy() for c in cols}})
-    notes = [f"{sign} {r['methods']}: `{r['command']}` at commit {r['commit']} (no LLM forward)"
-             for sign, (_, r) in zip("†‡§", later.iterrows())]
+    notes = [f"{sign} {r['methods']} of {r['model']}: `{r['command']}` at commit {r['commit']}"
+             + (" (no LLM forward)" if "record-free" in r["command"] else "") for sign, (_, r) in zip("†‡§", later.iterrows())]
     return markdown_table(df) + "".join(f"\n\n{n}" for n in notes)
 
 
@@ -404,6 +405,23 @@ def sample_notes(study: "Study") -> list[str]:
     return notes
 
 
+def dtype_notes(study: "Study") -> list[str]:
+    """Where the run that computed a model's committed rows used another dtype than the profile now computes it
+    in (a model whose precision check passed after its rows were written), one line saying so."""
+    prov = study.tables.read("provenance")
+    if prov is None:
+        return []
+    runs = prov[prov["methods"].fillna("") == ""].set_index("model")["dtype"]
+    notes = []
+    for m in study.profile_models:
+        want = study.p.dtype_for(m)  # None: the device's default, which the tables cannot be checked against
+        if want and m in runs.index and runs[m] != want:
+            notes.append(f"- **{m}'s rows are {runs[m]}, and the profile now computes it in {want}** (its precision "
+                         f"check passed, `precision.csv`): `make reproduce PROFILE={study.p.name} MODEL={m}` rewrites "
+                         f"them in {want}.")
+    return notes
+
+
 def record_provenance(study: "Study") -> pd.DataFrame:
     """Which run computed each model's rows (table ``provenance``): the command, the commit, the date and the
     machine, for the study's models; a narrowed study keeps the other models' rows (the notebooks' last step)."""
@@ -525,7 +543,7 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "in size, so a model with more queries weighs more in it).", "", *summary(v),
                  *filter(None, [depth_note(t.read("depth"), t.read("released_depth")),
                                 precision_note(t.read("precision"), t.read("precision_verdicts"))]),
-                 *sample_notes(study), ""]
+                 *sample_notes(study), *dtype_notes(study), ""]
         ours = v[v["model"].isin(models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
     tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once
