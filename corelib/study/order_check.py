@@ -198,14 +198,9 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
         raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
                                 "(`make reproduce`) first")
     opq = order_per_query(study, pq)
-    # a run for some of the order-check models (``--model``) replaces their rows and keeps the other models' (each
-    # model's rows depend on its own records only), so the check can be completed one model at a time
-    before = study.tables.read("order_per_query")
-    if before is not None:
-        kept = before[~before["model"].isin(opq["model"])].assign(query_id=lambda d: d["query_id"].astype(str))
-        opq = pd.concat([kept, opq], ignore_index=True)
-        rank = opq["model"].map({m: i for i, m in enumerate(study.profile_models)}).fillna(len(study.profile_models))
-        opq = opq.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)  # the profile's model order
+    # a run for some of the order-check models (``--model``: a narrowed study) replaces their rows, and ``write``
+    # keeps the other models' rows in the profile's order (each model's rows depend on its own records only), so
+    # the check can be completed one model at a time
     opq = study.tables.write("order_per_query", opq)
     return {"order_per_query": opq, "comparisons_order": order_claims(study, opq),
             "order_agreement": order_agreement(study, opq)}

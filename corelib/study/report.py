@@ -150,8 +150,8 @@ def verdicts(study: "Study") -> pd.DataFrame:
     names = [p.stem for p in sorted(study.tables_dir.glob("comparisons_*.csv"))] + ["depth", "released_depth",
                                                                                     "control_positions"]
     rows = pd.DataFrame([row for name in names for row in _rows(study, name)], columns=study.tables.columns("verdicts"))
-    # within each claim the profile's models in its order (a narrowed run's merged rows may come in another), then
-    # the rows of no profile model (pooled, the released scores' models) as they came
+    # claim by claim (a narrowed run's tables hold each model's rows as one block), the profile's models in its
+    # order, then the rows of no profile model (pooled, the released scores' models) as they came
     claim = rows["claim"].map({c: i for i, c in enumerate(dict.fromkeys(rows["claim"]))})
     rank = rows["model"].map({m: i for i, m in enumerate(study.profile_models)}).fillna(len(study.profile_models))
     rows = rows.iloc[np.lexsort((np.arange(len(rows)), rank.to_numpy(), claim.to_numpy()))].reset_index(drop=True)
@@ -244,7 +244,7 @@ def headline(study: "Study") -> str:
                        "commit": avg["model"].map(run["commit"]).fillna("-"),
                        **{c + mark.get(c, ""): avg[c].to_numpy() for c in cols}})
     notes = [f"{sign} {r['methods']} of {r['model']}: `{r['command']}` at commit {r['commit']}"
-             + (" (no LLM forward)" if "record-free" in r["command"] else "") for sign, (_, r) in zip("†‡§", later.iterrows())]
+             for sign, (_, r) in zip("†‡§", later.iterrows())]
     return markdown_table(df) + "".join(f"\n\n{n}" for n in notes)
 
 
