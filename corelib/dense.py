@@ -180,10 +180,8 @@ def document_texts(collection, doc_ids: Sequence[str], words: int | None = None)
 # ----------------------------------------------------------------------------- corpus embeddings
 
 
-def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str | os.PathLike | None = None
-                      ) -> tuple[list[str], torch.Tensor]:
-    """(doc ids, embeddings [N, d]) of a collection's whole corpus, cached on disk chunk by chunk
-    (a stopped run resumes at the first missing chunk)."""
+def _embedding_chunks(encoder: Encoder, collection, chunk: int, root: str | os.PathLike | None):
+    """A corpus's doc ids, texts, cache key and chunk files (the cache folder is not created)."""
     if not collection.corpus:
         raise ValueError(f"{collection.name} has no corpus.jsonl: dense retrieval needs document texts")
     ids = list(collection.corpus)
@@ -191,11 +189,25 @@ def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str
     key = content_digest([EMBEDDING_VERSION, encoder.fingerprint, ids, texts])[:24]
     folder = Path(root) if root else cache_root() / "dense"
     folder = folder / encoder.short_name / collection.name.replace("/", "__") / key
-    folder.mkdir(parents=True, exist_ok=True)
+    return ids, texts, key, [folder / f"chunk-{n:05d}.safetensors" for n in range(-(-len(ids) // chunk))]
+
+
+def embeddings_cached(encoder: Encoder, collection, chunk: int = 2048, root: str | os.PathLike | None = None) -> bool:
+    """Whether every chunk of a collection's corpus embeddings is on disk (encodes nothing; a damaged chunk
+    counts as cached until it is read)."""
+    return all(path.is_file() for path in _embedding_chunks(encoder, collection, chunk, root)[3])
+
+
+def corpus_embeddings(encoder: Encoder, collection, chunk: int = 2048, root: str | os.PathLike | None = None
+                      ) -> tuple[list[str], torch.Tensor]:
+    """(doc ids, embeddings [N, d]) of a collection's whole corpus, cached on disk chunk by chunk
+    (a stopped run resumes at the first missing chunk)."""
+    ids, texts, key, paths = _embedding_chunks(encoder, collection, chunk, root)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     parts = []
     starts = list(range(0, len(ids), chunk))
     for n, lo in enumerate(progress_bar(starts, f"encoding {collection.name} ({len(ids)} documents)")):
-        path = folder / f"chunk-{n:05d}.safetensors"
+        path = paths[n]
         fields = {"key": key, "chunk": n, "documents": len(ids[lo: lo + chunk])}
         found = read_checked_tensors(path, fields, ("embeddings",), what="embedding chunk")
         if found is not None and found[1].get("embeddings") is not None and len(found[1]["embeddings"]) == fields["documents"]:

@@ -85,3 +85,28 @@ def test_dense_first_stage_run_round_trips_and_is_switchable(encoder, tiny_beir,
     ids, emb = corpus_embeddings(encoder, c)
     assert ids == ["d1", "d2", "d3"] and emb.shape == (3, 384)
     assert len(list((tmp_path / "cache" / "dense").rglob("chunk-*.safetensors"))) == 1  # cached once
+
+
+def test_pending_on_a_dense_profile_encodes_no_corpus(encoder, tiny_beir, shared_data, tmp_path, monkeypatch):
+    """``pending`` reads file names only: with a dense first stage whose corpus is not encoded yet it counts the
+    sample's records as missing instead of encoding the corpus (which takes minutes per collection on a CPU)."""
+    from corelib.records import RecordStore
+    from corelib.study import Study, profile
+
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "cache"))
+    (tiny_beir / "nq-open-detection").symlink_to(shared_data / "nq-open-detection")
+    p = profile("smoke", first_stage="dense", collections=("tiny",), multilingual=(), niah_needles=None, queries=2,
+                detection_samples=2, negatives=3)
+    S = Study(p, data=tiny_beir, out=tmp_path / "results", store=RecordStore(tmp_path / "records"))
+    S._encoder = encoder
+    m = p.models[0]
+    with monkeypatch.context() as patched:
+        patched.setattr(Encoder, "encode", lambda *a, **k: pytest.fail("pending encoded a corpus"))
+        assert not S.candidates_cached("tiny") and S.candidates_cached("tiny", "bm25")
+        before = S.pending().set_index("step")
+    assert (before.loc["tiny", "needed"], before.loc["tiny", "missing"]) == (2, 2)
+    assert S.query_ids(m, "tiny") == ["q1", "q2"]
+    assert sorted(S.candidates(m, "tiny").ranking) == ["q1", "q2"]  # encodes the corpus once
+    assert S.candidates_cached("tiny")
+    after = S.pending().set_index("step")
+    assert (after.loc["tiny", "needed"], after.loc["tiny", "missing"]) == (2, 2)  # the same count, now from the candidates

@@ -50,7 +50,7 @@ def test_sweep_draws_every_head_order_of_the_study_in_its_method_colour():
     lines = {line.get_label(): line for line in ax.get_lines()}
     plt.close(ax.figure)
     prompt = lines[f"{NIAH_PROMPT} order"]
-    assert prompt.get_color() == colour("NIAH-R") and prompt.get_linestyle() == ":"
+    assert prompt.get_color() == colour(NIAH_PROMPT) != colour("NIAH-R") and prompt.get_linestyle() == ":"
     assert lines["CoRe-R order"].get_linestyle() == "-" and list(prompt.get_ydata()) == [0.15, 0.35, 0.2]
 
 

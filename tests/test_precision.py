@@ -131,13 +131,14 @@ def test_the_cpu_profile_gives_the_15b_at_least_400_queries_in_bf16():
     assert check[(check["model"] == m) & (check["dtype"] == "bfloat16")]["passes"].all()
 
 
-def test_every_model_the_cpu_profile_runs_in_another_dtype_passed_its_precision_check():
-    """The rule: a model's records leave fp32 only after its check passed. Each model in the cpu profile's
-    ``dtype_by_model`` has committed rows of that dtype in ``precision.csv``, and all of them pass; a model whose
-    committed check failed stays in fp32."""
+@pytest.mark.parametrize("name", ["cpu", "cpu-dense"])
+def test_every_model_a_profile_runs_in_another_dtype_passed_its_precision_check(name):
+    """The rule: a model's records leave fp32 only after its check passed. Each model in a profile's
+    ``dtype_by_model`` has committed rows of that dtype in the cpu profile's ``precision.csv``, and all of them
+    pass; a model whose committed check failed stays in fp32."""
     from corelib.study import profile
 
-    p = profile("cpu")
+    p = profile(name)
     check = pd.read_csv(TABLES / "precision.csv")
     for model, dtype in p.dtype_by_model:
         rows = check[(check["model"] == model) & (check["dtype"] == dtype)]

@@ -149,6 +149,11 @@ def main(argv=None) -> int:
         table = S.pending(multilingual=not args.no_multilingual)
         if not args.brief:
             print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
+        unencoded = [c for c in (*S.p.collections, *S.p.multilingual) if not S.candidates_cached(c)]
+        if unencoded:
+            print(f"profile {S.p.name}: the dense first stage has not encoded the corpora of {', '.join(unencoded)} "
+                  f"yet, so their records are counted as missing; `make warm PROFILE={S.p.name}` encodes them first "
+                  "(minutes per corpus on a CPU, not in the estimate)")
         left = table.groupby("model", sort=False).agg(missing=("missing", "sum"), hours=("estimate (h)", "sum"))
         timed = table.groupby("model", sort=False)["estimate (h)"].apply(lambda e: e.notna().all())
         if not left.missing.sum():

@@ -133,17 +133,36 @@ class Study:
             self._judged[collection] = len(sample_queries(self.collection(collection), None))
         return self.p.queries_for(model, collection, self._judged[collection])
 
+    def sampled_queries(self, model: str, collection: str) -> list[str]:
+        """The model's query sample of a collection (before the first stage drops a query it finds nothing for)."""
+        return sample_queries(self.collection(collection), self.sample_size(model, collection), self.p.seed)
+
     def candidates(self, model: str, collection: str, method: str | None = None) -> Candidates:
         """The profile's query sample of a collection, with its first-stage top-k (``method``: bm25
         or dense; default the profile's first stage)."""
         n = self.sample_size(model, collection)
         method = method or self.p.first_stage
         if (collection, n, method) not in self._candidates:
-            coll = self.collection(collection)
             self._candidates[collection, n, method] = first_stage(
-                coll, self.p.top_k, sample_queries(coll, n, self.p.seed), method=method,
+                self.collection(collection), self.p.top_k, self.sampled_queries(model, collection), method=method,
                 encoder=self.encoder() if method == "dense" else None)
         return self._candidates[collection, n, method]
+
+    def candidates_cached(self, collection: str, method: str | None = None) -> bool:
+        """Whether a collection's candidates come without encoding anything: a BM25 first stage, or a dense one
+        whose corpus embeddings are cached (``pending`` asks, so that it never encodes a corpus)."""
+        if (method or self.p.first_stage) != "dense":
+            return True
+        from ..dense import embeddings_cached
+
+        return embeddings_cached(self.encoder(), self.collection(collection))
+
+    def query_ids(self, model: str, collection: str) -> list[str]:
+        """The queries a collection's records are computed for: those with candidates, or, while a dense
+        corpus is not encoded yet, the whole sample (exact dense search finds candidates for every query)."""
+        if self.candidates_cached(collection):
+            return list(self.candidates(model, collection).ranking)
+        return self.sampled_queries(model, collection)
 
     def records(self, model: str, collection: str, calibrate: bool = True) -> list[QueryRecord]:
         """All-head records of the profile's query sample of a collection (cached)."""
@@ -163,7 +182,7 @@ class Study:
         (all of it up to ``order_all_up_to`` queries, else a seeded ``order_queries`` of it), sorted."""
         import random
 
-        qids = list(self.candidates(model, collection).ranking)
+        qids = self.query_ids(model, collection)
         if len(qids) <= self.p.order_all_up_to or len(qids) <= self.p.order_queries:
             return qids
         return sorted(random.Random(f"order:{self.p.order_seed}").sample(qids, self.p.order_queries))

@@ -17,6 +17,10 @@ class Method:
     what: str = ""
 
 
+# NIAH-R from a second needle grid at the re-ranking prompts' length (Profile.niah_prompt_lengths): a method of its
+# own (its own colour, drawn dotted), beside NIAH-R's heads found at the profile's shorter context lengths
+NIAH_PROMPT = "NIAH-R (prompt length)"
+
 METHODS: dict[str, Method] = {m.label: m for m in (
     Method("BM25", "#7f7f7f", what="the first stage (lexical)"),
     Method("Dense", "#bcbd22", what="a dense first stage (its own top k)"),
@@ -25,6 +29,7 @@ METHODS: dict[str, Method] = {m.label: m for m in (
     Method("QR-R", "#ff7f0e", "qr", "the top heads by attention mass on the positive"),
     Method("CoRe-R", "#d62728", "core", "the top heads by the contrastive CoRe score"),
     Method("NIAH-R", "#2ca02c", "niah", "the top retrieval heads of needle-in-a-haystack decoding"),
+    Method(NIAH_PROMPT, "#17becf", what="NIAH-R's heads from needle trials at the re-ranking prompts' length"),
     Method("Layer window", "#9467bd", what="all heads of the best contiguous layer window"),
 )}
 
@@ -34,9 +39,6 @@ FIRST_STAGE_METHODS = {"bm25": "BM25", "dense": "Dense"}  # the profile's first 
 # methods whose heads are detected on a detection source (NQ or in-domain): label -> detector key
 DETECTED = {label: m.key for label, m in METHODS.items() if m.key in ("qr", "core")}
 NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
-# NIAH-R from a second needle grid at the re-ranking prompts' length (Profile.niah_prompt_lengths): a method of its
-# own (it takes NIAH-R's colour), beside NIAH-R's heads found at the profile's shorter context lengths
-NIAH_PROMPT = "NIAH-R (prompt length)"
 NIAH_PROMPT_SOURCE = "needle trials at prompt length"
 NIAH_SOURCES = (NIAH_SOURCE, NIAH_PROMPT_SOURCE)
 HEAD_SOURCES = {
@@ -57,7 +59,7 @@ def colour(label: str) -> str:
 
 
 def line_style(label: str) -> str:
-    """The method's line style: dotted for NIAH-R (prompt length), which shares NIAH-R's colour; solid otherwise."""
+    """The method's line style: dotted for NIAH-R (prompt length), a variant of NIAH-R; solid otherwise."""
     return ":" if label.startswith(NIAH_PROMPT) else "-"
 
 

@@ -88,7 +88,7 @@ def heatmap_figures(study, models=None, k: int | None = None, methods=tuple(HEAT
     return written  # the figures stay open, so that a notebook shows them
 
 
-# a head order -> the method that reads it; the prompt-length needle heads share NIAH-R's colour, dotted
+# a head order -> the method that reads it; the prompt-length needle heads are drawn dotted in their own colour
 ORDER_LABELS = {"core": "CoRe-R", "qr": "QR-R", "niah": "NIAH-R", "niah-prompt": NIAH_PROMPT}
 ORDER_STYLES = {"niah-prompt": line_style(NIAH_PROMPT)}
 

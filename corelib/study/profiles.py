@@ -219,9 +219,12 @@ PROFILES: dict[str, Profile] = {
                    heads_dir="heads",  # results/heads: the CLI's default --heads-dir reads the cpu profile's rankings
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
                          "(~35 min) first; then about 15 min of notebooks"),
-    # The default model on dense (minilm-l6) candidates at the cpu profile's query sample.
+    # The default model on dense (minilm-l6) candidates at the cpu profile's query sample, in bf16 as in the cpu
+    # profile (its precision check there passed: same model, prompt format and sizes), so that the two first stages'
+    # rows of this model compare in one dtype.
     "cpu-dense": Profile("cpu-dense", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=300,
                          detection_samples=100, negatives=19, positions=2, temperature=0.001, first_stage="dense",
+                         dtype_by_model=((DEFAULT_MODEL, "bfloat16"),),
                          hours="about 3 h of forwards (~1,060 calibrated records at ~10 s): run `make warm PROFILE=cpu-dense` (resumable) first"),
     # For a GPU and the hub. The shipped NQ detection set has 29 negatives per query (the paper: 49).
     # CQADupStack is left out: BEIR averages its 12 forums into one score, which the per-collection

@@ -54,7 +54,7 @@ def steps(study: "Study", model: str, multilingual: bool = True) -> list[Step]:
     the multilingual ones, the order check's shuffled records, the calibrated detection records of the ablation
     models (notebook 9), and the needle trials."""
     p = study.p
-    sizes = {c: len(study.candidates(model, c).ranking) for c in p.collections}
+    sizes = {c: len(study.query_ids(model, c)) for c in p.collections}
     by_size = sorted(p.collections, key=sizes.get)
     out = [Step(DETECTION), *(Step(COLLECTION, c) for c in by_size),
            *(Step(COLLECTION, c) for c in (p.multilingual if multilingual else ()))]
@@ -81,6 +81,10 @@ RUN: dict[str, Callable[["Study", str, Step], list]] = {
 
 def _collection_status(s: "Study", m: str, step: Step) -> CacheStatus:
     shuffled = step.kind == SHUFFLED
+    if not s.candidates_cached(step.collection):  # a dense corpus not encoded yet: without its candidates no record
+        # can be looked up, so every one counts as missing (encoding it here would take minutes per corpus)
+        qids = s.order_sample(m, step.collection) if shuffled else s.query_ids(m, step.collection)
+        return CacheStatus(len(qids), qids, [])
     rr = s._reranker(m, order=s.shuffled_order if shuffled else None)
     qids = s.order_sample(m, step.collection) if shuffled else None
     return rr.status(rr.collection_requests(s.collection(step.collection), s.candidates(m, step.collection), qids))
