@@ -336,6 +336,10 @@ def test_table1_averages_collections_equally(tmp_path):
     assert avg.set_index("model").loc["m", "CoRe-R"] == pytest.approx(0.2)  # (0.4 + 0.0) / 2, not weighted by queries
     assert (tmp_path / "smoke" / "tables" / "table1_average.csv").is_file()
     assert list(S.tables.read("table1").columns) == S.tables.columns("table1")
+    # the models keep the per-query table's order (the profile's, by size), not the alphabet's
+    both = pd.concat([pd.DataFrame(rows).assign(model="z-small"), pd.DataFrame(rows).assign(model="a-large")])
+    table, avg = S.tables.table1(both)
+    assert list(avg["model"]) == ["z-small", "a-large"] and list(dict.fromkeys(table["model"])) == ["z-small", "a-large"]
 
 
 @pytest.mark.shared_data

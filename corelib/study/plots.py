@@ -335,16 +335,17 @@ def _size_label(n: float) -> str:
 def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None):
     """The scaling view: a column per model in size order (parameter counts as labels; points, not lines, since the
     models differ in family as well as size). Left: mean nDCG@10 of each method (the bi-encoder from the Table 1
-    means when given); right: CoRe-R's paired differences with their 95% CIs."""
-    from .methods import colour
+    means when given, and so the dense first stage and the layer window); right: CoRe-R's paired differences with
+    their 95% CIs."""
+    from .methods import TABLE1, colour
 
     df = df.sort_values("parameters").reset_index(drop=True)
-    if average is not None and "Bi-encoder" in average:
-        df = df.merge(average[["model", "Bi-encoder"]], on="model", how="left")
+    if average is not None and (more := [m for m in TABLE1 if m in average and m not in df]):
+        df = df.merge(average[["model", *more]], on="model", how="left")
     x = np.arange(len(df))
     labels = [f"{_size_label(n)}\n{m}" for m, n in zip(df["model"], df["parameters"])]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4))
-    methods = [m for m in ("BM25", "Bi-encoder", "ICR", "QR-R", "CoRe-R", "NIAH-R") if m in df and df[m].notna().any()]
+    methods = [m for m in TABLE1 if m in df and df[m].notna().any()]
     step = 0.6 / max(1, len(methods))
     for i, m in enumerate(methods):
         axes[0].scatter(x - 0.3 + step * (i + 0.5), df[m], color=colour(m), label=m, zorder=3)

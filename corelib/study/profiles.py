@@ -225,7 +225,8 @@ PROFILES: dict[str, Profile] = {
     "cpu-dense": Profile("cpu-dense", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=300,
                          detection_samples=100, negatives=19, positions=2, temperature=0.001, first_stage="dense",
                          dtype_by_model=((DEFAULT_MODEL, "bfloat16"),),
-                         hours="about 3 h of forwards (~1,060 calibrated records at ~10 s): run `make warm PROFILE=cpu-dense` (resumable) first"),
+                         hours="about 1 h of forwards and corpus encoding: run `make warm PROFILE=cpu-dense` (resumable) first; "
+                               "then about 15 min of notebooks"),
     # For a GPU and the hub. The shipped NQ detection set has 29 negatives per query (the paper: 49).
     # CQADupStack is left out: BEIR averages its 12 forums into one score, which the per-collection
     # average here would not do. MS MARCO is scored on its dev split, as in BEIR.

@@ -127,6 +127,8 @@ def refresh_record_free(study: "Study") -> dict[str, pd.DataFrame]:
 def nq_wide(pq: pd.DataFrame) -> pd.DataFrame:
     sel = pq[pq["head source"].fillna("").isin(["", "all", "nq", *NIAH_SOURCES])]
     wide = sel.pivot_table(index=["model", "collection", "query_id"], columns="method", values="ndcg@10")
+    rank = {m: i for i, m in enumerate(dict.fromkeys(sel["model"]))}  # the models in the per-query table's order
+    wide = wide.iloc[np.argsort(wide.index.get_level_values("model").map(rank).to_numpy(), kind="stable")]
     return wide.reindex(columns=list(METHODS))  # a method no model has (NIAH-R without retrieved needles): NaN
 
 
