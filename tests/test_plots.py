@@ -72,3 +72,22 @@ def test_a_control_without_its_sets_scores_is_drawn_from_its_summary():
     assert lo < 0.32 and hi > 0.47
     assert "1000 sets: grey 5-95%, dotted median" in ax.get_title()
     plt.close(fig)
+
+
+def test_the_scaling_view_puts_the_papers_models_depth_beside_the_small_models():
+    """The third panel: each model's median relative depth of its top CoRe heads (filled), then the paper's models'
+    from their released scores (open), over the middle third."""
+    import pandas as pd
+
+    df = pd.DataFrame({"model": ["b", "a"], "parameters": [2e9, 1e8], "BM25": [0.4, 0.4], "ICR": [0.3, 0.35],
+                       "QR-R": [0.4, 0.41], "CoRe-R": [0.42, 0.43], "random 8 heads (median)": [0.3, 0.3],
+                       **{f"CoRe-R - {o}{c}": [1.0, 2.0] for o in ("ICR", "QR-R") for c in ("", " ci low", " ci high")},
+                       plots.DEPTH: [0.7, 0.55]})
+    released = pd.DataFrame({"model": ["Big-7B"], "median relative depth": [0.45]})
+    fig = plots.scaling(df, released=released)
+    ax = fig.axes[2]
+    ours, theirs = ax.collections[0], ax.collections[1]  # after the shaded band (a patch)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "Big-7B"]  # size order, then the paper's
+    assert ours.get_offsets()[:, 1].tolist() == [0.55, 0.7] and theirs.get_offsets().tolist() == [[2.0, 0.45]]
+    assert len(plots.scaling(df.drop(columns=[plots.DEPTH])).axes) == 2
+    plt.close("all")

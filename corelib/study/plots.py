@@ -332,11 +332,15 @@ def _size_label(n: float) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
-def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None):
+DEPTH = "top CoRe heads: median relative depth"
+
+
+def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None, released: pd.DataFrame | None = None):
     """The scaling view: a column per model in size order (parameter counts as labels; points, not lines, since the
     models differ in family as well as size). Left: mean nDCG@10 of each method (the bi-encoder from the Table 1
-    means when given, and so the dense first stage and the layer window); right: CoRe-R's paired differences with
-    their 95% CIs."""
+    means when given, and so the dense first stage and the layer window); middle: CoRe-R's paired differences with
+    their 95% CIs; right, where the table has it: the median relative depth of each model's top CoRe heads, beside
+    the paper's models' from their released scores (``released``: table ``released_depth``), over the middle third."""
     from .methods import TABLE1, colour
 
     df = df.sort_values("parameters").reset_index(drop=True)
@@ -344,7 +348,9 @@ def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None):
         df = df.merge(average[["model", *more]], on="model", how="left")
     x = np.arange(len(df))
     labels = [f"{_size_label(n)}\n{m}" for m, n in zip(df["model"], df["parameters"])]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    depth = DEPTH in df and df[DEPTH].notna().any()
+    fig, axes = plt.subplots(1, 3 if depth else 2, figsize=(21 if depth else 14, 4),
+                             gridspec_kw={"width_ratios": [1, 1, 0.8] if depth else [1, 1]})
     methods = [m for m in TABLE1 if m in df and df[m].notna().any()]
     step = 0.6 / max(1, len(methods))
     for i, m in enumerate(methods):
@@ -363,11 +369,35 @@ def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None):
     axes[1].set(ylabel="paired difference, points (95% CI)")
     axes[1].set_title("CoRe-R against ICR and QR-R", fontsize=9)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_xlim(-0.6, len(df) - 0.4)
+    if depth:
+        _depth_panel(axes[2], df, released)
     fig.tight_layout()
     return fig
+
+
+def _depth_panel(ax, df: pd.DataFrame, released: pd.DataFrame | None):
+    """The median relative depth of the top CoRe heads: this study's models (filled), then the paper's models
+    from their released scores (open), over the middle third of depth (shaded)."""
+    from .methods import colour
+
+    core = colour("CoRe-R")
+    ours, labels = df[DEPTH].to_numpy(dtype=float), list(df["model"])
+    theirs = released.dropna(subset=["median relative depth"]) if released is not None else pd.DataFrame()
+    ax.axhspan(1 / 3, 2 / 3, color="0.92", zorder=0, label="middle third of depth")
+    ax.scatter(np.arange(len(ours)), ours, color=core, zorder=3, label="top-8 CoRe heads, detected here")
+    if len(theirs):
+        xs = len(ours) + np.arange(len(theirs))
+        ax.scatter(xs, theirs["median relative depth"], facecolors="none", edgecolors=core, zorder=3,
+                   label="top-8 CoRe heads, from released scores")
+        ax.axvline(len(ours) - 0.5, color="grey", lw=0.8)
+        labels += list(theirs["model"])
+    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=35, ha="right")
+    ax.set(ylim=(0, 1), ylabel="median relative depth (0: first layer, 1: last)")
+    ax.set_title("where the top CoRe heads sit", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def forest(df: pd.DataFrame, title: str):
@@ -431,7 +461,7 @@ def redraw(study) -> list[Path]:
         written += save(pruning_cost(cost, "Measured cost of the pruned forward (one prompt per model, each run in its "
                                            "own process)"), out / "fig3_pruning_cost")
     if (scale := t.read("scaling")) is not None:
-        written += save(scaling(scale, avg), out / "scaling")
+        written += save(scaling(scale, avg, t.read("released_depth")), out / "scaling")
     written += control_figures(study)
     written += heatmap_figures(study)
     if (fo := t.read("forest")) is not None:
