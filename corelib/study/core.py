@@ -151,8 +151,9 @@ class Study:
     def candidates_cached(self, collection: str, method: str | None = None) -> bool:
         """Whether a collection's candidates come without encoding anything: a BM25 first stage, or a dense one
         whose corpus embeddings are cached (``pending`` asks, so that it never encodes a corpus)."""
-        if (method or self.p.first_stage) != "dense":
-            return True
+        method = method or self.p.first_stage
+        if method != "dense" or any(key[0] == collection and key[2] == method for key in self._candidates):
+            return True  # BM25, or candidates found already (no corpus hashed again)
         from ..dense import embeddings_cached
 
         return embeddings_cached(self.encoder(), self.collection(collection))
