@@ -91,6 +91,7 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
 
     scale = t.scaling()  # a row per model, read back from the tables above
     assert scale["model"].tolist() == [m, str(dirs["gemma3"])]
+    assert scale["weights"].tolist() == ["forward in float32"] * 2  # no weight-file facts for a directory; its dtype
     assert scale["CoRe-R - ICR ci low"].iloc[0] <= scale["CoRe-R - ICR"].iloc[0] <= scale["CoRe-R - ICR ci high"].iloc[0]
     from corelib.study import plots
 

@@ -249,17 +249,16 @@ class ModelFacts:
 
     family: str
     tuning: str
-    weights: str
+    weights: str  # the weight files; the scaling view adds the dtype the forward runs in
 
 
 MODEL_FACTS: dict[str, ModelFacts] = {
     "smollm2-135m": ModelFacts("SmolLM2 (Llama architecture)", "instruct (GGUF finetune tag 8k-lc100k-mix1-ep2)",
-                               "GGUF Q4_1, dequantised to fp32"),
+                               "GGUF Q4_1, dequantised"),
     "gemma3-270m": ModelFacts("Gemma 3 (15 of 18 layers: 512-token sliding window)",
-                              "base (no finetune in its GGUF metadata)", "GGUF Q4_K_M, dequantised to fp32"),
-    "qwen2.5-coder-0.5b": ModelFacts("Qwen2.5-Coder", "instruct", "GGUF Q4_K_M converted from an AWQ checkpoint, "
-                                     "dequantised to fp32"),
-    "qwen2.5-coder-1.5b": ModelFacts("Qwen2.5-Coder", "instruct", "GGUF Q4_K_M, dequantised to fp32"),
+                              "base (no finetune in its GGUF metadata)", "GGUF Q4_K_M, dequantised"),
+    "qwen2.5-coder-0.5b": ModelFacts("Qwen2.5-Coder", "instruct", "GGUF Q4_K_M converted from an AWQ checkpoint, dequantised"),
+    "qwen2.5-coder-1.5b": ModelFacts("Qwen2.5-Coder", "instruct", "GGUF Q4_K_M, dequantised"),
 }
 
 

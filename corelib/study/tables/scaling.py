@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pandas as pd
 
@@ -31,6 +31,8 @@ def scaling(study: "Study") -> pd.DataFrame:
     for _, r in avg[~avg["model"].isin(kept)].iterrows():
         m = r["model"]
         facts = MODEL_FACTS.get(m, ModelFacts("", "", ""))  # a model outside the built-ins: its size only
+        dtype = str(study.spec(m).dtype).removeprefix("torch.")
+        facts = replace(facts, weights=f"{facts.weights}; forward in {dtype}" if facts.weights else f"forward in {dtype}")
         row = {"model": m, "parameters": float(study.parameter_count(m)), **asdict(facts), "queries": r["queries"],
                **{k: r[k] for k in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")}}
         u = ctl[(ctl["model"] == m) & (ctl["control"] == "random (uniform)")] if ctl is not None else ()
