@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
+from .observations import OBSERVATIONS
 from ..architecture import global_attention_layers, model_config
 from .methods import NIAH_PROMPT
 from .tables import METHODS
@@ -141,6 +142,8 @@ def _rows(study: "Study", name: str) -> list[dict]:
     df = study.tables.read(name)
     if df is None:
         return []
+    if name in OBSERVATIONS:
+        return OBSERVATIONS[name](study, df)
     return _comparison_rows(df) if name.startswith("comparisons_") else VERDICT_ROWS[name](df)
 
 
@@ -164,13 +167,26 @@ def findings(study: "Study", tables) -> str:
     rows = pd.DataFrame([row for name in tables for row in _rows(study, name)])
     if rows.empty:
         return "No claim of this notebook was tested in this run (its tables are missing)."
+    tested = bool(rows["verdict"].astype(bool).any())
     lines = ["**Paper vs here** (points of nDCG@10 [confidence interval] and the verdict under the analysis plan; "
-             "generated from this run's tables)", ""]
+             "generated from this run's tables)" if tested else
+             "**Paper vs here** (this run's settings and descriptive numbers, generated from its tables; "
+             "no claim is tested in this notebook)", ""]
     for claim, g in rows.groupby("claim", sort=False):
         paper = g["paper"].iloc[0]
-        here = "; ".join(f"{r['model']} {r['brief']}, {r['verdict']}" for _, r in g.iterrows())
+        here = "; ".join(f"{r['model']} {r['brief']}".strip() + (f", {r['verdict']}" if r["verdict"] else "")
+                         for _, r in g.iterrows())
         lines.append(f"- *{claim}*. Paper: {paper or '-'}. Here: {here}.")
     return "\n".join(lines)
+
+
+def answer(study: "Study") -> str:
+    """The report's summary as Markdown (notebook 10 ends with it): one generated sentence per main claim."""
+    v = study.tables.read("verdicts")
+    if v is None:
+        return "No verdict yet: the notebooks that test the claims (03-08) write the tables this summary reads."
+    return "\n".join(["**The answer** (as REPORT.md's summary; points of nDCG@10 [interval at the family's Holm "
+                      "level] and the verdict)", "", *summary(v)])
 
 
 def at_a_glance(verdicts: pd.DataFrame) -> pd.DataFrame:

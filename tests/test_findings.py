@@ -1,0 +1,41 @@
+"""Every numbered notebook ends with its generated 'paper vs here' cell, and that cell's text comes from the
+tables: a verdict where a claim was tested, a setting or a descriptive number (no verdict) where none was."""
+
+import nbformat
+
+from conftest import REPO
+from corelib.study import Study, report
+
+
+def test_every_numbered_notebook_ends_with_its_generated_findings():
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        last, heading = cells[-1], cells[-2]
+        assert last.cell_type == "code" and ("report.findings(S, [" in last.source or "report.answer(S)" in last.source), path.name
+        assert heading.cell_type == "markdown" and "no number here is typed by hand" in heading.source, path.name
+
+
+def test_findings_of_the_set_up_and_the_ablations_come_from_the_committed_tables():
+    S = Study("cpu", out=REPO / "results")
+    setting = report.findings(S, ["collections", "prompt_lengths"])
+    assert "no claim is tested in this notebook" in setting and ", supported" not in setting
+    assert ("Here: 7 collections (scifact, arguana, cranfield, cisi, med, npl, lisa; 1,033-11,429 documents) and "
+            "xquad-r/de, xquad-r/en, xquad-r/es; BM25 top 20 candidates cut to 100 words.") in setting
+    # the "<1% of heads" claim: 8 heads are a larger share of a small model's heads
+    assert "smollm2-135m top 8 of 30 x 9 = 270 heads (3.0%)" in setting and "gemma3-270m top 8 of 18 x 4 = 72 heads (11.1%)" in setting
+    ablations = report.findings(S, ["ablation_temperature", "ablation_calibrated_detection"])
+    assert "smollm2-135m CoRe-R nDCG@10 0.4610-0.4651 over t = 0.0001, 0.001, 0.01, 0.1, 1 (highest at t = 0.1, 1)" in ablations
+    assert "smollm2-135m detecting on calibrated mass moves CoRe-R -0.02 points, QR-R +0.90 points" in ablations
+    detection = report.findings(S, ["detection_temperature"])
+    assert "qwen2.5-coder-1.5b 100 NQ queries x 2 positions, 19 negatives, t = 0.001; at t = 0.0001, 0.01, 0.1, 1 the top 8 shares 3-8" in detection
+
+
+def test_the_tested_claims_carry_their_verdicts_and_the_answer_is_the_reports_summary(tmp_path):
+    S = Study("cpu", out=REPO / "results")
+    tested = report.findings(S, ["comparisons_table1"])
+    assert "(points of nDCG@10 [confidence interval] and the verdict" in tested
+    assert "pooled (a query once) +3.44 [+2.34, +4.60], supported" in tested
+    answer = report.answer(S)
+    assert answer.splitlines()[2:] == report.summary(S.tables.read("verdicts"))
+    assert "No verdict yet" in report.answer(Study("cpu", out=tmp_path))
+    assert report.findings(Study("cpu", out=tmp_path), ["collections"]).startswith("No claim of this notebook")
