@@ -218,7 +218,7 @@ PROFILES: dict[str, Profile] = {
                    order_models=(DEFAULT_MODEL, "gemma3-270m"),
                    heads_dir="heads",  # results/heads: the CLI's default --heads-dir reads the cpu profile's rankings
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
-                         "(~35 min) first; then about 15 min of notebooks"),
+                         "(~35 min) first; then about 15 min of notebooks per model"),
     # The default model on dense (minilm-l6) candidates at the cpu profile's query sample, in bf16 as in the cpu
     # profile (its precision check there passed: same model, prompt format and sizes), so that the two first stages'
     # rows of this model compare in one dtype.
