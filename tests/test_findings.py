@@ -20,14 +20,16 @@ def test_findings_of_the_set_up_and_the_ablations_come_from_the_committed_tables
     setting = report.findings(S, ["collections", "prompt_lengths"])
     assert "no claim is tested in this notebook" in setting and ", supported" not in setting
     assert ("Here: 7 collections (scifact, arguana, cranfield, cisi, med, npl, lisa; 1,033-11,429 documents) and "
-            "xquad-r/de, xquad-r/en, xquad-r/es; BM25 top 20 candidates cut to 100 words.") in setting
+            "xquad-r/de, xquad-r/en, xquad-r/es; top-20 BM25 candidates, 100 words/doc.") in setting
+    dense = report.findings(Study("cpu-dense", out=REPO / "results"), ["collections"])
+    assert "top-20 DENSE (minilm-l6) candidates" in dense  # the profile's encoder, as the Study summary names it
     # the "<1% of heads" claim: 8 heads are a larger share of a small model's heads
     assert "smollm2-135m top 8 of 30 x 9 = 270 heads (3.0%)" in setting and "gemma3-270m top 8 of 18 x 4 = 72 heads (11.1%)" in setting
     ablations = report.findings(S, ["ablation_temperature", "ablation_calibrated_detection"])
     assert "smollm2-135m CoRe-R nDCG@10 0.4610-0.4651 over t = 0.0001, 0.001, 0.01, 0.1, 1 (highest at t = 0.1, 1)" in ablations
     assert "smollm2-135m detecting on calibrated mass moves CoRe-R -0.02 points, QR-R +0.90 points" in ablations
     detection = report.findings(S, ["detection_temperature"])
-    assert "qwen2.5-coder-1.5b 100 NQ queries x 2 positions, 19 negatives, t = 0.001; at t = 0.0001, 0.01, 0.1, 1 the top 8 shares 3-8" in detection
+    assert "qwen2.5-coder-1.5b detection 100 NQ queries x 2 positions, 19 negatives, t = 0.001; at t = 0.0001, 0.01, 0.1, 1 the top 8 shares 3-8" in detection
 
 
 def test_the_tested_claims_carry_their_verdicts_and_the_answer_is_the_reports_summary(tmp_path):

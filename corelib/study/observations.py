@@ -39,11 +39,10 @@ def _span(values: pd.Series, fmt: str = ".4f") -> str:
 
 def collections(study: "Study", df: pd.DataFrame) -> list[dict]:
     p = study.p
-    first = "dense (all-MiniLM-L6-v2)" if p.first_stage == "dense" else "BM25"
     mono = df[df["collection"].isin(p.collections)]
     brief = (f"{len(mono)} collections ({', '.join(mono['collection'])}; {mono['documents'].min():,}-"
              f"{mono['documents'].max():,} documents)" + (f" and {', '.join(p.multilingual)}" if p.multilingual else "")
-             + f"; {first} top {p.top_k} candidates cut to {p.words} words")
+             + f"; {p.candidate_setting()}")
     return [_row("the collections and candidates", PAPER_SETTING["collections"], "", brief)]
 
 
@@ -51,9 +50,10 @@ def prompt_lengths(study: "Study", df: pd.DataFrame) -> list[dict]:
     k = study.p.num_heads
     rows = []
     for m, g in df.groupby("model", sort=False):
-        heads = int(g["layers"].iloc[0]) * int(g["heads per layer"].iloc[0])
+        layers, per_layer = int(g["layers"].iloc[0]), int(g["heads per layer"].iloc[0])
+        heads = layers * per_layer
         rows.append(_row("how many heads the top k are", PAPER_SETTING["heads"], m,
-                         f"top {k} of {int(g['layers'].iloc[0])} x {int(g['heads per layer'].iloc[0])} = {heads:,} heads "
+                         f"top {k} of {layers} x {per_layer} = {heads:,} heads "
                          f"({k / heads:.1%}); prompts of {_span(g['mean tokens'], ',.0f')} tokens on average per collection"))
     return rows
 
@@ -67,8 +67,8 @@ def detection_temperature(study: "Study", df: pd.DataFrame) -> list[dict]:
         stable = (f"at t = {', '.join(f'{t:g}' for t in others['temperature'])} the top {p.num_heads} shares "
                   f"{shared} of its {p.num_heads} heads with t = {p.temperature:g}" if len(others) else "")
         rows.append(_row("the detection set and temperature", PAPER_SETTING["detection"], m,
-                         f"{p.detection_for(m)} NQ queries x {p.positions} positions, {p.negatives} negatives, "
-                         f"t = {p.temperature:g}" + (f"; {stable}" if stable else "")))
+                         f"{p.detection_setting(m)}, {p.negatives} negatives, t = {p.temperature:g}"
+                         + (f"; {stable}" if stable else "")))
     return rows
 
 

@@ -145,8 +145,14 @@ class Profile:
         whole = f" (every query of a collection with at most {whole})" if whole is not None else ""
         return f"{f'up to {q}' if q else 'all'} queries/collection{whole}"
 
-    def _detection(self, model: str | None) -> str:
+    def detection_setting(self, model: str | None) -> str:
+        """The detection set of ``model``'s run, in words."""
         return f"detection {self.detection_for(model)} NQ queries x {self.positions} positions"
+
+    def candidate_setting(self) -> str:
+        """The candidates every model re-ranks, in words."""
+        stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
+        return f"top-{self.top_k} {stage} candidates, {self.words} words/doc"
 
     def _dtype(self, model: str | None) -> str:
         return f"{self.dtype_for(model)} records" if model and self.dtype_for(model) else ""
@@ -157,22 +163,20 @@ class Profile:
                 f"{len(self.niah_depths)} depths in {self.niah_haystack.upper()}" if self.niah_needles else "")
         if self.niah_needles and self.niah_prompt_lengths:
             niah += f" (and at the prompts' length, {list(self.niah_prompt_lengths)})"
-        stage = self.first_stage.upper() + (f" ({self.encoder})" if self.first_stage == "dense" else "")
-        return f"top-{self.top_k} {stage} candidates, {self.words} words/doc", \
-            f"{self.negatives} negatives, t={self.temperature}{niah}"
+        return self.candidate_setting(), f"{self.negatives} negatives, t={self.temperature}{niah}"
 
     def sizes(self, model: str | None = None) -> str:
         """Every size of one model's run (the profile's defaults when ``model`` is None)."""
         head, tail = self._common()
         dtype = f"; {self._dtype(model)}" if self._dtype(model) else ""
-        return f"{head}, {self._sample(model)}; {self._detection(model)}, {tail}{dtype}"
+        return f"{head}, {self._sample(model)}; {self.detection_setting(model)}, {tail}{dtype}"
 
     def summary(self, models=None) -> str:
         """The sizes of a run of ``models`` (default: the profile's), what they share once and each model's own
         sample, detection set and dtype where the models differ in them."""
         models = tuple(models or self.models)
         head, tail = self._common()
-        parts = {m: (self._sample(m), self._detection(m), self._dtype(m)) for m in models}
+        parts = {m: (self._sample(m), self.detection_setting(m), self._dtype(m)) for m in models}
         if len(set(parts.values())) == 1:
             return self.sizes(models[0])
         shared = [len({v[i] for v in parts.values()}) == 1 for i in range(3)]  # the same for every model
