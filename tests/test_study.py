@@ -275,6 +275,14 @@ def test_a_cold_cache_is_estimated_from_the_committed_cost_table(shared_data, tm
     trials = after.loc["needle trials (prompt length)"]
     assert trials["estimate (h)"] == pytest.approx(trials["missing"] * 50.0 / 3600)
     assert np.isnan(after.loc["needle trials", "estimate (h)"])
+    # the summary sums what is timed and names the untimed trials apart, instead of dropping the estimate
+    untimed = int(after.loc["needle trials", "missing"])
+    timed_h = after["estimate (h)"].sum()
+    summary = warm.left_summary(after.reset_index())
+    span = f"~{timed_h:.1f} h" if timed_h >= 1 else f"~{max(1, round(60 * timed_h))} min"
+    assert summary == (f"smollm2-135m {int(after['missing'].sum())} ({span} for "
+                       f"{int(after['missing'].sum()) - untimed} of them at the pace of the cached records or the "
+                       f"committed cost table; {untimed} not timed yet)")
     # the table written from an empty cache has no row, and merging keeps the committed ones
     path, table = warm.write_record_costs(S)
     assert len(table) == 3 and path == tmp_path / warm.COSTS_FILE

@@ -145,6 +145,8 @@ def main(argv=None) -> int:
         print(f"records of profile {S.p.name} cached for {', '.join(S.p.models)}" + (f" ({part})" if part else ""))
 
     def pending():
+        from .warm import left_summary
+
         S = Study(args.profile, data=args.data, models=args.model)
         table = S.pending(multilingual=not args.no_multilingual)
         if not args.brief:
@@ -154,16 +156,12 @@ def main(argv=None) -> int:
             print(f"profile {S.p.name}: the dense first stage has not encoded the corpora of {', '.join(unencoded)} "
                   f"yet, so their records are counted as missing; `make warm PROFILE={S.p.name}` encodes them first "
                   "(minutes per corpus on a CPU, not in the estimate)")
-        left = table.groupby("model", sort=False).agg(missing=("missing", "sum"), hours=("estimate (h)", "sum"))
-        timed = table.groupby("model", sort=False)["estimate (h)"].apply(lambda e: e.notna().all())
-        if not left.missing.sum():
+        if not table["missing"].sum():
             print(f"profile {S.p.name}: every record and needle trial is cached")
             return
-        print(f"profile {S.p.name}, records and needle trials not cached yet: " + "; ".join(
-            f"{m} {int(r.missing)}" + (f" (~{r.hours:.1f} h at the pace of its cached records)" if timed[m] else "")
-            for m, r in left.iterrows() if r.missing)
-            + f". What is missing is computed on first use; `make warm PROFILE={S.p.name}` computes it first, "
-            f"resumably, one model at a time (`make pending PROFILE={S.p.name}` lists it by step)")
+        print(f"profile {S.p.name}, records and needle trials not cached yet: {left_summary(table)}. What is missing "
+              f"is computed on first use; `make warm PROFILE={S.p.name}` computes it first, resumably, one model at "
+              f"a time (`make pending PROFILE={S.p.name}` lists it by step)")
 
     def time_pruning():
         S = Study(args.profile, data=args.data, models=args.model)

@@ -13,6 +13,7 @@ import pandas as pd
 from ..evaluate import evaluate_run
 from ..scoring import record_run
 from .tables.sweep import sweep_curve
+from .warm import time_left
 
 if TYPE_CHECKING:
     from .core import Study
@@ -31,9 +32,7 @@ def cache_report(study: "Study", model: str, method: str = "core") -> tuple[bool
     missing = int(part["missing"].sum())
     if not missing:
         return True, f"{model} in profile {study.p.name}: every record the explorer reads is cached."
-    hours = part["estimate (h)"]
-    cost = (f" (about {60 * hours.sum():.0f} min of forwards at the pace of the cached records)"
-            if hours.notna().all() else " (no cached record to time them by yet)")
+    cost = f" ({t})" if (t := time_left(part)) else " (no cached record or cost-table row to time them by yet)"
     return False, (f"{model} in profile {study.p.name}: {int(part['cached'].sum())} of {int(part['needed'].sum())} "
                    f"records cached, {missing} missing{cost}. Run `make warm PROFILE={study.p.name} MODEL={model}` "
                    "in a terminal (resumable), or press 'compute' to compute them in this kernel.")

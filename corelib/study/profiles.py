@@ -202,7 +202,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", (DEFAULT_MODEL,), COLLECTIONS_CPU, top_k=20, words=100, queries=30,
                      detection_samples=60, negatives=19, positions=2, temperature=0.001,
                      multilingual=XQUAD, multilingual_queries=((DEFAULT_MODEL, 10),), calibrated_detection_ablation=False,
-                     hours="about 52 min from a cold cache (see results/quick/README.md)"),
+                     hours="about 50 min from a cold cache, setup included (see results/quick/README.md)"),
     # Every judged test query up to 300 per collection (~1,060 per model) for the two smallest models, so that
     # a 0.75-point difference is detectable; qwen 0.5b keeps 30 per collection; qwen 1.5b, the one model whose
     # ICR is above BM25, 426 (every query of MED, LISA, CISI and NPL, 64 of each other collection). smollm2 and the

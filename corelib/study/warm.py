@@ -176,7 +176,7 @@ def write_record_costs(study: "Study", models=None):
         old = pd.read_csv(path)
         keep = ~old.set_index(["model", "kind", "dtype"]).index.isin(new.set_index(["model", "kind", "dtype"]).index)
         new = pd.concat([old[keep], new], ignore_index=True)
-    new = new.sort_values(["model", "kind"]).reset_index(drop=True)
+    new = new.sort_values(["model", "kind", "dtype"]).reset_index(drop=True)
     atomic_write_text(path, new.to_csv(index=False))
     return path, new
 
@@ -190,6 +190,31 @@ def committed_costs(study: "Study") -> dict[tuple[str, str, str], tuple[float, s
     return {(r["model"], r["kind"], r["dtype"]): (float(r["seconds each (median)"]), f"{r['machine']}, {r['measured']}")
             for _, r in df.iterrows()}
 
+
+def time_left(steps: pd.DataFrame) -> str:
+    """The time the missing records and trials of some rows of a ``pending`` table take at their estimated pace,
+    with the count of those no timing covers yet (a needle grid the cost table has no row for) said apart rather
+    than left out of the sum; empty when none is timed."""
+    left = steps[steps["missing"] > 0]
+    timed = left[left["estimate (h)"].notna()]
+    untimed = int(left.loc[left["estimate (h)"].isna(), "missing"].sum())
+    if timed.empty:
+        return ""
+    share = f" for {int(timed['missing'].sum())} of them" if untimed else ""
+    rest = f"; {untimed} not timed yet" if untimed else ""
+    hours = timed["estimate (h)"].sum()
+    span = f"~{hours:.1f} h" if hours >= 1 else f"~{max(1, round(60 * hours))} min"
+    return f"{span}{share} at the pace of the cached records or the committed cost table{rest}"
+
+
+def left_summary(table: pd.DataFrame) -> str:
+    """One phrase per model with something missing in a ``pending`` table: how many records and trials, and
+    how long they take (``time_left``)."""
+    parts = []
+    for m, g in table.groupby("model", sort=False):
+        if missing := int(g["missing"].sum()):
+            parts.append(f"{m} {missing}" + (f" ({t})" if (t := time_left(g)) else ""))
+    return "; ".join(parts)
 
 def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFrame:
     """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing, and the
