@@ -176,6 +176,12 @@ def chat_markers(tokenizer, model_name: str) -> tuple[str, str]:
     return PAPER_CHAT_MARKERS.get(model_name, ("", ""))
 
 
+def dtype_name(dtype) -> str:
+    """The name a dtype is stored and printed under ("float32", "bfloat16"): part of every record's and needle
+    trial's key, and the dtype column of the study's tables."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _resolve_dtype(dtype, device: str) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32

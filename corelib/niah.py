@@ -29,7 +29,7 @@ import torch
 
 from .attention import new_cache, prefill, step_attention
 from .heads import HeadScores
-from .models import LoadedModel, ModelSpec, as_spec
+from .models import LoadedModel, ModelSpec, as_spec, dtype_name
 from .prompts import PromptError, _overlapping
 from .progress import progress_bar
 from .records import CacheStatus
@@ -199,7 +199,7 @@ def run_trial(lm: LoadedModel, lm_head: torch.Tensor, prompt: NiahPrompt, needle
 def trial_fields(fingerprint: str, dtype, trial: NeedleTrial, haystack: str, max_new_tokens: int) -> dict:
     if not fingerprint:
         raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
-    return {"format": NIAH_VERSION, "model": fingerprint, "dtype": str(dtype).removeprefix("torch."),
+    return {"format": NIAH_VERSION, "model": fingerprint, "dtype": dtype_name(dtype),
             "needle": trial.needle.text, "question": trial.needle.question, "context_tokens": trial.context_tokens,
             "depth": trial.depth, "haystack": content_digest(haystack), "max_new_tokens": max_new_tokens}
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .attention import calibrated_head_token_scores, head_token_scores
-from .models import LoadedModel, ModelSpec, as_spec
+from .models import LoadedModel, ModelSpec, as_spec, dtype_name
 from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
 from .progress import progress_bar
 from .storage import StorageError, cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
@@ -144,7 +144,7 @@ def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request
     """Everything a record depends on (and its identity: the query id), as JSON-able fields."""
     if not fingerprint:
         raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
-    return {"format": FORMAT_VERSION, "model": fingerprint, "dtype": str(dtype).removeprefix("torch."),
+    return {"format": FORMAT_VERSION, "model": fingerprint, "dtype": dtype_name(dtype),
             "layers": int(layers), "calibrate": bool(calibrate), "group": request.group,
             "query_id": str(request.query_id), "query": content_digest(request.query),
             "doc_ids": [d.doc_id for d in request.docs], "texts": content_digest([d.text for d in request.docs]),

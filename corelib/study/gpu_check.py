@@ -140,6 +140,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
     from scipy.stats import kendalltau
 
     from ..attention import calibrated_head_token_scores, head_token_scores
+    from ..models import dtype_name
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -173,7 +174,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
                 prompt, na = _prompt(tokenizer, lm, length)
             with torch.inference_mode():
                 att, doc = (t.float().cpu() for t in _doc_scores(lm, prompt, na))
-            row = {"model": name, "dtype": str(dtype).removeprefix("torch."), "device": where,
+            row = {"model": name, "dtype": dtype_name(dtype), "device": where,
                    "compared with": f"float32 on {device}" if reference else "nothing (timing only)",
                    "tokens": len(prompt.input_ids), "finite": bool(torch.isfinite(att).all())}
             if reference:

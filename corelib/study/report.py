@@ -15,6 +15,7 @@ import pandas as pd
 from . import analysis
 from .observations import OBSERVATIONS
 from ..architecture import global_attention_layers, model_config
+from ..models import dtype_name
 from .methods import NIAH_PROMPT
 from .tables import METHODS
 
@@ -444,7 +445,7 @@ def record_provenance(study: "Study") -> pd.DataFrame:
     models = " ".join(study.p.models)
     narrowed = (f' MODEL="{models}"' if " " in models else f" MODEL={models}") if study.other_models else ""
     rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', **_run_stamp(),
-             "dtype": str(study.spec(m).dtype).removeprefix("torch."),  # as loaded: the profile's, or the device's default
+             "dtype": dtype_name(study.spec(m).dtype),  # as loaded: the profile's, or the device's default
              "methods": ""}
             for m in study.p.models]
     return study.tables.write("provenance", pd.DataFrame(rows))

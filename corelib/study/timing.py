@@ -135,7 +135,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
     import gc
 
     from ..attention import calibrated_head_token_scores, head_token_scores
-    from ..models import load_model, total_layers
+    from ..models import dtype_name, load_model, total_layers
 
     cuda = torch.cuda.is_available()
     total = total_layers(model)
@@ -169,11 +169,11 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
     peak = peak_rss_mb()
     # on a GPU the model and the run live in GPU memory: its peak allocation is what is compared
     used = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak - rss_base
-    device = (f"{torch.cuda.get_device_name()} ({str(lm.dtype).removeprefix('torch.')})" if cuda
-              else f"CPU, {torch.get_num_threads()} threads ({str(lm.dtype).removeprefix('torch.')})")
+    device = (f"{torch.cuda.get_device_name()} ({dtype_name(lm.dtype)})" if cuda
+              else f"CPU, {torch.get_num_threads()} threads ({dtype_name(lm.dtype)})")
     return {"model": model, "config": config, "tokens": len(p.input_ids), "seconds": statistics.median(times),
             "max_rss_mb": peak, "baseline_rss_mb": rss_base, "model_and_run_mb": used, "layers": layers,
-            "device": device, "dtype": str(lm.dtype).removeprefix("torch.")}
+            "device": device, "dtype": dtype_name(lm.dtype)}
 
 
 def worker_env() -> dict:

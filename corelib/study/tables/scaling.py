@@ -18,6 +18,7 @@ def scaling(study: "Study") -> pd.DataFrame:
     """The scaling view: per model (by parameter count) the Table 1 means, the random-head median, the
     paired differences with their CIs, the depth of the top CoRe heads and the share of CoRe-R's
     nDCG@10 kept at 50% pruning; read from the tables the notebooks wrote before (NaN where absent)."""
+    from ...models import dtype_name
     from ..profiles import MODEL_FACTS, ModelFacts
 
     avg, cmp_, ctl, depth, prune = (read(study, n) for n in ("table1_average", "comparisons_table1", "controls", "depth", "pruning"))
@@ -31,7 +32,7 @@ def scaling(study: "Study") -> pd.DataFrame:
     for _, r in avg[~avg["model"].isin(kept)].iterrows():
         m = r["model"]
         facts = MODEL_FACTS.get(m, ModelFacts("", "", ""))  # a model outside the built-ins: its size only
-        dtype = str(study.spec(m).dtype).removeprefix("torch.")
+        dtype = dtype_name(study.spec(m).dtype)
         facts = replace(facts, weights=f"{facts.weights}; forward in {dtype}" if facts.weights else f"forward in {dtype}")
         row = {"model": m, "parameters": float(study.parameter_count(m)), **asdict(facts), "queries": r["queries"],
                **{k: r[k] for k in ("BM25", "ICR", "QR-R", "CoRe-R", "NIAH-R")}}
