@@ -351,10 +351,11 @@ def test_table1_averages_collections_equally(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_data):
+def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_data, monkeypatch):
     from tiny_models import tiny_model
 
     from corelib.study.explorer import explore
+    from corelib.study.tables.sweep import sweep_curve
 
     lm = tiny_model("llama", tokenizer)
     p = profile("smoke", niah_needles=None, models=("tiny-llama",), queries=2, detection_samples=2, negatives=3)
@@ -367,6 +368,23 @@ def test_explorer_updates_from_cached_records_only(tmp_path, tokenizer, shared_d
     assert list(table.index) == ["scifact", "cranfield", "mean"] and "core top-3" in table.columns
     assert len(curve) == 16 and calls == []
     assert table.loc["mean", "ICR"] == pytest.approx(table.loc[["scifact", "cranfield"], "ICR"].mean())
+    # an Explorer computes a head order's curve once: another k or collection reuses it, a new order does not
+    from corelib.study import explorer as module
+
+    curves = []
+    monkeypatch.setattr(module, "sweep_curve", lambda *a: curves.append(1) or sweep_curve(*a))
+    E = module.Explorer(S)
+    for k, t, c in [(3, 0.01, "scifact"), (5, 0.01, "scifact"), (3, 0.01, None), (3, 0.01, "cranfield")]:
+        table, curve = E.explore("tiny-llama", "core", k, t, c)
+        fresh = explore(S, "tiny-llama", "core", k, t, c)
+        pd.testing.assert_frame_equal(table, fresh[0])
+        pd.testing.assert_series_equal(curve, fresh[1])
+    n = len(curves)
+    E.explore("tiny-llama", "core", 2, 0.01)
+    assert len(curves) == n  # every curve of this order is kept
+    E.explore("tiny-llama", "qr", 2, 0.01), E.explore("tiny-llama", "qr", 2, 1.0)
+    assert len(curves) == n + 2  # QR's order ignores the temperature: one curve per collection, once
+    assert calls == []
 
 
 def test_clean_outputs_drops_progress_bars_only(tmp_path):
