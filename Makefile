@@ -6,7 +6,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 PROFILE ?= quick
-DATA    ?= $(if $(CORELIB_DATA),$(CORELIB_DATA),$(abspath ../shared/data))
+# the collections (BEIR layout): $CORELIB_DATA, else ../shared/data where it exists, else none (they load online)
+DATA    ?= $(if $(CORELIB_DATA),$(CORELIB_DATA),$(wildcard $(abspath ../shared/data)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export CORELIB_DATA := $(DATA)
 # Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.

@@ -62,9 +62,18 @@ class Candidates:
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path | None:
-    """The data directory: the argument, else ``$CORELIB_DATA``, else None."""
-    path = path or os.environ.get("CORELIB_DATA")
-    return Path(path).expanduser() if path else None
+    """The data directory: the argument, else ``$CORELIB_DATA``, else None (collections load online). One that
+    is named but absent is an error: loading online instead would change the results silently (no stored
+    first-stage runs there, so BM25 is computed over the corpus, with other candidates)."""
+    given = path or os.environ.get("CORELIB_DATA")
+    if not given:
+        return None
+    root = Path(given).expanduser()
+    if not root.is_dir():
+        source = "--data" if path else "CORELIB_DATA"
+        raise DataError(f"data directory {root} ({source}) does not exist: point it at the folder holding the "
+                        "collections in the BEIR layout (e.g. ../shared/data), or leave it unset to load them online")
+    return root
 
 
 def _lines(path: Path):
@@ -252,8 +261,8 @@ def load_collection(name: str, data: str | os.PathLike | None = None, split: str
     if root is not None:
         try:
             return _load_local(name, root, split)
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError as err:
+            log.warning("%s is not in the data directory %s (%s): loading it online", name, root, err)
     try:
         if name.startswith("mldr/"):
             return _load_mldr(name.split("/", 1)[1], split)

@@ -56,6 +56,24 @@ def test_missing_collection_names_the_directory(tmp_path, monkeypatch):
         load_collection("nope", tmp_path)
 
 
+def test_a_named_data_directory_must_exist(tmp_path, monkeypatch, caplog):
+    """A typo in --data or CORELIB_DATA never switches to online data (other candidates, other results)."""
+    import corelib.data as data
+
+    monkeypatch.setattr(data, "_load_ir_datasets", lambda *a, **k: pytest.fail("went online"))
+    with pytest.raises(DataError, match=rf"data directory {tmp_path}/nope \(--data\) does not exist"):
+        load_collection("scifact", tmp_path / "nope")
+    monkeypatch.setenv("CORELIB_DATA", str(tmp_path / "gone"))
+    with pytest.raises(DataError, match=r"gone \(CORELIB_DATA\) does not exist.*leave it unset"):
+        load_collection("scifact")
+    monkeypatch.setenv("CORELIB_DATA", "")
+    assert data.data_dir() is None and data.data_dir(tmp_path) == tmp_path
+    # a data directory without the collection says so before it loads the collection online
+    monkeypatch.setattr(data, "_load_ir_datasets", lambda *a, **k: "online")
+    assert load_collection("scifact", tmp_path) == "online"
+    assert f"scifact is not in the data directory {tmp_path}" in caplog.text
+
+
 def test_collection_without_texts_or_runs(shared_data):
     c = load_collection("fiqa", shared_data)
     with pytest.raises(DataError, match="neither a run file"):
