@@ -48,13 +48,15 @@ large-if-needed = @if $(BIN)/python -c "import sys; from corelib.study import pr
 empty :=
 space := $(empty) $(empty)
 comma := ,
+MODEL_ARGS = $(foreach m,$(MODEL),--model $(m))
 EXECUTED = results/$(PROFILE)$(if $(MODEL),/models/$(subst $(space),+,$(strip $(MODEL))))
 
 reproduce: setup
-	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) | sed 's/^/== /'; test $${PIPESTATUS[0]} -eq 0
+	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) $(MODEL_ARGS) | sed 's/^/== /'; test $${PIPESTATUS[0]} -eq 0
 	$(large-if-needed)
+	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" $(MODEL_ARGS) | sed 's/^/== /'; \
+	  test $${PIPESTATUS[0]} -eq 0
 	@mkdir -p $(EXECUTED) figures
-	@$(BIN)/python -m corelib.study pending --brief --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m)) | sed 's/^/== /'
 	@nbs=$$($(BIN)/python -m corelib.study notebooks --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(if $(ONLY),--only $(ONLY)) $(NOTEBOOKS)) || exit 1; \
 	for nb in $$nbs; do \
 	  echo "== $$nb ($(PROFILE)$(if $(MODEL),: $(MODEL)))"; \
@@ -68,20 +70,20 @@ reproduce: setup
 
 # The long forwards of a profile, one model at a time (MODEL=name for one), resumable; reproduce then reads the cache.
 warm: setup
-	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) >/dev/null
+	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) $(MODEL_ARGS) >/dev/null
 	$(large-if-needed)
-	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m))
+	$(BIN)/python -m corelib.study -v warm --profile $(PROFILE) --data "$(DATA)" $(MODEL_ARGS)
 
 # The pruning cost (notebook 07's timings) of the profile's models (MODEL=name for one), cached per model; time it on
 # an otherwise idle machine (no `make warm` running); `make reproduce` then reuses it
 time-pruning: setup
-	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) >/dev/null
+	@$(BIN)/python -m corelib.study banner --profile $(PROFILE) $(MODEL_ARGS) >/dev/null
 	$(large-if-needed)
-	$(BIN)/python -m corelib.study -v time-pruning --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m))
+	$(BIN)/python -m corelib.study -v time-pruning --profile $(PROFILE) --data "$(DATA)" $(MODEL_ARGS)
 
 # What `make warm` has left per model and step (reads file names only; loads no model)
 pending: setup
-	$(BIN)/python -m corelib.study pending --profile $(PROFILE) --data "$(DATA)" $(foreach m,$(MODEL),--model $(m))
+	$(BIN)/python -m corelib.study pending --profile $(PROFILE) --data "$(DATA)" $(MODEL_ARGS)
 
 # JupyterLab rooted at the project: notebooks/ (runnable, and the explorer) and results/<profile>/ (executed)
 lab: setup

@@ -339,7 +339,7 @@ def test_every_study_command_gives_a_domain_error(case, shared_data, monkeypatch
     assert rc == 2 and err.startswith("error: ") and match in err, err
 
 
-def test_make_with_an_unknown_profile_stops_at_once_and_leaves_no_folder():
+def test_make_with_an_unknown_profile_model_or_data_directory_stops_at_once_and_leaves_no_folder():
     import shutil
     import subprocess
 
@@ -352,3 +352,11 @@ def test_make_with_an_unknown_profile_stops_at_once_and_leaves_no_folder():
     assert out.returncode != 0 and "unknown profile 'no-such-profile'" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert not (REPO / "results" / "no-such-profile").exists()  # before: an empty results/<name>/ was left
+    # a model outside the profile, or a data directory that does not exist: stopped before any notebook runs
+    for arg, said, folder in [("MODEL=no-such-model", "['no-such-model'] not in profile 'smoke'", "smoke/models/no-such-model"),
+                              ("DATA=/no/such/dir", "data directory /no/such/dir (--data) does not exist", None)]:
+        out = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "reproduce", "PROFILE=smoke", arg],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and said in out.stdout + out.stderr, arg
+        assert "Traceback" not in out.stdout + out.stderr and "papermill" not in out.stdout + out.stderr, arg
+        assert folder is None or not (REPO / "results" / folder).exists()

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                    "committed tables (Tables 1-2, Figures 1 and 3, scaling, forest)")
     sub.add_parser("headline", parents=[prof, out], help="the README's headline table (mean nDCG@10 per model and "
                    "method) from a profile's committed table1_average")
-    sub.add_parser("banner", parents=[prof], help="what a profile runs and how long it takes (`make reproduce` prints it first)")
+    sub.add_parser("banner", parents=[prof, models], help="what a profile runs and how long it takes (`make reproduce` prints it first)")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -121,10 +121,11 @@ def main(argv=None) -> int:
         return 0
     if args.command == "banner":
         from ..errors import run_command
-        from .profiles import profile
+        from .profiles import narrowed, profile
 
         def banner():
             x = profile(args.profile)
+            x = narrowed(x, args.model) if args.model else x
             print(f"profile {x.name}: {', '.join(x.models)}; {x.summary()}")
             print(f"expected duration on a 2-core CPU: {x.hours}; records are cached, so a stopped run resumes")
 

@@ -23,7 +23,7 @@ from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_hayst
 from ..records import QueryRecord, RecordStore
 from ..rerank import Reranker, detection_records
 from .methods import DETECTED, HEAD_SOURCES, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE
-from .profiles import Profile, profile
+from .profiles import Profile, narrowed, profile
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ class Study:
         p = profile(profile_name, **overrides)
         full = p.models
         if models:
-            unknown = sorted(set(models) - set(p.models))
-            if unknown:
-                raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
-            p = profile(p, models=tuple(models))
+            p = narrowed(p, models)
         # the profile's models (the order of the tables' rows), and those this study leaves out (whose committed
         # rows its tables keep)
         self.profile_models: tuple[str, ...] = full

@@ -280,6 +280,14 @@ def profile(name: str | Profile, **overrides) -> Profile:
     return replace(base, **overrides)
 
 
+def narrowed(p: Profile, models) -> Profile:
+    """``p`` with only ``models``, which must be some of its own (`make ... MODEL=`, ``Study(models=)``)."""
+    unknown = sorted(set(models) - set(p.models))
+    if unknown:
+        raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
+    return profile(p, models=tuple(models))
+
+
 def kept_layers(total: int, prune: float) -> int:
     """Layers kept when the last share ``prune`` is pruned: int(L * (1 - p)), as the authors' code does."""
     if not 0 <= prune < 1:
