@@ -281,8 +281,10 @@ def test_a_cold_cache_is_estimated_from_the_committed_cost_table(shared_data, tm
     summary = warm.left_summary(after.reset_index())
     span = f"~{timed_h:.1f} h" if timed_h >= 1 else f"~{max(1, round(60 * timed_h))} min"
     assert summary == (f"smollm2-135m {int(after['missing'].sum())} ({span} for "
-                       f"{int(after['missing'].sum()) - untimed} of them at the pace of the cached records or the "
-                       f"committed cost table; {untimed} not timed yet)")
+                       f"{int(after['missing'].sum()) - untimed} of them; {untimed} not timed yet; cost table timed "
+                       "on 2 CPU cores (x), not this machine)")
+    monkeypatch.setattr(warm, "this_machine", lambda: "2 CPU cores (x)")  # rows timed here: nothing to add
+    assert warm.left_summary(after.reset_index()) == summary.replace("; cost table timed on 2 CPU cores (x), not this machine", "")
     # the table written from an empty cache has no row, and merging keeps the committed ones
     path, table = warm.write_record_costs(S)
     assert len(table) == 3 and path == tmp_path / warm.COSTS_FILE

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         print(f"records of profile {S.p.name} cached for {', '.join(S.p.models)}" + (f" ({part})" if part else ""))
 
     def pending():
-        from .warm import left_summary
+        from .warm import COSTS_FILE, left_summary
 
         S = Study(args.profile, data=args.data, models=args.model)
         table = S.pending(multilingual=not args.no_multilingual)
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
         if not table["missing"].sum():
             print(f"profile {S.p.name}: every record and needle trial is cached")
             return
-        print(f"profile {S.p.name}, records and needle trials not cached yet: {left_summary(table)}. What is missing "
+        print(f"profile {S.p.name}, records and needle trials not cached yet (and the time they take at the pace of the "
+              f"model's cached records, else of {S.out / COSTS_FILE}): {left_summary(table)}. What is missing "
               f"is computed on first use; `make warm PROFILE={S.p.name}` computes it first, resumably, one model at "
               f"a time (`make pending PROFILE={S.p.name}` lists it by step)")
 

@@ -33,7 +33,8 @@ def cache_report(study: "Study", model: str, method: str = "core") -> tuple[bool
     missing = int(part["missing"].sum())
     if not missing:
         return True, f"{model} in profile {study.p.name}: every record the explorer reads is cached."
-    cost = f" ({t})" if (t := time_left(part)) else " (no cached record or cost-table row to time them by yet)"
+    cost = (f" (estimated from the cached records or the cost table: {t})" if (t := time_left(part))
+            else " (no cached record or cost-table row to time them by yet)")
     return False, (f"{model} in profile {study.p.name}: {int(part['cached'].sum())} of {int(part['needed'].sum())} "
                    f"records cached, {missing} missing{cost}. Run `make warm PROFILE={study.p.name} MODEL={model}` "
                    "in a terminal (resumable), or press 'compute' to compute them in this kernel.")

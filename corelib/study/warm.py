@@ -142,16 +142,21 @@ def _dtype(study: "Study", model: str) -> str:
     return study.p.dtype_for(model) or "default"
 
 
+def this_machine() -> str:
+    """The cost table's name for this machine: its core count and CPU model."""
+    import os
+
+    from .timing import machine_key
+
+    return f"{os.cpu_count()} CPU cores ({machine_key()['cpu']})"
+
+
 def record_costs(study: "Study", models=None) -> pd.DataFrame:
     """The median compute time of each model's cached records, per kind (calibrated, NQ detection, and the
     needle trials of each grid), read from the record and trial files (the cost table ``pending`` falls back on)."""
     import datetime
-    import os
-    import platform
 
-    from .timing import machine_key
-
-    machine = f"{os.cpu_count()} CPU cores ({machine_key()['cpu'] or platform.machine()})"
+    machine = this_machine()
     rows = []
     for m in models or study.p.models:
         times: dict[str, list[float]] = {}
@@ -192,9 +197,10 @@ def committed_costs(study: "Study") -> dict[tuple[str, str, str], tuple[float, s
 
 
 def time_left(steps: pd.DataFrame) -> str:
-    """The time the missing records and trials of some rows of a ``pending`` table take at their estimated pace,
-    with the count of those no timing covers yet (a needle grid the cost table has no row for) said apart rather
-    than left out of the sum; empty when none is timed."""
+    """The time the missing records and trials of some rows of a ``pending`` table take at their estimated pace
+    (the model's cached records, else the committed cost table), with the count of those no timing covers yet
+    (a needle grid the cost table has no row for) said apart rather than left out of the sum, and the machine
+    of any cost row timed on another CPU; empty when none is timed."""
     left = steps[steps["missing"] > 0]
     timed = left[left["estimate (h)"].notna()]
     untimed = int(left.loc[left["estimate (h)"].isna(), "missing"].sum())
@@ -204,7 +210,12 @@ def time_left(steps: pd.DataFrame) -> str:
     rest = f"; {untimed} not timed yet" if untimed else ""
     hours = timed["estimate (h)"].sum()
     span = f"~{hours:.1f} h" if hours >= 1 else f"~{max(1, round(60 * hours))} min"
-    return f"{span}{share} at the pace of the cached records or the committed cost table{rest}"
+    # a cost row timed on another CPU: the estimate holds for that machine (a factor of ~3 between two seen)
+    here = f"cost table ({this_machine()}, "
+    elsewhere = sorted({t.removeprefix("cost table (").rsplit(", ", 1)[0] for t in timed["timed on"]
+                        if t.startswith("cost table (") and not t.startswith(here)})
+    other = f"; cost table timed on {' and '.join(elsewhere)}, not this machine" if elsewhere else ""
+    return f"{span}{share}{rest}{other}"
 
 
 def left_summary(table: pd.DataFrame) -> str:
