@@ -290,6 +290,29 @@ def test_a_cold_cache_is_estimated_from_the_committed_cost_table(shared_data, tm
     assert len(table) == 3 and path == tmp_path / warm.COSTS_FILE
 
 
+def test_the_cost_table_keeps_a_row_per_machine_and_prefers_this_ones(shared_data, tmp_path, monkeypatch):
+    from corelib.study import warm
+
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "empty-cache"))
+    S = Study("smoke", data=shared_data, out=tmp_path)
+    row = {"model": "smollm2-135m", "kind": warm.CALIBRATED, "dtype": "default", "records timed": 40}
+    pd.DataFrame([{**row, "seconds each (median)": 2.0, "machine": "2 CPU cores (a)", "measured": "2026-12-06"},
+                  {**row, "seconds each (median)": 4.0, "machine": "2 CPU cores (b)", "measured": "2026-12-01"},
+                  {**row, "seconds each (median)": 8.0, "machine": "2 CPU cores (c)", "measured": "2026-11-01"}]
+                 ).to_csv(tmp_path / warm.COSTS_FILE, index=False)
+    key = ("smollm2-135m", warm.CALIBRATED, "default")
+    monkeypatch.setattr(warm, "this_machine", lambda: "2 CPU cores (b)")
+    assert warm.committed_costs(S)[key] == (4.0, "2 CPU cores (b), 2026-12-01")  # this machine's, though older
+    monkeypatch.setattr(warm, "this_machine", lambda: "2 CPU cores (z)")
+    assert warm.committed_costs(S)[key] == (2.0, "2 CPU cores (a), 2026-12-06")  # else the newest
+    # rows measured now replace this machine's row only; the other machines' stay
+    measured = pd.DataFrame([{**row, "seconds each (median)": 5.0, "machine": "2 CPU cores (b)", "measured": "2026-12-07"}])
+    monkeypatch.setattr(warm, "record_costs", lambda *a, **k: measured)
+    _, table = warm.write_record_costs(S)
+    assert dict(zip(table["machine"], table["seconds each (median)"])) == {
+        "2 CPU cores (a)": 2.0, "2 CPU cores (b)": 5.0, "2 CPU cores (c)": 8.0}
+
+
 def test_warm_command_names_a_model_outside_the_profile(capsys):
     from corelib.study.__main__ import main
 

@@ -172,26 +172,29 @@ def record_costs(study: "Study", models=None) -> pd.DataFrame:
 
 def write_record_costs(study: "Study", models=None):
     """Merge ``record_costs`` into the committed cost table (``results/record_costs.csv``): the rows of the
-    models and kinds measured now replace their older rows."""
+    models and kinds measured now replace their older rows from this machine; another machine's stay."""
     from ..storage import atomic_write_text
 
+    key = ["model", "kind", "dtype", "machine"]
     new = record_costs(study, models)
     path = study.out / COSTS_FILE
     if path.is_file():
         old = pd.read_csv(path)
-        keep = ~old.set_index(["model", "kind", "dtype"]).index.isin(new.set_index(["model", "kind", "dtype"]).index)
+        keep = ~old.set_index(key).index.isin(new.set_index(key).index)
         new = pd.concat([old[keep], new], ignore_index=True)
-    new = new.sort_values(["model", "kind", "dtype"]).reset_index(drop=True)
+    new = new.sort_values(key).reset_index(drop=True)
     atomic_write_text(path, new.to_csv(index=False))
     return path, new
 
 
 def committed_costs(study: "Study") -> dict[tuple[str, str, str], tuple[float, str]]:
-    """(model, kind, dtype) -> (seconds each, machine and date) from the committed cost table."""
+    """(model, kind, dtype) -> (seconds each, machine and date) from the committed cost table: this machine's
+    row where it has one, else the most recently measured."""
     path = study.out / COSTS_FILE
     if not path.is_file():
         return {}
-    df = pd.read_csv(path)
+    df = pd.read_csv(path).assign(here=lambda d: d["machine"] == this_machine())
+    df = df.sort_values(["here", "measured"], kind="stable")  # the preferred row last: it wins below
     return {(r["model"], r["kind"], r["dtype"]): (float(r["seconds each (median)"]), f"{r['machine']}, {r['measured']}")
             for _, r in df.iterrows()}
 
