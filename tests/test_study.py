@@ -189,6 +189,7 @@ def test_the_library_imports_nothing_from_the_study():
 
 @pytest.mark.shared_data
 def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer, shared_data):
+    from corelib.study import warm
     from tiny_models import tiny_model
 
     lm = tiny_model("llama", tokenizer)
@@ -233,6 +234,15 @@ def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer
     left = study().pending().set_index("step")
     assert left.loc["NQ detection", "timed on"] == "this step"
     assert (left.loc[["scifact", "xquad-r/de"], "timed on"] == "other steps").all()
+    # where one machine's cost table rows time both kinds, the other kind's pace here is scaled by their ratio
+    (tmp_path / "results").mkdir(exist_ok=True)
+    pd.DataFrame([{"model": "tiny-llama", "kind": kind, "dtype": "default", "records timed": 10,
+                   "seconds each (median)": s, "machine": "2 CPU cores (x)", "measured": "2026-12-02"}
+                  for kind, s in ((warm.CALIBRATED, 3.0), (warm.UNCALIBRATED, 2.0))]
+                 ).to_csv(tmp_path / "results" / warm.COSTS_FILE, index=False)
+    scaled = study().pending().set_index("step")
+    assert (scaled.loc[["scifact", "xquad-r/de"], "timed on"] == "other steps x 1.50 (cost table)").all()
+    assert scaled.loc["scifact", "s each (median)"] == pytest.approx(1.5 * left.loc["scifact", "s each (median)"])
     assert calls == []
 
 
@@ -302,9 +312,9 @@ def test_the_cost_table_keeps_a_row_per_machine_and_prefers_this_ones(shared_dat
                  ).to_csv(tmp_path / warm.COSTS_FILE, index=False)
     key = ("smollm2-135m", warm.CALIBRATED, "default")
     monkeypatch.setattr(warm, "this_machine", lambda: "2 CPU cores (b)")
-    assert warm.committed_costs(S)[key] == (4.0, "2 CPU cores (b), 2026-12-01")  # this machine's, though older
+    assert warm.committed_costs(S)[key] == warm.Cost(4.0, "2 CPU cores (b)", "2026-12-01")  # this machine's, though older
     monkeypatch.setattr(warm, "this_machine", lambda: "2 CPU cores (z)")
-    assert warm.committed_costs(S)[key] == (2.0, "2 CPU cores (a), 2026-12-06")  # else the newest
+    assert warm.committed_costs(S)[key] == warm.Cost(2.0, "2 CPU cores (a)", "2026-12-06")  # else the newest
     # rows measured now replace this machine's row only; the other machines' stay
     measured = pd.DataFrame([{**row, "seconds each (median)": 5.0, "machine": "2 CPU cores (b)", "measured": "2026-12-07"}])
     monkeypatch.setattr(warm, "record_costs", lambda *a, **k: measured)

@@ -187,16 +187,35 @@ def write_record_costs(study: "Study", models=None):
     return path, new
 
 
-def committed_costs(study: "Study") -> dict[tuple[str, str, str], tuple[float, str]]:
-    """(model, kind, dtype) -> (seconds each, machine and date) from the committed cost table: this machine's
-    row where it has one, else the most recently measured."""
+@dataclass(frozen=True)
+class Cost:
+    """A row of the committed cost table: seconds per record (or trial), and where and when they were measured."""
+    seconds: float
+    machine: str
+    measured: str
+
+    @property
+    def source(self) -> str:
+        return f"cost table ({self.machine}, {self.measured})"
+
+
+def committed_costs(study: "Study") -> dict[tuple[str, str, str], Cost]:
+    """(model, kind, dtype) -> ``Cost`` from the committed cost table: this machine's row where it has one, else
+    the most recently measured."""
     path = study.out / COSTS_FILE
     if not path.is_file():
         return {}
     df = pd.read_csv(path).assign(here=lambda d: d["machine"] == this_machine())
     df = df.sort_values(["here", "measured"], kind="stable")  # the preferred row last: it wins below
-    return {(r["model"], r["kind"], r["dtype"]): (float(r["seconds each (median)"]), f"{r['machine']}, {r['measured']}")
+    return {(r["model"], r["kind"], r["dtype"]): Cost(float(r["seconds each (median)"]), r["machine"], r["measured"])
             for _, r in df.iterrows()}
+
+
+def _kind_ratio(costs: dict, model: str, dtype: str, kind: str, other: str) -> float | None:
+    """How much a record of ``kind`` costs against one of ``other`` for a model, from the cost table's two rows
+    when one machine measured both (a ratio of two kinds holds across machines where their paces do not)."""
+    a, b = costs.get((model, kind, dtype)), costs.get((model, other, dtype))
+    return a.seconds / b.seconds if a and b and a.machine == b.machine else None
 
 
 def time_left(steps: pd.DataFrame) -> str:
@@ -235,8 +254,9 @@ def left_summary(table: pd.DataFrame) -> str:
 def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFrame:
     """What ``warm`` has left, per model and step: records (or trials) needed, cached and missing, and the
     time left at the median compute time of the step's cached records; for a step with none timed yet, of the
-    model's other steps of the same kind (calibrated or not), else of all its other record steps (``timed on``
-    says which), else of the committed cost table (``record_costs``; a cold cache, and needle trials not timed
+    model's other steps of the same kind (calibrated or not), else of all its other record steps (scaled by the
+    cost table's ratio of the two kinds where one machine timed both; ``timed on`` says which), else of the
+    committed cost table (``record_costs``; a cold cache, and needle trials not timed
     yet). Records written before
     their files stored a time have none. A damaged file counts as cached until it is read."""
     nan, rows = float("nan"), []
@@ -253,9 +273,14 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
                 if record and step.calibrated and calibrated:
                     st, timed_on = replace(st, seconds=calibrated), "calibrated steps"
                 elif record and pooled:
-                    st, timed_on = replace(st, seconds=pooled), "other steps"
+                    # the other kind's pace here (calibrated records cost ~1.3-1.5x NQ detection ones), scaled by
+                    # the cost table's ratio of the two kinds where it has one
+                    other = UNCALIBRATED if step.calibrated else CALIBRATED
+                    ratio = _kind_ratio(costs, m, _dtype(study, m), _cost_kind(step), other)
+                    st = replace(st, seconds=[t * (ratio or 1.0) for t in pooled])
+                    timed_on = "other steps" + (f" x {ratio:.2f} (cost table)" if ratio else "")
                 elif (cost := costs.get((m, _cost_kind(step), _dtype(study, m)))) is not None:
-                    st, timed_on = replace(st, seconds=[cost[0]]), f"cost table ({cost[1]})"
+                    st, timed_on = replace(st, seconds=[cost.seconds]), cost.source
             rows.append({"model": m, "step": step.name, "needed": st.needed, "cached": st.needed - len(st.missing),
                          "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
                          "timed on": timed_on, "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
