@@ -165,6 +165,9 @@ def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
     """A TREC run file (``qid Q0 docid rank score tag``, possibly .gz) -> qid -> [(doc, score)] best first."""
     rows: dict[str, list[tuple[int, str, float]]] = {}
     first_line: dict[tuple[str, str], int] = {}
+    if not Path(path).is_file():
+        raise DataError(f"TREC run {path} not found (or not a file): give the path of a run file "
+                        "('qid Q0 docid rank score tag' per line, possibly .gz)")
     for n, line in _lines(Path(path)):
         cols = line.split()
         if not cols:
@@ -272,8 +275,19 @@ def load_collection(name: str, data: str | os.PathLike | None = None, split: str
         raise DataError(
             f"collection {name!r} not found {where} (BEIR layout: queries.jsonl, qrels/{split}.tsv, "
             f"corpus.jsonl), and the online fallback failed ({type(err).__name__}: {str(err)[:120]}). "
-            "Pass --data DIR or set CORELIB_DATA to a directory holding it."
+            f"{_did_you_mean(name, root)}Pass --data DIR or set CORELIB_DATA to a directory holding it."
         ) from err
+
+
+def _did_you_mean(name: str, root: Path | None) -> str:
+    """'Did you mean ...?' naming the data directory's closest collections (a nested one as 'xquad-r/de')."""
+    import difflib
+
+    if root is None:
+        return ""
+    held = sorted(str(q.parent.relative_to(root)) for q in root.glob("**/queries.jsonl") if q.parent != root)
+    close = difflib.get_close_matches(name, held, n=3, cutoff=0.6)
+    return f"Did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 
 def choose_run_file(collection: Collection) -> Path | None:

@@ -54,6 +54,19 @@ def test_missing_collection_names_the_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_load_ir_datasets", offline)
     with pytest.raises(DataError, match=f"not found in {tmp_path}/nope.*CORELIB_DATA"):
         load_collection("nope", tmp_path)
+    # a typo names the directory's closest collections, nested ones by their path
+    for name in ("scifact", "xquad-r/de", "xquad-r/en"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "queries.jsonl").write_text("")
+    with pytest.raises(DataError, match="Did you mean 'scifact'\\? Pass --data"):
+        load_collection("scifacts", tmp_path)
+    with pytest.raises(DataError, match="Did you mean 'xquad-r/de' or 'xquad-r/en'\\?"):
+        load_collection("xquad-r/dee", tmp_path)
+
+
+def test_a_missing_run_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=f"TREC run {tmp_path}/run.trec not found"):
+        read_trec_run(tmp_path / "run.trec")
 
 
 def test_a_named_data_directory_must_exist(tmp_path, monkeypatch, caplog):
