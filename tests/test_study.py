@@ -280,7 +280,8 @@ def test_a_cold_cache_is_estimated_from_the_committed_cost_table(shared_data, tm
     n = after.loc["scifact", "missing"]
     assert after.loc["scifact", "estimate (h)"] == pytest.approx(n * 36.0 / 3600)
     assert after.loc["NQ detection", "estimate (h)"] == pytest.approx(after.loc["NQ detection", "missing"] * 18.0 / 3600)
-    assert after.loc["scifact", "timed on"] == "cost table (2 CPU cores (x), 2026-12-02)"
+    assert tuple(after.loc["scifact", ["timed on", "cost machine"]]) == ("cost table (2026-12-02)", "2 CPU cores (x)")
+    assert after.loc["NQ detection", "cost machine"] == "2 CPU cores (x)"
     # a needle trial decodes: its grid's own row, never a record's time; a grid with no row has no estimate
     trials = after.loc["needle trials (prompt length)"]
     assert trials["estimate (h)"] == pytest.approx(trials["missing"] * 50.0 / 3600)

@@ -196,7 +196,7 @@ class Cost:
 
     @property
     def source(self) -> str:
-        return f"cost table ({self.machine}, {self.measured})"
+        return f"cost table ({self.measured})"
 
 
 def committed_costs(study: "Study") -> dict[tuple[str, str, str], Cost]:
@@ -234,9 +234,7 @@ def time_left(steps: pd.DataFrame) -> str:
     span = f"~{hours:.1f} h" if hours >= 1 else f"~{max(1, round(60 * hours))} min"
     # a cost row timed on another CPU holds for that CPU only (smollm2-135m's bf16 NQ detection record: 0.92 s
     # on an Intel Xeon with AMX, 2.5 s on an AMD EPYC without)
-    here = f"cost table ({this_machine()}, "
-    elsewhere = sorted({t.removeprefix("cost table (").rsplit(", ", 1)[0] for t in timed["timed on"]
-                        if t.startswith("cost table (") and not t.startswith(here)})
+    elsewhere = sorted(set(timed["cost machine"]) - {"", this_machine()})
     other = f"; cost table timed on {' and '.join(elsewhere)}, not this machine" if elsewhere else ""
     return f"{span}{share}{rest}{other}"
 
@@ -256,9 +254,9 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
     time left at the median compute time of the step's cached records; for a step with none timed yet, of the
     model's other steps of the same kind (calibrated or not), else of all its other record steps (scaled by the
     cost table's ratio of the two kinds where one machine timed both; ``timed on`` says which), else of the
-    committed cost table (``record_costs``; a cold cache, and needle trials not timed
-    yet). Records written before
-    their files stored a time have none. A damaged file counts as cached until it is read."""
+    committed cost table (``record_costs``; a cold cache, and needle trials not timed yet), whose row's CPU
+    ``cost machine`` names (empty for a pace timed here). Records written before their files stored a time have
+    none. A damaged file counts as cached until it is read."""
     nan, rows = float("nan"), []
     costs = committed_costs(study)
     for m in models or study.p.models:
@@ -267,7 +265,7 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
         calibrated = [t for step, ts in timed.items() if step.calibrated for t in ts]
         pooled = [t for ts in timed.values() for t in ts]
         for step, st in statuses.items():
-            timed_on = "this step" if st.seconds else "-"
+            timed_on, machine = ("this step" if st.seconds else "-"), ""
             if not st.seconds and st.missing:
                 record = step in timed  # a needle trial decodes: no record's time stands in for it
                 if record and step.calibrated and calibrated:
@@ -280,9 +278,10 @@ def pending(study: "Study", models=None, multilingual: bool = True) -> pd.DataFr
                     st = replace(st, seconds=[t * (ratio or 1.0) for t in pooled])
                     timed_on = "other steps" + (f" x {ratio:.2f} (cost table)" if ratio else "")
                 elif (cost := costs.get((m, _cost_kind(step), _dtype(study, m)))) is not None:
-                    st, timed_on = replace(st, seconds=[cost.seconds]), cost.source
+                    st, timed_on, machine = replace(st, seconds=[cost.seconds]), cost.source, cost.machine
             rows.append({"model": m, "step": step.name, "needed": st.needed, "cached": st.needed - len(st.missing),
                          "missing": len(st.missing), "s each (median)": nan if st.median_s is None else st.median_s,
-                         "timed on": timed_on, "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
+                         "timed on": timed_on, "cost machine": machine,
+                         "estimate (h)": nan if st.estimate_s is None else st.estimate_s / 3600})
     return pd.DataFrame(rows, columns=["model", "step", "needed", "cached", "missing", "s each (median)", "timed on",
-                                       "estimate (h)"])
+                                       "cost machine", "estimate (h)"])
