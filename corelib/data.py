@@ -70,7 +70,7 @@ def data_dir(path: str | os.PathLike | None = None) -> Path | None:
         return None
     root = Path(given).expanduser()
     if not root.is_dir():
-        source = "--data" if path else "CORELIB_DATA"
+        source = "--data, DATA= or data=" if path else "CORELIB_DATA"
         raise DataError(f"data directory {root} ({source}) does not exist: point it at the folder holding the "
                         "collections in the BEIR layout (e.g. ../shared/data), or leave it unset to load them online")
     return root

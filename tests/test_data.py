@@ -74,7 +74,7 @@ def test_a_named_data_directory_must_exist(tmp_path, monkeypatch, caplog):
     import corelib.data as data
 
     monkeypatch.setattr(data, "_load_ir_datasets", lambda *a, **k: pytest.fail("went online"))
-    with pytest.raises(DataError, match=rf"data directory {tmp_path}/nope \(--data\) does not exist"):
+    with pytest.raises(DataError, match=rf"data directory {tmp_path}/nope \(--data, DATA= or data=\) does not exist"):
         load_collection("scifact", tmp_path / "nope")
     monkeypatch.setenv("CORELIB_DATA", str(tmp_path / "gone"))
     with pytest.raises(DataError, match=r"gone \(CORELIB_DATA\) does not exist.*leave it unset"):

@@ -354,7 +354,7 @@ def test_make_with_an_unknown_profile_model_or_data_directory_stops_at_once_and_
     assert not (REPO / "results" / "no-such-profile").exists()  # before: an empty results/<name>/ was left
     # a model outside the profile, or a data directory that does not exist: stopped before any notebook runs
     for arg, said, folder in [("MODEL=no-such-model", "['no-such-model'] not in profile 'smoke'", "smoke/models/no-such-model"),
-                              ("DATA=/no/such/dir", "data directory /no/such/dir (--data) does not exist", None)]:
+                              ("DATA=/no/such/dir", "data directory /no/such/dir (--data, DATA= or data=) does not exist", None)]:
         out = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "reproduce", "PROFILE=smoke", arg],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode != 0 and said in out.stdout + out.stderr, arg
