@@ -163,12 +163,13 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
     """A TREC run file (``qid Q0 docid rank score tag``, possibly .gz) -> qid -> [(doc, score)] best first."""
-    rows: dict[str, list[tuple[int, str, float]]] = {}
-    first_line: dict[tuple[str, str], int] = {}
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         raise DataError(f"TREC run {path} not found (or not a file): give the path of a run file "
                         "('qid Q0 docid rank score tag' per line, possibly .gz)")
-    for n, line in _lines(Path(path)):
+    rows: dict[str, list[tuple[int, str, float]]] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    for n, line in _lines(path):
         cols = line.split()
         if not cols:
             continue
