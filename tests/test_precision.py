@@ -161,3 +161,68 @@ def test_the_report_says_where_a_models_rows_are_in_another_dtype_than_the_profi
     assert dtype_notes(S) == ["- **gemma3-270m's rows are float32, and the profile now computes it in bfloat16** (its precision "
                      "check passed, `precision.csv`): `make reproduce PROFILE=cpu MODEL=gemma3-270m` rewrites them "
                      "in bfloat16."]
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_a_rerun_on_another_machine_is_checked_against_the_earlier_runs_committed_rows(tmp_path):
+    """``machine_check``: the model's rows in the tables against those a git revision holds, under the precision
+    check's rule, with the share of identical scores and whether the top heads are the same."""
+    from corelib.study.precision import machine_check
+    from corelib.study.report import machine_note
+
+    S = Study("smoke", out=tmp_path)
+    S.tables_dir.mkdir(parents=True)
+    values = [(c, 0.1 + 0.04 * i) for i, c in enumerate(["scifact"] * 10 + ["cranfield"] * 10)]
+    pq = pd.concat([_rows(m, values, meth, src).assign(**{"first stage": "bm25", "k": 8})
+                    for m in ("smollm2-135m", "other") for meth, src in (("ICR", "all"), ("QR-R", "nq"), ("CoRe-R", "nq"))])
+    heads = pd.DataFrame([{"model": "smollm2-135m", "method": "core", "head source": "nq", "rank": r, "layer": r,
+                           "head": 0, "score": 1.0 / r, "relative depth": 0.1} for r in (1, 2)])
+    prov = lambda machine, commit: pd.DataFrame([{"model": "smollm2-135m", "command": "make reproduce", "commit": commit,  # noqa: E731
+                                                  "date": "2026-12-01", "machine": machine, "dtype": "bfloat16",
+                                                  "methods": ""}])
+    S.tables.write("per_query", pq)
+    S.tables.write("top_heads", heads)
+    S.tables.write("provenance", prov("cpu, 2 cores (Xeon)", "aaa1111"))
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "the earlier run")
+    with pytest.raises(ValueError, match="come from the same run"):
+        machine_check(S, "smollm2-135m", "HEAD")
+    S.tables.write("provenance", prov("cpu, 2 cores (EPYC)", "bbb2222"))
+    # the rerun: one CoRe-R score of twenty moves by 0.02, the other scores and the heads stay
+    moved = (pq["model"] == "smollm2-135m") & (pq["method"] == "CoRe-R") & (pq["query_id"] == "q0")
+    S.tables.write("per_query", pq.assign(**{"ndcg@10": pq["ndcg@10"] + moved * 0.02}))
+    out = machine_check(S, "smollm2-135m", "HEAD")
+    a = out["machine_check"].set_index("method")
+    assert a.loc["CoRe-R", "difference (points)"] == pytest.approx(0.1)  # 2 points in one collection of two
+    assert a.loc["CoRe-R", "queries identical"] == 0.95 and a.loc["CoRe-R", "queries within 0.05"] == 1
+    assert a.loc["ICR", "queries identical"] == 1 and a["passes"].all() and a["top heads unchanged"].all()
+    assert set(a["reference machine"]) == {"cpu, 2 cores (Xeon)"} and set(a["machine"]) == {"cpu, 2 cores (EPYC)"}
+    assert S.tables.read("machine_check")["model"].tolist() == ["smollm2-135m"] * 3
+    note = machine_note(S.tables.read("machine_check"), S.tables.read("machine_check_verdicts"))
+    assert note.startswith("- **Rerun on another machine**: smollm2-135m's bfloat16 rows from cpu, 2 cores (EPYC) at "
+                           "bbb2222 against its earlier run on cpu, 2 cores (Xeon) at aaa1111, 20 queries: ICR +0.00 "
+                           "points (100% of queries within 0.05, 100% identical)")
+    assert "CoRe-R +0.10 points (100% of queries within 0.05, 95% identical); the same top heads" in note
+    assert note.endswith("; passes.")
+    # a top head that moved is said; a score that moved beyond the tolerance fails criterion 2
+    S.tables.write("top_heads", heads.assign(layer=[1, 3]))
+    big = (pq["model"] == "smollm2-135m") & (pq["method"] == "ICR") & pq["query_id"].isin(["q0", "q1"])
+    S.tables.write("per_query", pq.assign(**{"ndcg@10": pq["ndcg@10"] + big * 0.06}))
+    a = machine_check(S, "smollm2-135m", "HEAD", write=False)["machine_check"]
+    assert not a["top heads unchanged"].any() and not a["passes"].any()
+    assert "ICR 90% of queries within 0.05" in a["failed"].iloc[0]
+    # another sample, another dtype, a revision without the tables: each an error that says so
+    S.tables.write("per_query", pq[pq["query_id"] != "q3"])
+    with pytest.raises(ValueError, match="3 missing, 0 extra"):  # one query, three methods
+        machine_check(S, "smollm2-135m", "HEAD")
+    S.tables.write("provenance", prov("cpu, 2 cores (EPYC)", "bbb2222").assign(dtype="float32"))
+    with pytest.raises(ValueError, match="that is a precision check"):
+        machine_check(S, "smollm2-135m", "HEAD")
+    with pytest.raises(FileNotFoundError, match="no provenance.csv at revision 'nosuchrev'"):
+        machine_check(S, "smollm2-135m", "nosuchrev")

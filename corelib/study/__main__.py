@@ -83,6 +83,10 @@ def main(argv=None) -> int:
                         "model's records in another dtype against its committed fp32 rows (computes the records it lacks)")
     pc.add_argument("--model", required=True, help="the model to check (one of the profile's)")
     pc.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    mc = sub.add_parser("machine-check", parents=[prof, out], help="the precision check's rule for a rerun on another "
+                        "machine: one model's rows in the tables against those an earlier commit holds (no forward)")
+    mc.add_argument("--model", required=True, help="the model to check (one of the profile's)")
+    mc.add_argument("--against", required=True, help="the git revision whose tables hold the earlier run's rows")
     sub.add_parser("comparisons", parents=[prof, out], help="recompute the paired comparisons of Tables 1-2, the "
                    "candidate-order check, the peak test and the pruning margin from a profile's per-query tables, then its verdicts and REPORT.md (no forward)")
     sub.add_parser("record-free", parents=[prof, data, out], help="recompute the rows of the methods that read no "
@@ -275,6 +279,14 @@ def main(argv=None) -> int:
             print(df[df["model"] == args.model].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
+    def machine():
+        from .precision import machine_check
+
+        S = Study(args.profile, out=args.out)
+        for name, df in machine_check(S, args.model, args.against).items():
+            print(df[df["model"] == args.model].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+
     def order_check():
         from .order_check import fill_icr_order_tau, write_all
 
@@ -285,7 +297,7 @@ def main(argv=None) -> int:
     return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
                         "released": released, "order-check": order_check, "figures": figures, "headline": headline,
                         "comparisons": comparisons, "record-costs": record_costs, "record-free": record_free, "practitioner-cost": practitioner_cost,
-                        "precision-check": precision}[args.command])
+                        "precision-check": precision, "machine-check": machine}[args.command])
 
 
 if __name__ == "__main__":

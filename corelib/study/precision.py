@@ -7,6 +7,9 @@ of the committed per-query table, writes ``precision`` (per method: means, per-q
 ``precision_verdicts`` (Table 1's per-model verdicts from both, criterion 3), and returns both. No committed table
 or head ranking of the profile is changed: the new dtype's records are their own records (the dtype is part of the
 key), and its heads live in memory only.
+
+``machine_check(study, model, against)`` applies the same rule to a model's rows recomputed in the same dtype on
+another machine, against the rows an earlier run committed (the tables at git revision ``against``).
 """
 
 from __future__ import annotations
@@ -68,53 +71,75 @@ def recompute(study: "Study", model: str, dtype: str, committed: pd.DataFrame, d
     return new
 
 
-def agreement(fp32: pd.DataFrame, other: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
-    """Criteria 1 and 2 per method and head source: means over collections and per-query agreement."""
+def _agreement(reference: pd.DataFrame, other: pd.DataFrame, names: tuple[str, str]) -> pd.DataFrame:
+    """Criteria 1 and 2 per method and head source, the two sides' means named ``names``: means over collections,
+    the share of queries within the tolerance and of identical ones, and the largest change."""
     key = lambda df: df.assign(**{"head source": df["head source"].fillna(""), "query_id": df["query_id"].astype(str)})  # noqa: E731
-    both = key(fp32).merge(key(other), on=KEYS, suffixes=(" fp32", " new"))
+    both = key(reference).merge(key(other), on=KEYS, suffixes=(" reference", " other"))
     rows = []
     for (method, src), g in both.groupby(["method", "head source"], sort=False):
-        a = mean_over_collections(g, "ndcg@10 fp32")
-        b = mean_over_collections(g, "ndcg@10 new")
-        within = float(((g["ndcg@10 new"] - g["ndcg@10 fp32"]).abs() <= QUERY_TOLERANCE + 1e-12).mean())
+        a = mean_over_collections(g, "ndcg@10 reference")
+        b = mean_over_collections(g, "ndcg@10 other")
+        change = (g["ndcg@10 other"] - g["ndcg@10 reference"]).abs()
+        within = float((change <= QUERY_TOLERANCE + 1e-12).mean())
         checked = method in CHECKED and src in ("all", "nq")
-        rows.append({"model": model, "dtype": dtype, "method": method, "head source": src, "queries": len(g),
-                     "ndcg@10 fp32": a, f"ndcg@10 {dtype}": b, "difference (points)": 100 * (b - a),
-                     f"queries within {QUERY_TOLERANCE}": within,
-                     "largest change": float((g["ndcg@10 new"] - g["ndcg@10 fp32"]).abs().max()),
+        rows.append({"method": method, "head source": src, "queries": len(g), names[0]: a, names[1]: b,
+                     "difference (points)": 100 * (b - a), f"queries within {QUERY_TOLERANCE}": within,
+                     "queries identical": float((change <= 1e-12).mean()), "largest change": float(change.max()),
                      "checked": checked,
                      "mean within 0.5 point": abs(100 * (b - a)) <= MEAN_TOLERANCE if checked else None,
                      f"{QUERY_SHARE:.0%} of queries within": within >= QUERY_SHARE if checked else None})
-    return pd.DataFrame(rows).rename(columns={f"ndcg@10 {dtype}": "ndcg@10 (new dtype)"})
+    return pd.DataFrame(rows)
 
 
-def verdict_changes(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
-    """Criterion 3: Table 1's claims for every model, once from the committed table and once with the model's
-    record-based rows in the new dtype (the other models' rows as committed, so each claim's Holm family is the
-    same); the model's per-model verdicts side by side."""
+def agreement(fp32: pd.DataFrame, other: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
+    """Criteria 1 and 2 per method and head source: means over collections and per-query agreement."""
+    rows = _agreement(fp32, other, ("ndcg@10 fp32", "ndcg@10 (new dtype)"))
+    return rows.drop(columns="queries identical").assign(model=model, dtype=dtype)
+
+
+def _verdicts(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, model: str,
+              names: tuple[str, str]) -> pd.DataFrame:
+    """Table 1's claims for every model, once from the ``committed`` per-query table and once with the model's rows
+    of ``new``'s methods replaced by ``new`` (the other models' rows as committed, so each claim's Holm family is
+    the same); the model's per-model differences and verdicts side by side, the two sides named ``names``."""
     sources = [s for s in HEAD_SOURCES if s in set(committed["head source"])]
     pairs = table1_pairs(study, sources)
     mine = (committed["model"] == model) & committed["method"].isin(set(new["method"]))
     swapped = pd.concat([committed[~mine], new], ignore_index=True)
     before, after = compare(study, committed, pairs), compare(study, swapped, pairs)
     cols = ["claim", "head source", "model"]
-    both = before.merge(after, on=cols, suffixes=(" fp32", " new"))
+    both = before.merge(after, on=cols, suffixes=(" before", " after"))
     both = both[both["model"] == model]
-    return pd.DataFrame({"model": model, "dtype": dtype, "claim": both["claim"], "head source": both["head source"],
-                         "difference fp32": both["difference fp32"], "difference (new dtype)": both["difference new"],
-                         "verdict fp32": both["verdict fp32"], "verdict (new dtype)": both["verdict new"],
-                         "unchanged": both["verdict fp32"] == both["verdict new"]})
+    return pd.DataFrame({"model": model, "claim": both["claim"], "head source": both["head source"],
+                         f"difference {names[0]}": both["difference before"],
+                         f"difference {names[1]}": both["difference after"],
+                         f"verdict {names[0]}": both["verdict before"], f"verdict {names[1]}": both["verdict after"],
+                         "unchanged": _word(both["verdict before"]) == _word(both["verdict after"])})
+
+
+def _word(verdicts: pd.Series) -> pd.Series:
+    """The three-way verdict alone (supported, contradicted or inconclusive), without its marks: a mark such as
+    the share of zero differences of an uninformative row may move while the verdict stays."""
+    return verdicts.astype(str).str.split().str[0]
+
+
+def verdict_changes(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
+    """Criterion 3: Table 1's per-model verdicts from the committed table and with the model's record-based rows
+    in the new dtype."""
+    return _verdicts(study, committed, new, model, ("fp32", "(new dtype)")).assign(dtype=dtype)
 
 
 def passes(agree: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[bool, str]:
-    """The rule's outcome and, when it fails, which criterion failed."""
-    checked = agree[agree["checked"]]
+    """The rule's outcome and, when it fails, which criterion failed (``verdicts``: the two sides' verdicts in its
+    two ``verdict ...`` columns, the reference first)."""
+    checked = agree[agree["checked"].astype(bool)]
     failed = [f"{r['method']} mean {r['difference (points)']:+.2f} points" for _, r in checked.iterrows()
               if not r["mean within 0.5 point"]]
     failed += [f"{r['method']} {r[f'queries within {QUERY_TOLERANCE}']:.0%} of queries within {QUERY_TOLERANCE}"
                for _, r in checked.iterrows() if not r[f"{QUERY_SHARE:.0%} of queries within"]]
-    failed += [f"{r['claim']}: {r['verdict fp32']} -> {r['verdict (new dtype)']}" for _, r in verdicts.iterrows()
-               if not r["unchanged"]]
+    before, after = [c for c in verdicts.columns if c.startswith("verdict ")]
+    failed += [f"{r['claim']}: {r[before]} -> {r[after]}" for _, r in verdicts.iterrows() if not r["unchanged"]]
     if len(checked) != len(CHECKED):
         failed.append(f"checked {sorted(checked['method'])}, not all of {list(CHECKED)}")
     return not failed, "; ".join(failed)
@@ -142,4 +167,66 @@ def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: 
     return out
 
 
-__all__ = ["precision_check", "agreement", "verdict_changes", "passes", "recompute"]
+def _run(prov: pd.DataFrame, model: str, where: str) -> pd.Series:
+    """The provenance row of the run that computed every row of ``model``."""
+    runs = prov[(prov["model"] == model) & (prov["methods"].fillna("") == "")]
+    if runs.empty:
+        raise ValueError(f"the provenance table {where} names no run that computed {model}'s rows")
+    return runs.iloc[-1]
+
+
+def _top_heads(df: pd.DataFrame, model: str) -> dict:
+    mine = df[df["model"] == model].fillna({"head source": ""}).sort_values("rank")
+    return {k: list(zip(g["layer"], g["head"])) for k, g in mine.groupby(["method", "head source"], sort=True)}
+
+
+def machine_check(study: "Study", model: str, against: str, write: bool = True) -> dict[str, pd.DataFrame]:
+    """A model's committed rows, recomputed on another machine in the same dtype, against an earlier run's rows
+    (the tables at git revision ``against``), under the precision check's rule (criteria 1-3, ``passes``).
+
+    bf16 products accumulate in another order on another CPU (with or without AMX, say), so a rerun there need
+    not give the same scores; this states how far they moved. Writes ``machine_check`` (per method and head
+    source: means, per-query agreement, the share of identical scores, whether every top-head ranking is the
+    same) and ``machine_check_verdicts`` (Table 1's per-model verdicts under both), other models' rows kept."""
+    if model not in study.p.models:
+        raise ValueError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
+    here = f"in {study.tables_dir}"
+    ref_run = _run(study.tables.read_at("provenance", against), model, f"at {against}")
+    prov = study.tables.read("provenance")
+    if prov is None:
+        raise FileNotFoundError(f"no provenance table {here}: run `make reproduce PROFILE={study.p.name} MODEL={model}`")
+    run = _run(prov, model, here)
+    if ref_run["dtype"] != run["dtype"]:
+        raise ValueError(f"{model}'s rows at {against} are {ref_run['dtype']} and these are {run['dtype']}: that is "
+                         "a precision check (`python -m corelib.study precision-check`), not a rerun on another machine")
+    if ref_run["commit"] == run["commit"] and ref_run["machine"] == run["machine"]:
+        raise ValueError(f"{model}'s rows at {against} come from the same run as these ({run['commit']}, "
+                         f"{run['machine']}): name the commit whose tables hold the earlier run")
+    reference = study.tables.read_at("per_query", against)
+    current = study.tables.read("per_query")
+    ref_rows, rows = (df[df["model"] == model] for df in (reference, current))
+    asked, got = (set(map(tuple, df[KEYS].fillna("").astype(str).values)) for df in (ref_rows, rows))
+    if not asked or asked != got:
+        raise ValueError(f"{model}'s rows {here} score other queries or methods than at {against} "
+                         f"({len(asked - got)} missing, {len(got - asked)} extra): the two runs are not of the same "
+                         "sample, so their scores cannot be compared query by query")
+    agree = _agreement(ref_rows, rows, ("ndcg@10 reference", "ndcg@10 (this run)"))
+    heads = _top_heads(study.tables.read_at("top_heads", against), model) == _top_heads(study.tables.read("top_heads"), model)
+    verdicts = _verdicts(study, reference, rows, model, ("reference", "(this run)")).assign(dtype=run["dtype"])
+    ok, why = passes(agree, verdicts)
+    agree = agree.assign(model=model, dtype=run["dtype"], **{"reference commit": ref_run["commit"],
+                         "reference machine": ref_run["machine"], "commit": run["commit"], "machine": run["machine"],
+                         "top heads unchanged": heads, "passes": ok, "failed": why})
+    log.info("%s rerun on %s against %s (%s): %s", model, run["machine"], against, ref_run["machine"],
+             "passes" if ok else f"fails ({why})")
+    out = {"machine_check": agree, "machine_check_verdicts": verdicts}
+    if write:
+        for name, df in out.items():
+            old = study.tables.read(name)
+            if old is not None:
+                df = pd.concat([old[old["model"] != model], df], ignore_index=True)
+            out[name] = study.tables.write(name, df)
+    return out
+
+
+__all__ = ["precision_check", "machine_check", "agreement", "verdict_changes", "passes", "recompute"]

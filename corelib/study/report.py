@@ -387,6 +387,25 @@ def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) ->
     return "- **Precision check**: " + "; ".join(parts) + "."
 
 
+def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> str | None:
+    """A model's rerun on another machine against its earlier run (the precision check's rule), from its tables."""
+    if agree is None or agree.empty:
+        return None
+    parts = []
+    for model, g in agree.groupby("model", sort=False):
+        r0, checked = g.iloc[0], g[g["checked"].astype(bool)]
+        cells = ", ".join(f"{r['method']} {r['difference (points)']:+.2f} points ({r['queries within 0.05']:.0%} of "
+                          f"queries within 0.05, {r['queries identical']:.0%} identical)" for _, r in checked.iterrows())
+        v = verdicts[verdicts["model"] == model] if verdicts is not None else None
+        same = f"; {int(v['unchanged'].sum())} of {len(v)} of Table 1's verdicts unchanged" if v is not None and len(v) else ""
+        heads = "the same top heads" if bool(r0["top heads unchanged"]) else "other top heads"
+        ok = bool(r0["passes"])
+        parts.append(f"{model}'s {r0['dtype']} rows from {r0['machine']} at {r0['commit']} against its earlier run on "
+                     f"{r0['reference machine']} at {r0['reference commit']}, {int(checked['queries'].max())} queries: "
+                     f"{cells}; {heads}{same}; {'passes' if ok else 'fails (' + str(r0['failed']) + ')'}")
+    return "- **Rerun on another machine**: " + "; ".join(parts) + "."
+
+
 def sample_notes(study: "Study") -> list[str]:
     """Where a model's committed Table 1 rows hold another number of evaluated queries than the profile's
     sample gives (the tables predate a change of the profile), one line saying so and how to catch up."""
@@ -559,7 +578,8 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "and the sign-flip test part); the pooled test counts a query once (the models' samples differ "
                  "in size, so a model with more queries weighs more in it).", "", *summary(v),
                  *filter(None, [depth_note(t.read("depth"), t.read("released_depth")),
-                                precision_note(t.read("precision"), t.read("precision_verdicts"))]),
+                                precision_note(t.read("precision"), t.read("precision_verdicts")),
+                                machine_note(t.read("machine_check"), t.read("machine_check_verdicts"))]),
                  *sample_notes(study), *dtype_notes(study), ""]
         ours = v[v["model"].isin(models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]

@@ -1,7 +1,7 @@
 """Every table of the study, one module per artefact, each a plain function ``f(study, ...) -> DataFrame``
 that computes a table from cached records, writes ``<name>.csv`` to the study's tables folder and returns it.
 
-- ``schema``: the columns of every table (defined once), ``write`` and ``read`` (the report reads through it)
+- ``schema``: the columns of every table (defined once), ``write``, ``read`` (the report reads through it) and ``read_at`` (at a git revision)
 - ``inputs``: collections, prompt lengths
 - ``heads``: top heads, NIAH detection, overlap, detection temperature, depth (Figure 2)
 - ``table1``: the per-query table, Table 1, the paired comparisons, the in-domain head sources
@@ -34,7 +34,7 @@ __all__ = ["COLUMNS", "METHODS", "Ablations", "Tables", "base_table", "columns",
 
 # name -> function(study, ...): every table builder and the per-study helpers the notebooks call
 ARTEFACTS = {
-    "write": schema.write, "read": schema.read,
+    "write": schema.write, "read": schema.read, "read_at": schema.read_at,
     "collections": inputs.collections, "prompt_lengths": inputs.prompt_lengths,
     "top_heads": heads.top_heads, "head_score_maps": heads.head_score_maps, "niah_detection": heads.niah_detection,
     "overlap": heads.overlap,

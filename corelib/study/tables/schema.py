@@ -84,6 +84,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                   "95% of queries within", "passes", "failed"),
     "precision_verdicts": ("model", "dtype", "claim", "head source", "difference fp32", "difference (new dtype)",
                            "verdict fp32", "verdict (new dtype)", "unchanged"),
+    # a model's rows recomputed on another machine in the same dtype, against an earlier run's committed rows
+    # (precision.machine_check): the same rule per method, whether each query's score is identical, the top heads
+    "machine_check": ("model", "dtype", "reference commit", "reference machine", "commit", "machine", "method",
+                      "head source", "queries", "ndcg@10 reference", "ndcg@10 (this run)", "difference (points)",
+                      "queries within 0.05", "queries identical", "largest change", "checked", "mean within 0.5 point",
+                      "95% of queries within", "top heads unchanged", "passes", "failed"),
+    "machine_check_verdicts": ("model", "dtype", "claim", "head source", "difference reference",
+                               "difference (this run)", "verdict reference", "verdict (this run)", "unchanged"),
     "first_stage_agreement": ("model", "method", "queries", "correlation with BM25 (per-query ndcg@10)"),
     "released_depth": ("model", "source", "layers", "top heads", "top layers", "in middle third", "median relative depth",
                        "p more", "p fewer", "p more holm", "p fewer holm", "verdict", "largest share keeping the top layers"),
@@ -210,6 +218,25 @@ def read(study: "Study", name: str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     return with_later_columns(pd.read_csv(path, dtype={"query_id": str}), base_table(name))[columns(name)]
+
+
+def read_at(study: "Study", name: str, revision: str) -> pd.DataFrame:
+    """A table as a git revision of the study's tables folder holds it (an earlier run's committed rows), read
+    like ``read``; an error names the table and the revision where the revision lacks it."""
+    import io
+    import subprocess
+
+    try:
+        shown = subprocess.run(["git", "show", f"{revision}:./{name}.csv"], cwd=study.tables_dir, capture_output=True,
+                               text=True)
+    except OSError as e:  # no git
+        raise FileNotFoundError(f"reading {name}.csv at {revision} needs git: {e}") from None
+    if shown.returncode:
+        raise FileNotFoundError(f"no {name}.csv at revision {revision!r} in {study.tables_dir} "
+                                f"({shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else 'git failed'}): "
+                                "name a commit whose tables hold the earlier run (`git log -- <tables folder>`)")
+    df = pd.read_csv(io.StringIO(shown.stdout), dtype={"query_id": str})
+    return with_later_columns(df, base_table(name))[columns(name)]
 
 
 def mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
