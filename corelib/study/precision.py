@@ -176,8 +176,9 @@ def _run(prov: pd.DataFrame, model: str, where: str) -> pd.Series:
 
 
 def _top_heads(df: pd.DataFrame, model: str) -> dict:
-    mine = df[df["model"] == model].fillna({"head source": ""}).sort_values("rank")
-    return {k: list(zip(g["layer"], g["head"])) for k, g in mine.groupby(["method", "head source"], sort=True)}
+    """Each method's and head source's top heads as a set (what its re-ranker sums; their order within it is not)."""
+    mine = df[df["model"] == model].fillna({"head source": ""})
+    return {k: sorted(zip(g["layer"], g["head"])) for k, g in mine.groupby(["method", "head source"], sort=True)}
 
 
 def machine_check(study: "Study", model: str, against: str, write: bool = True) -> dict[str, pd.DataFrame]:
@@ -186,8 +187,8 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
 
     bf16 products accumulate in another order on another CPU (with or without AMX, say), so a rerun there need
     not give the same scores; this states how far they moved. Writes ``machine_check`` (per method and head
-    source: means, per-query agreement, the share of identical scores, whether every top-head ranking is the
-    same) and ``machine_check_verdicts`` (Table 1's per-model verdicts under both), other models' rows kept."""
+    source: means, per-query agreement, the share of identical scores, whether each method's top heads are the
+    same set) and ``machine_check_verdicts`` (Table 1's per-model verdicts under both), other models' rows kept."""
     if model not in study.p.models:
         raise ValueError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
     here = f"in {study.tables_dir}"

@@ -85,7 +85,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "precision_verdicts": ("model", "dtype", "claim", "head source", "difference fp32", "difference (new dtype)",
                            "verdict fp32", "verdict (new dtype)", "unchanged"),
     # a model's rows recomputed on another machine in the same dtype, against an earlier run's committed rows
-    # (precision.machine_check): the same rule per method, whether each query's score is identical, the top heads
+    # (precision.machine_check): the same rule per method, whether each query's score is identical, whether
+    # every method's set of top heads is the same
     "machine_check": ("model", "dtype", "reference commit", "reference machine", "commit", "machine", "method",
                       "head source", "queries", "ndcg@10 reference", "ndcg@10 (this run)", "difference (points)",
                       "queries within 0.05", "queries identical", "largest change", "checked", "mean within 0.5 point",
