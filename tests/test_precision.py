@@ -186,6 +186,8 @@ def test_a_rerun_on_another_machine_is_checked_against_the_earlier_runs_committe
                                                   "date": "2026-12-01", "machine": machine, "dtype": "bfloat16",
                                                   "methods": ""}])
     S.tables.write("per_query", pq)
+    S.tables.table1_comparisons(pq)
+    S.tables.write("per_query_pruning", pq[pq["method"] == "CoRe-R"].assign(method="50% pruned"))
     S.tables.write("top_heads", heads)
     S.tables.write("provenance", prov("cpu, 2 cores (Xeon)", "aaa1111"))
     _git(tmp_path, "init", "-q")
@@ -197,18 +199,26 @@ def test_a_rerun_on_another_machine_is_checked_against_the_earlier_runs_committe
     # the rerun: one CoRe-R score of twenty moves by 0.02, the other scores and the heads stay
     moved = (pq["model"] == "smollm2-135m") & (pq["method"] == "CoRe-R") & (pq["query_id"] == "q0")
     S.tables.write("per_query", pq.assign(**{"ndcg@10": pq["ndcg@10"] + moved * 0.02}))
+    S.tables.table1_comparisons(S.tables.read("per_query"))
     out = machine_check(S, "smollm2-135m", "HEAD")
     a = out["machine_check"].set_index("method")
+    # the other per-query tables are compared too, under no criterion (they are not Table 1's)
+    assert a.loc["50% pruned", "table"] == "per_query_pruning" and not a.loc["50% pruned", "checked"]
+    assert a.loc["50% pruned", "queries identical"] == 1 and (a.drop("50% pruned")["table"] == "per_query").all()
+    v = out["machine_check_verdicts"].set_index("claim")
+    assert v.loc["CoRe-R beats ICR", "difference (this run)"] == pytest.approx(0.1) and v["unchanged"].all()
+    assert set(v["table"]) == {"comparisons_table1"}
     assert a.loc["CoRe-R", "difference (points)"] == pytest.approx(0.1)  # 2 points in one collection of two
     assert a.loc["CoRe-R", "queries identical"] == 0.95 and a.loc["CoRe-R", "queries within 0.05"] == 1
     assert a.loc["ICR", "queries identical"] == 1 and a["passes"].all() and a["top heads unchanged"].all()
     assert set(a["reference machine"]) == {"cpu, 2 cores (Xeon)"} and set(a["machine"]) == {"cpu, 2 cores (EPYC)"}
-    assert S.tables.read("machine_check")["model"].tolist() == ["smollm2-135m"] * 3
+    assert S.tables.read("machine_check")["model"].tolist() == ["smollm2-135m"] * 4
     note = machine_note(S.tables.read("machine_check"), S.tables.read("machine_check_verdicts"))
     assert note.startswith("- **Rerun on another machine**: smollm2-135m's bfloat16 rows from cpu, 2 cores (EPYC) at "
                            "bbb2222 against its earlier run on cpu, 2 cores (Xeon) at aaa1111, 20 queries: ICR +0.00 "
                            "points (100% of queries within 0.05, 100% identical)")
-    assert "CoRe-R +0.10 points (100% of queries within 0.05, 95% identical); the same top heads" in note
+    assert ("CoRe-R +0.10 points (100% of queries within 0.05, 95% identical); the other per-query tables' means "
+            "within 0.00 point (per_query_pruning 50% pruned); the same top heads; 2 of 2 verdicts unchanged") in note
     assert note.endswith("; passes.")
     # the top heads in another order are the same set (a re-ranker sums them); a head that moved is said, and a
     # score that moved beyond the tolerance fails criterion 2

@@ -181,14 +181,38 @@ def _top_heads(df: pd.DataFrame, model: str) -> dict:
     return {k: sorted(zip(g["layer"], g["head"])) for k, g in mine.groupby(["method", "head source"], sort=True)}
 
 
+# the per-query tables a rerun recomputes (``order_per_query``: one row per order, which names the method's variant)
+PER_QUERY_TABLES = ("per_query", "per_query_multilingual", "per_query_pruning", "per_query_peak", "order_per_query")
+
+
+def _scores(df: pd.DataFrame | None, name: str, model: str) -> pd.DataFrame | None:
+    if df is None or model not in set(df["model"]):
+        return None
+    mine = df[df["model"] == model]
+    if name == "order_per_query":
+        mine = mine.assign(method=mine["method"] + ", " + mine["order"], **{"head source": ""})
+    return mine[KEYS + ["ndcg@10"]]
+
+
+def _both(study: "Study", name: str, against: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """A table at ``against`` and now (None where it is not there)."""
+    try:
+        then = study.tables.read_at(name, against)
+    except FileNotFoundError:
+        then = None
+    return then, study.tables.read(name)
+
+
 def machine_check(study: "Study", model: str, against: str, write: bool = True) -> dict[str, pd.DataFrame]:
     """A model's committed rows, recomputed on another machine in the same dtype, against an earlier run's rows
-    (the tables at git revision ``against``), under the precision check's rule (criteria 1-3, ``passes``).
+    (the tables at git revision ``against``), under the precision check's rule (``passes``): criteria 1 and 2 on
+    Table 1's per-query rows, criterion 3 on every claim's per-model verdict, since the rerun replaces them all.
 
     bf16 products accumulate in another order on another CPU (with or without AMX, say), so a rerun there need
-    not give the same scores; this states how far they moved. Writes ``machine_check`` (per method and head
-    source: means, per-query agreement, the share of identical scores, whether each method's top heads are the
-    same set) and ``machine_check_verdicts`` (Table 1's per-model verdicts under both), other models' rows kept."""
+    not give the same scores; this states how far they moved. Writes ``machine_check`` (per per-query table,
+    method and head source: means, per-query agreement, the share of identical scores; whether each method's top
+    heads are the same set) and ``machine_check_verdicts`` (the model's rows of every comparison table, as the
+    two revisions hold them), other models' rows kept."""
     if model not in study.p.models:
         raise ValueError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
     here = f"in {study.tables_dir}"
@@ -203,17 +227,37 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
     if ref_run["commit"] == run["commit"] and ref_run["machine"] == run["machine"]:
         raise ValueError(f"{model}'s rows at {against} come from the same run as these ({run['commit']}, "
                          f"{run['machine']}): name the commit whose tables hold the earlier run")
-    reference = study.tables.read_at("per_query", against)
-    current = study.tables.read("per_query")
-    ref_rows, rows = (df[df["model"] == model] for df in (reference, current))
-    asked, got = (set(map(tuple, df[KEYS].fillna("").astype(str).values)) for df in (ref_rows, rows))
-    if not asked or asked != got:
-        raise ValueError(f"{model}'s rows {here} score other queries or methods than at {against} "
-                         f"({len(asked - got)} missing, {len(got - asked)} extra): the two runs are not of the same "
-                         "sample, so their scores cannot be compared query by query")
-    agree = _agreement(ref_rows, rows, ("ndcg@10 reference", "ndcg@10 (this run)"))
+    parts = []
+    for name in PER_QUERY_TABLES:
+        then, now = (_scores(df, name, model) for df in _both(study, name, against))
+        if name == "per_query" and (then is None or now is None):
+            raise ValueError(f"{model} has no rows in per_query.csv {'at ' + against if then is None else here}")
+        if then is None or now is None:  # a table one of the runs did not write: nothing to compare
+            continue
+        asked, got = (set(map(tuple, df[KEYS].fillna("").astype(str).values)) for df in (then, now))
+        if asked != got:
+            raise ValueError(f"{model}'s rows of {name} {here} score other queries or methods than at {against} "
+                             f"({len(asked - got)} missing, {len(got - asked)} extra): the two runs are not of the "
+                             "same sample, so their scores cannot be compared query by query")
+        rows = _agreement(then, now, ("ndcg@10 reference", "ndcg@10 (this run)")).assign(table=name)
+        if name != "per_query":  # criteria 1 and 2 are Table 1's
+            rows = rows.assign(**{"checked": False, "mean within 0.5 point": None, "95% of queries within": None})
+        parts.append(rows)
+    agree = pd.concat(parts, ignore_index=True)
     heads = _top_heads(study.tables.read_at("top_heads", against), model) == _top_heads(study.tables.read("top_heads"), model)
-    verdicts = _verdicts(study, reference, rows, model, ("reference", "(this run)")).assign(dtype=run["dtype"])
+    verdicts = []
+    for name in sorted(p.stem for p in study.tables_dir.glob("comparisons_*.csv")):
+        then, now = _both(study, name, against)
+        if then is None:
+            continue
+        a, b = (df[df["model"] == model].fillna({"head source": ""}) for df in (then, now))
+        both = a.merge(b, on=["claim", "head source"], suffixes=(" before", " after"))
+        verdicts.append(pd.DataFrame({
+            "table": name, "claim": both["claim"], "head source": both["head source"],
+            "difference reference": both["difference before"], "difference (this run)": both["difference after"],
+            "verdict reference": both["verdict before"], "verdict (this run)": both["verdict after"],
+            "unchanged": _word(both["verdict before"]) == _word(both["verdict after"])}))
+    verdicts = pd.concat(verdicts, ignore_index=True).assign(model=model, dtype=run["dtype"])
     ok, why = passes(agree, verdicts)
     agree = agree.assign(model=model, dtype=run["dtype"], **{"reference commit": ref_run["commit"],
                          "reference machine": ref_run["machine"], "commit": run["commit"], "machine": run["machine"],

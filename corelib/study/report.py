@@ -388,7 +388,8 @@ def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) ->
 
 
 def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> str | None:
-    """A model's rerun on another machine against its earlier run (the precision check's rule), from its tables."""
+    """A model's rerun on another machine against its earlier run (the precision check's rule), from its tables:
+    Table 1's checked methods, the largest move among the other per-query tables, the heads and every verdict."""
     if agree is None or agree.empty:
         return None
     parts = []
@@ -397,7 +398,12 @@ def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> s
         cells = ", ".join(f"{r['method']} {r['difference (points)']:+.2f} points ({r['queries within 0.05']:.0%} of "
                           f"queries within 0.05, {r['queries identical']:.0%} identical)" for _, r in checked.iterrows())
         v = verdicts[verdicts["model"] == model] if verdicts is not None else None
-        same = f"; {int(v['unchanged'].sum())} of {len(v)} of Table 1's verdicts unchanged" if v is not None and len(v) else ""
+        same = f"; {int(v['unchanged'].sum())} of {len(v)} verdicts unchanged" if v is not None and len(v) else ""
+        rest = g[g["table"] != "per_query"]
+        if len(rest):  # the other per-query tables: the largest move of a mean
+            far = rest.loc[rest["difference (points)"].abs().idxmax()]
+            cells += (f"; the other per-query tables' means within {abs(far['difference (points)']):.2f} point "
+                      f"({far['table']} {far['method']})")
         heads = "the same top heads" if bool(r0["top heads unchanged"]) else "other top heads"
         ok = bool(r0["passes"])
         parts.append(f"{model}'s {r0['dtype']} rows from {r0['machine']} at {r0['commit']} against its earlier run on "

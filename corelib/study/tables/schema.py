@@ -85,13 +85,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "precision_verdicts": ("model", "dtype", "claim", "head source", "difference fp32", "difference (new dtype)",
                            "verdict fp32", "verdict (new dtype)", "unchanged"),
     # a model's rows recomputed on another machine in the same dtype, against an earlier run's committed rows
-    # (precision.machine_check): the same rule per method, whether each query's score is identical, whether
-    # every method's set of top heads is the same
-    "machine_check": ("model", "dtype", "reference commit", "reference machine", "commit", "machine", "method",
-                      "head source", "queries", "ndcg@10 reference", "ndcg@10 (this run)", "difference (points)",
+    # (precision.machine_check): per per-query table and method the same rule, whether each query's score is
+    # identical, whether every method's set of top heads is the same; every comparison table's verdicts
+    "machine_check": ("model", "dtype", "reference commit", "reference machine", "commit", "machine", "table",
+                      "method", "head source", "queries", "ndcg@10 reference", "ndcg@10 (this run)", "difference (points)",
                       "queries within 0.05", "queries identical", "largest change", "checked", "mean within 0.5 point",
                       "95% of queries within", "top heads unchanged", "passes", "failed"),
-    "machine_check_verdicts": ("model", "dtype", "claim", "head source", "difference reference",
+    "machine_check_verdicts": ("model", "dtype", "table", "claim", "head source", "difference reference",
                                "difference (this run)", "verdict reference", "verdict (this run)", "unchanged"),
     "first_stage_agreement": ("model", "method", "queries", "correlation with BM25 (per-query ndcg@10)"),
     "released_depth": ("model", "source", "layers", "top heads", "top layers", "in middle third", "median relative depth",
