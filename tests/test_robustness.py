@@ -83,5 +83,5 @@ def test_the_report_leads_with_its_answer_and_links_its_figures(tmp_path):
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert heads[:3] == ["## Summary", "## Claims at a glance", "## Contents"]
     assert heads[-1] == "## Appendix: the analysis plan"
-    assert "- **CoRe-R beats ICR**: pooled +3.44 [+2.34, +4.60], supported" in text  # the family-adjusted interval
+    assert "- **CoRe-R beats ICR**: pooled +3.50 [+2.41, +4.66], supported" in text  # the family-adjusted interval
     assert "[forest](../../figures/cpu/forest.png)" in text and "(tables/forest.csv)" in text
