@@ -4,6 +4,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from corelib.study import plots
+from corelib.study.analysis import SCALING_DEPTH
 
 
 def test_save_keeps_dots_in_model_names(tmp_path):
@@ -82,12 +83,12 @@ def test_the_scaling_view_puts_the_papers_models_depth_beside_the_small_models()
     df = pd.DataFrame({"model": ["b", "a"], "parameters": [2e9, 1e8], "BM25": [0.4, 0.4], "ICR": [0.3, 0.35],
                        "QR-R": [0.4, 0.41], "CoRe-R": [0.42, 0.43], "random 8 heads (median)": [0.3, 0.3],
                        **{f"CoRe-R - {o}{c}": [1.0, 2.0] for o in ("ICR", "QR-R") for c in ("", " ci low", " ci high")},
-                       plots.DEPTH: [0.7, 0.55]})
+                       SCALING_DEPTH: [0.7, 0.55]})
     released = pd.DataFrame({"model": ["Big-7B"], "median relative depth": [0.45]})
     fig = plots.scaling(df, released=released)
     ax = fig.axes[2]
     ours, theirs = ax.collections[0], ax.collections[1]  # after the shaded band (a patch)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "Big-7B"]  # size order, then the paper's
     assert ours.get_offsets()[:, 1].tolist() == [0.55, 0.7] and theirs.get_offsets().tolist() == [[2.0, 0.45]]
-    assert len(plots.scaling(df.drop(columns=[plots.DEPTH])).axes) == 2
+    assert len(plots.scaling(df.drop(columns=[SCALING_DEPTH])).axes) == 2
     plt.close("all")

@@ -331,6 +331,10 @@ def split_halves(queries: pd.DataFrame, seed: int = SEED) -> tuple[pd.Index, pd.
     return first_index, queries.index.difference(first_index)
 
 
+# the scaling table's column of the depth claim: the median relative depth of a model's top CoRe heads
+SCALING_DEPTH = "top CoRe heads: median relative depth"
+
+
 def middle_third_test(relative_depths) -> tuple[int, int, float, float]:
     """(inside, k, p more than 1/3, p fewer than 1/3) for the top heads' relative depths."""
     d = np.asarray(relative_depths, dtype=float)

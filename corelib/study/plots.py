@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .analysis import SCALING_DEPTH
 from .methods import NIAH_PROMPT, line_style
 
 
@@ -332,9 +333,6 @@ def _size_label(n: float) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
-DEPTH = "top CoRe heads: median relative depth"
-
-
 def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None, released: pd.DataFrame | None = None):
     """The scaling view: a column per model in size order (parameter counts as labels; points, not lines, since the
     models differ in family as well as size). Left: mean nDCG@10 of each method (the bi-encoder from the Table 1
@@ -348,7 +346,7 @@ def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None, released: pd.
         df = df.merge(average[["model", *more]], on="model", how="left")
     x = np.arange(len(df))
     labels = [f"{_size_label(n)}\n{m}" for m, n in zip(df["model"], df["parameters"])]
-    depth = DEPTH in df and df[DEPTH].notna().any()
+    depth = SCALING_DEPTH in df and df[SCALING_DEPTH].notna().any()
     fig, axes = plt.subplots(1, 3 if depth else 2, figsize=(21 if depth else 14, 4),
                              gridspec_kw={"width_ratios": [1, 1, 0.8] if depth else [1, 1]})
     methods = [m for m in TABLE1 if m in df and df[m].notna().any()]
@@ -384,7 +382,7 @@ def _depth_panel(ax, df: pd.DataFrame, released: pd.DataFrame | None):
     from .methods import colour
 
     core = colour("CoRe-R")
-    ours, labels = df[DEPTH].to_numpy(dtype=float), list(df["model"])
+    ours, labels = df[SCALING_DEPTH].to_numpy(dtype=float), list(df["model"])
     theirs = released.dropna(subset=["median relative depth"]) if released is not None else pd.DataFrame()
     ax.axhspan(1 / 3, 2 / 3, color="0.92", zorder=0, label="middle third of depth")
     ax.scatter(np.arange(len(ours)), ours, color=core, zorder=3, label="top-8 CoRe heads, detected here")

@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 
 import pandas as pd
 
+from ..analysis import SCALING_DEPTH
 from .schema import read, write
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def scaling(study: "Study") -> pd.DataFrame:
             for col, src in (("", "difference"), (" ci low", "ci low"), (" ci high", "ci high")):
                 row[f"CoRe-R - {other}{col}"] = float(c[src].iloc[0]) if len(c) else float("nan")
         d = depth[depth["model"] == m] if depth is not None else ()
-        row["top CoRe heads: median relative depth"] = float(d["median relative depth"].iloc[0]) if len(d) else float("nan")
+        row[SCALING_DEPTH] = float(d["median relative depth"].iloc[0]) if len(d) else float("nan")
         pr = prune[(prune["model"] == m) & (prune["method"] == "CoRe-R") & (prune["level"].fillna("fixed") == "fixed")] \
             if prune is not None else None
         kept = pr.set_index("pruned share")["ndcg@10"] if pr is not None and len(pr) else {}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
+from ..analysis import SCALING_DEPTH
 from ..methods import TABLE1
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "provenance": ("model", "command", "commit", "date", "machine", "dtype", "methods"),
     "scaling": ("model", "parameters", "family", "tuning", "weights", "queries", "BM25", "ICR", "QR-R", "CoRe-R",
                 "NIAH-R", "random 8 heads (median)", "CoRe-R - ICR", "CoRe-R - ICR ci low", "CoRe-R - ICR ci high",
-                "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", "top CoRe heads: median relative depth", "CoRe-R kept at 50% pruning"),
+                "CoRe-R - QR-R", "CoRe-R - QR-R ci low", "CoRe-R - QR-R ci high", SCALING_DEPTH, "CoRe-R kept at 50% pruning"),
 }
 
 
