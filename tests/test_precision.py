@@ -220,6 +220,12 @@ def test_a_rerun_on_another_machine_is_checked_against_the_earlier_runs_committe
     assert ("CoRe-R +0.10 points (100% of queries within 0.05, 95% identical); the other per-query tables' means "
             "within 0.00 point (per_query_pruning 50% pruned); the same top heads; 2 of 2 verdicts unchanged") in note
     assert note.endswith("; passes.")
+    # which run's rows the tables hold, from the provenance: the rerun's, or the earlier run's where it failed
+    check, verdicts = S.tables.read("machine_check"), S.tables.read("machine_check_verdicts")
+    assert machine_note(check, verdicts, S.tables.read("provenance")).endswith("; passes: the tables hold the rerun's rows.")
+    kept = machine_note(check.assign(passes=False, failed="CoRe-R beats ICR: supported -> inconclusive"), verdicts,
+                        prov("cpu, 2 cores (Xeon)", "aaa1111"))
+    assert kept.endswith("; fails (CoRe-R beats ICR: supported -> inconclusive): the tables keep the earlier run's rows.")
     # the top heads in another order are the same set (a re-ranker sums them); a head that moved is said, and a
     # score that moved beyond the tolerance fails criterion 2
     S.tables.write("top_heads", heads.assign(rank=[2, 1]))

@@ -107,8 +107,8 @@ RULES = f"""\
 - *A rerun on another machine* (added after the first such rerun, before its rows replaced any). bf16 products
   accumulate in another order on another CPU, so a model's rows recomputed there in the same dtype may differ
   from its committed ones. They replace them where criteria 1-3 above hold between the two runs, criterion 3 over
-  every claim's per-model verdict since the rerun replaces them all (``precision.machine_check``), and the report
-  states the comparison.
+  every claim's per-model verdict since the rerun replaces them all (``precision.machine_check``); otherwise the
+  earlier run's rows stay. Either way the report states the comparison.
 - *NIAH-R at the prompts' length* (added before any needle trial at that length existed). NIAH-R's heads were found
   at 1,000-2,000 tokens while the re-ranking prompts run to about 3,500. A second grid of the same needles and depths
   at the prompts' length (``niah_prompt_lengths``) gives the method NIAH-R (prompt length), tested as "CoRe-R beats

@@ -387,9 +387,11 @@ def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) ->
     return "- **Precision check**: " + "; ".join(parts) + "."
 
 
-def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> str | None:
+def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
+                 provenance: pd.DataFrame | None = None) -> str | None:
     """A model's rerun on another machine against its earlier run (the precision check's rule), from its tables:
-    Table 1's checked methods, the largest move among the other per-query tables, the heads and every verdict."""
+    Table 1's checked methods, the largest move among the other per-query tables, the heads, every verdict and,
+    from ``provenance``, which of the two runs the tables hold (the rerun's where it passed, else the earlier)."""
     if agree is None or agree.empty:
         return None
     parts = []
@@ -406,9 +408,14 @@ def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> s
                       f"({far['table']} {far['method']})")
         heads = "the same top heads" if bool(r0["top heads unchanged"]) else "other top heads"
         ok = bool(r0["passes"])
+        runs = provenance[(provenance["model"] == model) & (provenance["methods"].fillna("") == "")] \
+            if provenance is not None else provenance
+        held = str(runs["commit"].iloc[-1]) if runs is not None and len(runs) else None
+        held = {r0["commit"]: ": the tables hold the rerun's rows", r0["reference commit"]: ": the tables keep the "
+                "earlier run's rows"}.get(held, "")
         parts.append(f"{model}'s {r0['dtype']} rows from {r0['machine']} at {r0['commit']} against its earlier run on "
                      f"{r0['reference machine']} at {r0['reference commit']}, {int(checked['queries'].max())} queries: "
-                     f"{cells}; {heads}{same}; {'passes' if ok else 'fails (' + str(r0['failed']) + ')'}")
+                     f"{cells}; {heads}{same}; {'passes' if ok else 'fails (' + str(r0['failed']) + ')'}{held}")
     return "- **Rerun on another machine**: " + "; ".join(parts) + "."
 
 
@@ -585,7 +592,8 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
                  "in size, so a model with more queries weighs more in it).", "", *summary(v),
                  *filter(None, [depth_note(t.read("depth"), t.read("released_depth")),
                                 precision_note(t.read("precision"), t.read("precision_verdicts")),
-                                machine_note(t.read("machine_check"), t.read("machine_check_verdicts"))]),
+                                machine_note(t.read("machine_check"), t.read("machine_check_verdicts"),
+                                             t.read("provenance"))]),
                  *sample_notes(study), *dtype_notes(study), ""]
         ours = v[v["model"].isin(models) | v["model"].str.startswith("pooled")]  # the paper's models: their section
         text += ["## Claims at a glance", "", markdown_table(at_a_glance(ours)), ""]
