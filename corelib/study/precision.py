@@ -98,26 +98,6 @@ def agreement(fp32: pd.DataFrame, other: pd.DataFrame, model: str, dtype: str) -
     return rows.drop(columns="queries identical").assign(model=model, dtype=dtype)
 
 
-def _verdicts(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, model: str,
-              names: tuple[str, str]) -> pd.DataFrame:
-    """Table 1's claims for every model, once from the ``committed`` per-query table and once with the model's rows
-    of ``new``'s methods replaced by ``new`` (the other models' rows as committed, so each claim's Holm family is
-    the same); the model's per-model differences and verdicts side by side, the two sides named ``names``."""
-    sources = [s for s in HEAD_SOURCES if s in set(committed["head source"])]
-    pairs = table1_pairs(study, sources)
-    mine = (committed["model"] == model) & committed["method"].isin(set(new["method"]))
-    swapped = pd.concat([committed[~mine], new], ignore_index=True)
-    before, after = compare(study, committed, pairs), compare(study, swapped, pairs)
-    cols = ["claim", "head source", "model"]
-    both = before.merge(after, on=cols, suffixes=(" before", " after"))
-    both = both[both["model"] == model]
-    return pd.DataFrame({"model": model, "claim": both["claim"], "head source": both["head source"],
-                         f"difference {names[0]}": both["difference before"],
-                         f"difference {names[1]}": both["difference after"],
-                         f"verdict {names[0]}": both["verdict before"], f"verdict {names[1]}": both["verdict after"],
-                         "unchanged": _word(both["verdict before"]) == _word(both["verdict after"])})
-
-
 def _word(verdicts: pd.Series) -> pd.Series:
     """The three-way verdict alone (supported, contradicted or inconclusive), without its marks: a mark such as
     the share of zero differences of an uninformative row may move while the verdict stays."""
@@ -125,9 +105,21 @@ def _word(verdicts: pd.Series) -> pd.Series:
 
 
 def verdict_changes(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, model: str, dtype: str) -> pd.DataFrame:
-    """Criterion 3: Table 1's per-model verdicts from the committed table and with the model's record-based rows
-    in the new dtype."""
-    return _verdicts(study, committed, new, model, ("fp32", "(new dtype)")).assign(dtype=dtype)
+    """Criterion 3: Table 1's claims for every model, once from the committed table and once with the model's
+    record-based rows in the new dtype (the other models' rows as committed, so each claim's Holm family is the
+    same); the model's per-model verdicts side by side."""
+    sources = [s for s in HEAD_SOURCES if s in set(committed["head source"])]
+    pairs = table1_pairs(study, sources)
+    mine = (committed["model"] == model) & committed["method"].isin(set(new["method"]))
+    swapped = pd.concat([committed[~mine], new], ignore_index=True)
+    before, after = compare(study, committed, pairs), compare(study, swapped, pairs)
+    cols = ["claim", "head source", "model"]
+    both = before.merge(after, on=cols, suffixes=(" fp32", " new"))
+    both = both[both["model"] == model]
+    return pd.DataFrame({"model": model, "dtype": dtype, "claim": both["claim"], "head source": both["head source"],
+                         "difference fp32": both["difference fp32"], "difference (new dtype)": both["difference new"],
+                         "verdict fp32": both["verdict fp32"], "verdict (new dtype)": both["verdict new"],
+                         "unchanged": _word(both["verdict fp32"]) == _word(both["verdict new"])})
 
 
 def passes(agree: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[bool, str]:
