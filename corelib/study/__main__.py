@@ -271,21 +271,22 @@ def main(argv=None) -> int:
         for path in plots.redraw(S):
             print(path)
 
+    def show_model_rows(S, tables: dict):
+        for name, df in tables.items():
+            print(df[df["model"] == args.model].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+
     def precision():
         from .precision import precision_check
 
         S = Study(args.profile, data=args.data, out=args.out)
-        for name, df in precision_check(S, args.model, args.dtype).items():
-            print(df[df["model"] == args.model].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+        show_model_rows(S, precision_check(S, args.model, args.dtype))
 
     def machine():
         from .precision import machine_check
 
         S = Study(args.profile, out=args.out)
-        for name, df in machine_check(S, args.model, args.against).items():
-            print(df[df["model"] == args.model].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+        show_model_rows(S, machine_check(S, args.model, args.against))
 
     def order_check():
         from .order_check import fill_icr_order_tau, write_all

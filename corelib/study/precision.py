@@ -21,7 +21,7 @@ import pandas as pd
 
 from .methods import NIAH_PROMPT
 from .profiles import profile
-from .tables.schema import mean_over_collections
+from .tables.schema import mean_over_collections, whole_runs
 from .tables.table1 import HEAD_SOURCES, compare, per_query, table1_pairs
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: 
 
 def _run(prov: pd.DataFrame, model: str, where: str) -> pd.Series:
     """The provenance row of the run that computed every row of ``model``."""
-    runs = prov[(prov["model"] == model) & (prov["methods"].fillna("") == "")]
+    runs = whole_runs(prov)
+    runs = runs[runs["model"] == model]
     if runs.empty:
         raise ValueError(f"the provenance table {where} names no run that computed {model}'s rows")
     return runs.iloc[-1]

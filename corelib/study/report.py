@@ -18,6 +18,7 @@ from ..architecture import global_attention_layers, model_config
 from ..models import dtype_name
 from .methods import NIAH_PROMPT
 from .tables import METHODS
+from .tables.schema import whole_runs
 
 if TYPE_CHECKING:
     from .core import Study
@@ -246,7 +247,7 @@ def headline(study: "Study") -> str:
     avg = avg.assign(order=avg["model"].map(rank)).sort_values("order", kind="stable")
     cols = [c for c in HEADLINE if avg[c].notna().any()]
     prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
-    run = (prov[prov["methods"].fillna("") == ""].set_index("model") if prov is not None
+    run = (whole_runs(prov).set_index("model") if prov is not None
            else pd.DataFrame(columns=["dtype", "commit"]))
     later = prov[prov["methods"].fillna("") != ""] if prov is not None else pd.DataFrame()
     if len(later):  # one note per later command, naming the models whose rows it recomputed
@@ -408,9 +409,9 @@ def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
                       f"({far['table']} {far['method']})")
         heads = "the same top heads" if bool(r0["top heads unchanged"]) else "other top heads"
         ok = bool(r0["passes"])
-        runs = provenance[(provenance["model"] == model) & (provenance["methods"].fillna("") == "")] \
-            if provenance is not None else provenance
-        held = str(runs["commit"].iloc[-1]) if runs is not None and len(runs) else None
+        runs = whole_runs(provenance) if provenance is not None else pd.DataFrame(columns=["model", "commit"])
+        runs = runs[runs["model"] == model]
+        held = str(runs["commit"].iloc[-1]) if len(runs) else None
         held = {r0["commit"]: ": the tables hold the rerun's rows", r0["reference commit"]: ": the tables keep the "
                 "earlier run's rows"}.get(held, "")
         parts.append(f"{model}'s {r0['dtype']} rows from {r0['machine']} at {r0['commit']} against its earlier run on "
@@ -460,7 +461,7 @@ def dtype_notes(study: "Study") -> list[str]:
     prov = study.tables.read("provenance")
     if prov is None:
         return []
-    runs = prov[prov["methods"].fillna("") == ""].set_index("model")["dtype"]
+    runs = whole_runs(prov).set_index("model")["dtype"]
     notes = []
     for m in study.profile_models:
         want = study.p.dtype_for(m)  # None: the device's default, which the tables cannot be checked against
@@ -513,7 +514,7 @@ def later_provenance(study: "Study", command: str, what: str, models=None) -> pd
     old = study.tables.read("provenance")
     if old is None:
         raise FileNotFoundError(f"no provenance table in {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
-    whole = old[old["methods"].fillna("") == ""]
+    whole = whole_runs(old)
     models = list(whole["model"]) if models is None else list(models)
     rows = pd.DataFrame([{"model": m, "command": command, **_run_stamp(), "dtype": "-", "methods": what} for m in models])
     kept = old[(old["methods"].fillna("") != "") & (old["methods"] != what)]

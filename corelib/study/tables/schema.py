@@ -219,7 +219,12 @@ def read(study: "Study", name: str) -> pd.DataFrame | None:
     path = study.tables_dir / f"{name}.csv"
     if not path.is_file():
         return None
-    return with_later_columns(pd.read_csv(path, dtype={"query_id": str}), base_table(name))[columns(name)]
+    return _parsed(path, name)
+
+
+def _parsed(source, name: str) -> pd.DataFrame:
+    """A table's csv (a path or a text buffer) with its columns as ``columns(name)`` gives them; query ids as text."""
+    return with_later_columns(pd.read_csv(source, dtype={"query_id": str}), base_table(name))[columns(name)]
 
 
 def read_at(study: "Study", name: str, revision: str) -> pd.DataFrame:
@@ -228,6 +233,8 @@ def read_at(study: "Study", name: str, revision: str) -> pd.DataFrame:
     import io
     import subprocess
 
+    if not study.tables_dir.is_dir():  # git runs in it
+        raise FileNotFoundError(f"no tables folder {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
     try:
         shown = subprocess.run(["git", "show", f"{revision}:./{name}.csv"], cwd=study.tables_dir, capture_output=True,
                                text=True)
@@ -237,8 +244,13 @@ def read_at(study: "Study", name: str, revision: str) -> pd.DataFrame:
         raise FileNotFoundError(f"no {name}.csv at revision {revision!r} in {study.tables_dir} "
                                 f"({shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else 'git failed'}): "
                                 "name a commit whose tables hold the earlier run (`git log -- <tables folder>`)")
-    df = pd.read_csv(io.StringIO(shown.stdout), dtype={"query_id": str})
-    return with_later_columns(df, base_table(name))[columns(name)]
+    return _parsed(io.StringIO(shown.stdout), name)
+
+
+def whole_runs(provenance: pd.DataFrame) -> pd.DataFrame:
+    """The rows of table ``provenance`` that name a run which computed every row of its model (empty ``methods``),
+    not a later command that recomputed some methods alone."""
+    return provenance[provenance["methods"].fillna("") == ""]
 
 
 def mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
