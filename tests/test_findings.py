@@ -1,10 +1,14 @@
 """Every numbered notebook ends with its generated 'paper vs here' cell, and that cell's text comes from the
 tables: a verdict where a claim was tested, a setting or a descriptive number (no verdict) where none was."""
 
+from pathlib import Path
+
 import nbformat
+import pytest
 
 from conftest import REPO
 from corelib.study import Study, report
+from corelib.study.findings_cells import HEADING_MARK, add_findings
 
 
 def test_every_numbered_notebook_ends_with_its_generated_findings():
@@ -12,7 +16,7 @@ def test_every_numbered_notebook_ends_with_its_generated_findings():
         cells = nbformat.read(path, as_version=4).cells
         last, heading = cells[-1], cells[-2]
         assert last.cell_type == "code" and ("report.findings(S, [" in last.source or "report.answer(S)" in last.source), path.name
-        assert heading.cell_type == "markdown" and "no number here is typed by hand" in heading.source, path.name
+        assert heading.cell_type == "markdown" and HEADING_MARK in heading.source, path.name
 
 
 def test_findings_of_the_set_up_and_the_ablations_come_from_the_committed_tables():
@@ -41,3 +45,42 @@ def test_the_tested_claims_carry_their_verdicts_and_the_answer_is_the_reports_su
     assert answer.splitlines()[2:] == report.summary(S.tables.read("verdicts"))
     assert "No verdict yet" in report.answer(Study("cpu", out=tmp_path))
     assert report.findings(Study("cpu", out=tmp_path), ["collections"]).startswith("No claim of this notebook")
+
+
+def _without_findings(tmp_path, executed: str):
+    """A copy of a committed executed notebook with its closing findings cells (and any note) removed."""
+    nb = nbformat.read(REPO / "results" / executed, as_version=4)
+    while nb.cells and (HEADING_MARK in nb.cells[-1].source or "report.findings(S" in nb.cells[-1].source
+                        or "added on" in nb.cells[-1].source):
+        nb.cells.pop()
+    path = tmp_path / Path(executed).name
+    nbformat.write(nb, path)
+    return path
+
+
+def test_findings_are_added_to_an_executed_notebook_from_the_committed_tables(tmp_path):
+    path = _without_findings(tmp_path, "cpu-dense/01_data_and_models.ipynb")
+    assert add_findings(path)
+    cells = nbformat.read(path, as_version=4).cells
+    note, heading, call = cells[-3:]
+    assert "without running the cells above again" in note.source
+    assert "smollm2-135m's rows from the run above (`make reproduce PROFILE=cpu-dense` at commit" in note.source
+    assert HEADING_MARK in heading.source and call.execution_count is None
+    expected = report.findings(Study("cpu-dense", out=REPO / "results"), ["collections", "prompt_lengths"])
+    assert "".join(call.outputs[0]["data"]["text/markdown"]) == expected
+    assert not add_findings(path)  # already ends with them
+    assert len(nbformat.read(path, as_version=4).cells) == len(cells)
+
+
+def test_findings_are_refused_where_the_tables_hold_another_run_or_no_run_is_recorded(tmp_path):
+    path = _without_findings(tmp_path, "cpu-dense/01_data_and_models.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.papermill.start_time = "2026-11-30T10:00:00.000000+00:00"
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match=r"rows from `make reproduce PROFILE=cpu-dense` at .*rerun it: make reproduce "
+                                         r"PROFILE=cpu-dense ONLY=01"):
+        add_findings(path)
+    del nb.metadata["papermill"]
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match="no papermill metadata"):
+        add_findings(path)

@@ -99,6 +99,10 @@ def main(argv=None) -> int:
     sub.add_parser("headline", parents=[prof, out], help="the README's headline table (mean nDCG@10 per model and "
                    "method) from a profile's committed table1_average")
     sub.add_parser("banner", parents=[prof, models], help="what a profile runs and how long it takes (`make reproduce` prints it first)")
+    f = sub.add_parser("add-findings", help="append its closing findings cells, generated from the committed tables, "
+                       "to an executed notebook that ran before its notebook ended with them (no forward; refuses where "
+                       "the tables no longer hold that run's rows)")
+    f.add_argument("notebooks", nargs="+", help="executed notebooks, e.g. results/cpu-dense/01_data_and_models.ipynb")
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -295,7 +299,14 @@ def main(argv=None) -> int:
         for name, df in (fill_icr_order_tau if args.fill_tau else write_all)(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
-    return run_command({"warm": warm, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
+    def add_findings():
+        from .findings_cells import add_findings as add
+
+        for path in args.notebooks:
+            print(f"{path}: {'findings added' if add(path) else 'already ends with its findings'}")
+            clean_outputs(path)
+
+    return run_command({"warm": warm, "add-findings": add_findings, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
                         "released": released, "order-check": order_check, "figures": figures, "headline": headline,
                         "comparisons": comparisons, "record-costs": record_costs, "record-free": record_free, "practitioner-cost": practitioner_cost,
                         "precision-check": precision, "machine-check": machine}[args.command])
