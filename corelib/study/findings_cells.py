@@ -34,8 +34,10 @@ def closing_cells(source: nbformat.NotebookNode) -> list:
 
 
 def has_findings(executed: nbformat.NotebookNode, source: nbformat.NotebookNode) -> bool:
+    """Whether the executed notebook's last code cell makes the source's closing call (its imports may differ)."""
     code = [c for c in executed.cells if c.cell_type == "code"]
-    return bool(code) and code[-1].source.strip() == closing_cells(source)[1].source.strip()
+    call = closing_cells(source)[1].source.strip().splitlines()[-1]
+    return bool(code) and code[-1].source.strip().splitlines()[-1:] == [call]
 
 
 def run_of(executed: nbformat.NotebookNode, path: Path) -> tuple[dict, str]:
@@ -115,8 +117,12 @@ def _executed_closing_cells(source: nbformat.NotebookNode, params: dict, noteboo
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.ipynb", Path(tmp) / "out.ipynb"
         nbformat.write(mini, src)
-        papermill.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(notebooks),
-                                   progress_bar=False, log_output=False)
+        try:
+            papermill.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
+                                       cwd=str(notebooks), progress_bar=False, log_output=False)
+        except papermill.PapermillExecutionError as e:
+            raise RuntimeError(f"the closing cells failed on the committed tables ({e.ename}: {e.evalue}); the "
+                               "notebook's closing cells must run after its set-up cell alone") from None
         ran = nbformat.read(out, as_version=4)
     closing = ran.cells[-2:]
     for cell, original in zip(closing, closing_cells(source)):
