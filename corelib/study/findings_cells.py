@@ -91,8 +91,8 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
     cells = _executed_closing_cells(source, params, notebooks)
     stamp, run = _run_stamp(), runs.loc[models[0]]
     later = provenance[(provenance["methods"].fillna("") != "") & provenance["model"].isin(models)]
-    later_text = "".join(f"; `{r['command']}` at {r['commit']}, {r['date']}, later recomputed {r['methods']}"
-                         for _, r in later.drop_duplicates(["command", "methods"]).iterrows())
+    later_text = "".join(f"; their {r['methods']} rows were recomputed later by `{r['command']}` at {r['commit']}, "
+                         f"{r['date']}" for _, r in later.drop_duplicates(["command", "methods"]).iterrows())
     note = nbformat.v4.new_markdown_cell(
         f"*The closing cells below were added on {stamp['date']} at commit {stamp['commit']} by `python -m corelib.study "
         f"add-findings {path.as_posix()}`, without running the cells above again. They are generated from the tables "
@@ -117,6 +117,8 @@ def _executed_closing_cells(source: nbformat.NotebookNode, params: dict, noteboo
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.ipynb", Path(tmp) / "out.ipynb"
         nbformat.write(mini, src)
+        known = papermill.inspect_notebook(str(src))  # a run's other parameters (MEASURE_COST) are other notebooks'
+        params = {k: v for k, v in params.items() if k in known}
         try:
             papermill.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
                                        cwd=str(notebooks), progress_bar=False, log_output=False)
