@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 from corelib.study import Study, report
-from corelib.study.findings_cells import HEADING_MARK, add_findings
+from corelib.study.findings_cells import HEADING_MARK, add_findings, has_findings
 
 
 def test_every_numbered_notebook_ends_with_its_generated_findings():
@@ -17,6 +17,14 @@ def test_every_numbered_notebook_ends_with_its_generated_findings():
         last, heading = cells[-1], cells[-2]
         assert last.cell_type == "code" and ("report.findings(S, [" in last.source or "report.answer(S)" in last.source), path.name
         assert heading.cell_type == "markdown" and HEADING_MARK in heading.source, path.name
+
+
+def test_every_committed_executed_notebook_ends_with_its_findings():
+    executed = sorted((REPO / "results").rglob("[0-9][0-9]_*.ipynb"))
+    assert len(executed) >= 60
+    lacking = [str(p.relative_to(REPO)) for p in executed
+               if not has_findings(nbformat.read(p, as_version=4), nbformat.read(REPO / "notebooks" / p.name, as_version=4))]
+    assert not lacking, f"run `python -m corelib.study add-findings` on {lacking} (or rerun them)"
 
 
 def test_findings_of_the_set_up_and_the_ablations_come_from_the_committed_tables():
