@@ -12,7 +12,7 @@ STUDY_LAYERS = [
     {"methods", "profiles", "analysis", "timing", "plots"},  # plain data, rules and drawing
     {"tables", "observations", "order_check", "robustness", "released", "precision", "explorer", "report", "warm"},  # f(study) -> a table or a plan
     {"core", "sharding"},  # the Study, which hands out its tables
-    {"bench", "gpu_check", "__main__", "__init__"},  # entry points
+    {"bench", "gpu_check", "findings_cells", "__main__", "__init__"},  # entry points
 ]
 
 

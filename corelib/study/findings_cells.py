@@ -49,19 +49,12 @@ def run_of(executed: nbformat.NotebookNode, path: Path) -> tuple[dict, str]:
     return dict(pm["parameters"]), str(pm["start_time"])[:10]
 
 
-def run_command(params: dict) -> str:
-    """The command that executed a notebook with these parameters (as table ``provenance`` writes it)."""
-    models = params.get("MODELS") or []
-    narrowed = (f' MODEL="{" ".join(models)}"' if len(models) > 1 else f" MODEL={models[0]}") if models else ""
-    return f"make reproduce PROFILE={params['PROFILE']}{narrowed}"
-
-
 def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
     """Append its notebook's closing findings cells, run on the committed tables, to the executed notebook at
     ``path``; False where it already ends with them. Refuses (ValueError naming the rerun) where the tables no
     longer hold the rows of the run that executed it, since the findings would then not describe its cells."""
     from .core import Study
-    from .report import _run_stamp
+    from .report import reproduce_command, run_stamp
 
     path = Path(path)
     executed = nbformat.read(path, as_version=4)
@@ -74,9 +67,8 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
     params, started = run_of(executed, path)
     name = params["PROFILE"]
     models = list(params.get("MODELS") or profile(name).models)
-    command = run_command(params)
-    fix = (f"rerun it: make reproduce PROFILE={name}" + (f" MODEL={'+'.join(models)}" if params.get("MODELS") else "")
-           + f" ONLY={path.name[:2]}")
+    command = reproduce_command(name, params.get("MODELS"))
+    fix = f"rerun it: {command} ONLY={path.name[:2]}"
     study = Study(name, out=notebooks / params.get("OUT", "../results"))
     provenance = study.tables.read("provenance")
     if provenance is None:
@@ -89,7 +81,7 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
             raise ValueError(f"{path} is the run `{command}` of {started}, but the tables hold {m}'s rows from {held}, "
                              f"so findings generated now would not describe its cells; {fix}")
     cells = _executed_closing_cells(source, params, notebooks)
-    stamp, run = _run_stamp(), runs.loc[models[0]]
+    stamp, run = run_stamp(), runs.loc[models[0]]
     later = provenance[(provenance["methods"].fillna("") != "") & provenance["model"].isin(models)]
     later_text = "".join(f"; their {r['methods']} rows were recomputed later by `{r['command']}` at {r['commit']}, "
                          f"{r['date']}" for _, r in later.drop_duplicates(["command", "methods"]).iterrows())

@@ -472,19 +472,25 @@ def dtype_notes(study: "Study") -> list[str]:
     return notes
 
 
+def reproduce_command(profile_name: str, models=None) -> str:
+    """The command of a run of a profile, narrowed to ``models`` where given, as table ``provenance`` names it."""
+    models = " ".join(models or [])
+    narrowed = (f' MODEL="{models}"' if " " in models else f" MODEL={models}") if models else ""
+    return f"make reproduce PROFILE={profile_name}{narrowed}"
+
+
 def record_provenance(study: "Study") -> pd.DataFrame:
     """Which run computed each model's rows (table ``provenance``): the command, the commit, the date and the
     machine, for the study's models; a narrowed study keeps the other models' rows (the notebooks' last step)."""
-    models = " ".join(study.p.models)
-    narrowed = (f' MODEL="{models}"' if " " in models else f" MODEL={models}") if study.other_models else ""
-    rows = [{"model": m, "command": f'make reproduce PROFILE={study.p.name}{narrowed}', **_run_stamp(),
+    command = reproduce_command(study.p.name, study.p.models if study.other_models else None)
+    rows = [{"model": m, "command": command, **run_stamp(),
              "dtype": dtype_name(study.spec(m).dtype),  # as loaded: the profile's, or the device's default
              "methods": ""}
             for m in study.p.models]
     return study.tables.write("provenance", pd.DataFrame(rows))
 
 
-def _run_stamp() -> dict[str, str]:
+def run_stamp() -> dict[str, str]:
     """The commit (marked where the code has uncommitted changes), the date and the machine of a run."""
     import datetime
     import os
@@ -516,7 +522,7 @@ def later_provenance(study: "Study", command: str, what: str, models=None) -> pd
         raise FileNotFoundError(f"no provenance table in {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
     whole = whole_runs(old)
     models = list(whole["model"]) if models is None else list(models)
-    rows = pd.DataFrame([{"model": m, "command": command, **_run_stamp(), "dtype": "-", "methods": what} for m in models])
+    rows = pd.DataFrame([{"model": m, "command": command, **run_stamp(), "dtype": "-", "methods": what} for m in models])
     kept = old[(old["methods"].fillna("") != "") & (old["methods"] != what)]
     return study.tables.write("provenance", pd.concat([whole, kept, rows], ignore_index=True))
 
