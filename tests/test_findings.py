@@ -71,7 +71,7 @@ def test_findings_are_added_to_an_executed_notebook_from_the_committed_tables(tm
     assert add_findings(path)
     cells = nbformat.read(path, as_version=4).cells
     note, heading, call = cells[-3:]
-    assert "without running the cells above again" in note.source
+    assert "add-findings 01_data_and_models.ipynb`, without running the cells above again" in note.source
     assert "smollm2-135m's rows from the run above (`make reproduce PROFILE=cpu-dense` at commit" in note.source
     assert HEADING_MARK in heading.source and call.execution_count is None
     expected = report.findings(Study("cpu-dense", out=REPO / "results"), ["collections", "prompt_lengths"])

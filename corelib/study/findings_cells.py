@@ -85,9 +85,13 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
     later = provenance[(provenance["methods"].fillna("") != "") & provenance["model"].isin(models)]
     later_text = "".join(f"; their {r['methods']} rows were recomputed later by `{r['command']}` at {r['commit']}, "
                          f"{r['date']}" for _, r in later.drop_duplicates(["command", "methods"]).iterrows())
+    try:  # as run from the repository's root, never a machine's absolute path
+        shown = path.resolve().relative_to(notebooks.resolve().parent).as_posix()
+    except ValueError:
+        shown = path.name
     note = nbformat.v4.new_markdown_cell(
         f"*The closing cells below were added on {stamp['date']} at commit {stamp['commit']} by `python -m corelib.study "
-        f"add-findings {path.as_posix()}`, without running the cells above again. They are generated from the tables "
+        f"add-findings {shown}`, without running the cells above again. They are generated from the tables "
         f"as committed then, which still hold {', '.join(models)}'s rows from the run above (`{command}` at commit "
         f"{run['commit']}, {run['date']}, {run['machine']}, {run['dtype']}){later_text}.*")
     executed.cells.extend([note, *cells])
