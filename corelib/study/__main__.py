@@ -304,7 +304,6 @@ def main(argv=None) -> int:
 
         for path in args.notebooks:
             print(f"{path}: {'findings added' if add(path) else 'already ends with its findings'}")
-            clean_outputs(path)
 
     return run_command({"warm": warm, "add-findings": add_findings, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
                         "released": released, "order-check": order_check, "figures": figures, "headline": headline,

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 
 from .profiles import profile
-from .tables.schema import whole_runs
+from .tables.schema import later_commands, whole_runs
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
                              f"so findings generated now would not describe its cells; {fix}")
     cells = _executed_closing_cells(source, params, notebooks)
     stamp, run = run_stamp(), runs.loc[models[0]]
-    later = provenance[(provenance["methods"].fillna("") != "") & provenance["model"].isin(models)]
+    later = later_commands(provenance)
+    later = later[later["model"].isin(models)]
     later_text = "".join(f"; their {r['methods']} rows were recomputed later by `{r['command']}` at {r['commit']}, "
                          f"{r['date']}" for _, r in later.drop_duplicates(["command", "methods"]).iterrows())
     try:  # as run from the repository's root, never a machine's absolute path

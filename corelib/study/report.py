@@ -18,7 +18,7 @@ from ..architecture import global_attention_layers, model_config
 from ..models import dtype_name
 from .methods import NIAH_PROMPT
 from .tables import METHODS
-from .tables.schema import whole_runs
+from .tables.schema import later_commands, whole_runs
 
 if TYPE_CHECKING:
     from .core import Study
@@ -249,7 +249,7 @@ def headline(study: "Study") -> str:
     prov = study.tables.read("provenance")  # the dtype of the run that computed each model's rows
     run = (whole_runs(prov).set_index("model") if prov is not None
            else pd.DataFrame(columns=["dtype", "commit"]))
-    later = prov[prov["methods"].fillna("") != ""] if prov is not None else pd.DataFrame()
+    later = later_commands(prov) if prov is not None else pd.DataFrame()
     if len(later):  # one note per later command, naming the models whose rows it recomputed
         later = later.groupby(["command", "commit", "methods"], sort=False)["model"].agg(", ".join).reset_index()
         later = later[[any(x in cols for x in r.split(", ")) for r in later["methods"]]]
@@ -523,7 +523,8 @@ def later_provenance(study: "Study", command: str, what: str, models=None) -> pd
     whole = whole_runs(old)
     models = list(whole["model"]) if models is None else list(models)
     rows = pd.DataFrame([{"model": m, "command": command, **run_stamp(), "dtype": "-", "methods": what} for m in models])
-    kept = old[(old["methods"].fillna("") != "") & (old["methods"] != what)]
+    kept = later_commands(old)
+    kept = kept[kept["methods"] != what]
     return study.tables.write("provenance", pd.concat([whole, kept, rows], ignore_index=True))
 
 

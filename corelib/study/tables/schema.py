@@ -253,6 +253,11 @@ def whole_runs(provenance: pd.DataFrame) -> pd.DataFrame:
     return provenance[provenance["methods"].fillna("") == ""]
 
 
+def later_commands(provenance: pd.DataFrame) -> pd.DataFrame:
+    """The other rows of table ``provenance``: later commands that recomputed some methods (or a table) alone."""
+    return provenance[provenance["methods"].fillna("") != ""]
+
+
 def mean_over_collections(df: pd.DataFrame, value: str = "ndcg@10") -> float:
     return float(df.groupby("collection")[value].mean().mean())
 
