@@ -217,8 +217,13 @@ def test_a_rerun_on_another_machine_is_checked_against_the_earlier_runs_committe
     assert note.startswith("- **Rerun on another machine**: smollm2-135m's bfloat16 rows from cpu, 2 cores (EPYC) at "
                            "bbb2222 against its earlier run on cpu, 2 cores (Xeon) at aaa1111, 20 queries: ICR +0.00 "
                            "points (100% of queries within 0.05, 100% identical)")
-    assert ("CoRe-R +0.10 points (100% of queries within 0.05, 95% identical); the other per-query tables' means "
-            "within 0.00 point (per_query_pruning 50% pruned); the same top heads; 2 of 2 verdicts unchanged") in note
+    assert ("CoRe-R +0.10 points (100% of queries within 0.05, 95% identical); every score of the other per-query "
+            "tables (per_query_pruning) identical; the same top heads; 2 of 2 verdicts unchanged") in note
+    # where another table moved, its largest move of a mean is named
+    shifted = S.tables.read("machine_check")
+    shifted.loc[shifted["method"] == "50% pruned", ["difference (points)", "queries identical"]] = (-0.3, 0.9)
+    assert ("; the other per-query tables' means within 0.30 point (per_query_pruning 50% pruned);"
+            in machine_note(shifted, S.tables.read("machine_check_verdicts")))
     assert note.endswith("; passes.")
     # which run's rows the tables hold, from the provenance: the rerun's, or the earlier run's where it failed
     check, verdicts = S.tables.read("machine_check"), S.tables.read("machine_check_verdicts")

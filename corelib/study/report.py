@@ -403,7 +403,9 @@ def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
         v = verdicts[verdicts["model"] == model] if verdicts is not None else None
         same = f"; {int(v['unchanged'].sum())} of {len(v)} verdicts unchanged" if v is not None and len(v) else ""
         rest = g[g["table"] != "per_query"]
-        if len(rest):  # the other per-query tables: the largest move of a mean
+        if len(rest) and (rest["queries identical"] == 1).all():
+            cells += f"; every score of the other per-query tables ({', '.join(rest['table'].unique())}) identical"
+        elif len(rest):  # the other per-query tables: the largest move of a mean
             far = rest.loc[rest["difference (points)"].abs().idxmax()]
             cells += (f"; the other per-query tables' means within {abs(far['difference (points)']):.2f} point "
                       f"({far['table']} {far['method']})")
