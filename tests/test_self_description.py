@@ -56,3 +56,15 @@ def test_the_readme_headline_is_the_committed_cpu_table():
     table = headline(Study("cpu", out=REPO / "results"))
     assert table.count("\n") >= 5  # a header, its rule and the four models
     assert table in (REPO / "README.md").read_text(), "README's headline table: paste the output of `python -m corelib.study headline --profile cpu`"
+
+
+@pytest.mark.parametrize("profile", ["quick", "cpu", "cpu-dense"])
+def test_each_committed_report_is_what_its_committed_tables_generate(profile):
+    """A committed REPORT.md is the report its committed tables give with the code as it is, so no report drifts
+    from its tables or from a change of the report's wording or analysis plan."""
+    from corelib.study import Study
+    from corelib.study.report import report_text
+
+    path = REPO / "results" / profile / "REPORT.md"
+    assert report_text(Study(profile, out=REPO / "results"), path) == path.read_text(), (
+        f"{path.relative_to(REPO)} differs from its tables: `python -m corelib.study comparisons --profile {profile}`")

@@ -578,8 +578,16 @@ def _figure_links(study: "Study", stems, rel_prefix: str) -> list[str]:
 
 
 def write_report(study: "Study", path: Path, notes: str = "") -> Path:
-    """REPORT.md: the answer first (a generated summary and the claims at a glance), a table of contents, then
-    every table with the figures that show it, and the analysis plan as an appendix."""
+    """Write ``report_text`` to ``path`` (REPORT.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_text(study, path, notes))
+    return path
+
+
+def report_text(study: "Study", path: Path, notes: str = "") -> str:
+    """REPORT.md's text, for a report at ``path`` (its links are relative to it): the answer first (a generated
+    summary and the claims at a glance), a table of contents, then every table with the figures that show it, and
+    the analysis plan as an appendix."""
     import os
 
     p = study.p
@@ -629,9 +637,7 @@ def write_report(study: "Study", path: Path, notes: str = "") -> Path:
     if missing:
         text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in dict.fromkeys(missing)), ""]
     text += ["## Appendix: the analysis plan", "", analysis.RULES, ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(text))
-    return path
+    return "\n".join(text)
 
 
 def _without_empty_methods(df: pd.DataFrame) -> pd.DataFrame:
