@@ -68,3 +68,18 @@ def test_each_committed_report_is_what_its_committed_tables_generate(profile):
     path = REPO / "results" / profile / "REPORT.md"
     assert report_text(Study(profile, out=REPO / "results"), path) == path.read_text(), (
         f"{path.relative_to(REPO)} differs from its tables: `python -m corelib.study comparisons --profile {profile}`")
+
+
+@pytest.mark.parametrize("readme, reports", [("README.md", ["cpu", "cpu-dense", "quick"]),
+                                             ("results/cpu-dense/README.md", ["cpu-dense"]),
+                                             ("results/quick/README.md", ["quick"])])
+def test_every_interval_and_ndcg_a_readme_quotes_is_in_a_committed_report(readme, reports):
+    """A difference with its interval ("+3.50 [+2.41, +4.66]") or an nDCG@10 ("0.4620") typed into a README is
+    one a generated REPORT.md states, so a README cannot drift from the tables (the reports are held to their
+    tables above)."""
+    text = (REPO / readme).read_text()
+    stated = "".join((REPO / "results" / p / "REPORT.md").read_text() for p in reports)
+    for pattern in (r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", r"(?<![\d.])0\.\d{4}(?!\d)"):
+        quoted = re.findall(pattern, text)
+        assert len(quoted) >= 8
+        assert not [q for q in quoted if q not in stated], f"{readme} quotes numbers no report of {reports} states"
