@@ -281,8 +281,8 @@ CLI_CASES = {
     "detect inf temperature": (lambda t: ["detect", "--data", _bad_data(t), "--temperature", "inf"],
                                "positive finite"),
     "detect --out a directory": (lambda t: ["detect", "--data", _bad_data(t), "--out", str(t)], "is a directory"),
-    "detect, cuda without CUDA": (lambda t: ["detect", "--data", _bad_data(t)] + (["--device-check"] if False else []),
-                                  None),
+    "detect in an unknown dtype": (lambda t: ["detect", "--data", _bad_data(t), "--dtype", "float8"], "unknown dtype 'float8'"),
+    "detect with no layers": (lambda t: ["detect", "--data", _bad_data(t), "--num-layers", "0"], "num_layers=0 is outside"),
     "evaluate a truncated gz run": (lambda t: ["evaluate", "--data", _bad_data(t), "--collection", "c", "--run",
                                                _write_bytes(t / "r.txt.gz", b"\x1f\x8b\x08junk")], "not a whole gzip file"),
     "evaluate a run of another collection": (lambda t: ["evaluate", "--data", _bad_data(t), "--collection", "c", "--run",
@@ -291,7 +291,6 @@ CLI_CASES = {
     "unknown model": (lambda t: ["rerank", "--data", _bad_data(t), "--collection", "c", "--model", "no-such-model"],
                       "unknown model"),
 }
-CLI_CASES.pop("detect, cuda without CUDA")
 
 
 def _write(path, obj):
