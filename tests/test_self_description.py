@@ -83,3 +83,17 @@ def test_every_interval_and_ndcg_a_readme_quotes_is_in_a_committed_report(readme
         quoted = re.findall(pattern, text)
         assert len(quoted) >= 8
         assert not [q for q in quoted if q not in stated], f"{readme} quotes numbers no report of {reports} states"
+
+
+def test_every_relative_link_in_the_committed_markdown_resolves():
+    """A reader who follows a link from README, a report or the docs finds the file or folder it names."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: which markdown files are committed is git's to say")
+    tracked = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    broken = []
+    for name in tracked.split():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / name).read_text()):
+            if "://" not in target and not target.startswith("mailto:") and not (REPO / name).parent.joinpath(target).exists():
+                broken.append(f"{name}: {target}")
+    assert len(tracked.split()) >= 8
+    assert not broken, broken
