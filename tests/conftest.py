@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CORELIB_DATA", REPO.parent / "shared" / "data"))
 
 warnings.filterwarnings("ignore", message=".*unsafe cast.*")
+
+
+def committed_files(*pathspec: str) -> list[Path]:
+    """The committed files matching a git pathspec (an ignored file in the tree, such as a smoke run, is not one);
+    outside a git checkout the calling test is skipped, since which files are committed is git's to say."""
+    try:
+        out = subprocess.run(["git", "ls-files", *pathspec], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: which files are committed is git's to say")
+    return [REPO / name for name in out.splitlines()]
 
 
 def pytest_configure(config):

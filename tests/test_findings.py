@@ -2,13 +2,12 @@
 tables: a verdict where a claim was tested, a setting or a descriptive number (no verdict) where none was."""
 
 import re
-import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import REPO
+from conftest import REPO, committed_files
 from corelib.study import Study, report
 from corelib.study.findings_cells import HEADING_MARK, add_findings, has_findings
 
@@ -22,11 +21,8 @@ def test_every_numbered_notebook_ends_with_its_generated_findings():
 
 
 def test_every_committed_executed_notebook_ends_with_its_findings():
-    # the committed ones: an untracked run of the smoke profile (ignored by git) is a reader's, not the study's
-    if not (REPO / ".git").exists():
-        pytest.skip("not a git checkout: which executed notebooks are committed is git's to say")
-    tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    executed = sorted(REPO / p for p in tracked.split() if re.fullmatch(r"results/.*/[0-9][0-9]_\w+\.ipynb", p))
+    # the committed ones: an ignored run of the smoke profile is a reader's, not the study's
+    executed = [p for p in committed_files("results/*.ipynb") if re.fullmatch(r"[0-9][0-9]_\w+\.ipynb", p.name)]
     assert len(executed) >= 55
     lacking = [str(p.relative_to(REPO)) for p in executed
                if not has_findings(nbformat.read(p, as_version=4), nbformat.read(REPO / "notebooks" / p.name, as_version=4))]

@@ -3,11 +3,10 @@ and how each number was produced (a command, a commit or date, a machine descrip
 of how it was written (work sessions, issue numbers, machines lent for a while)."""
 
 import re
-import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, committed_files
 
 HISTORY = re.compile(
     r"\bsessions? \d+|\bsessions \d+ ?-|\b(this|last|next|that|the previous|an earlier|a later) session\b"
@@ -19,11 +18,7 @@ TEXT = (".md", ".py", ".ipynb", ".txt", ".toml", ".yml", ".yaml", ".json", ".csv
 
 
 def tracked_text_files():
-    try:
-        out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
-    return [REPO / f for f in out.splitlines() if f.endswith(TEXT) and (REPO / f).is_file()]
+    return [path for path in committed_files() if path.name.endswith(TEXT) and path.is_file()]
 
 
 def test_no_tracked_text_speaks_of_how_the_project_was_written():
@@ -87,13 +82,9 @@ def test_every_interval_and_ndcg_a_readme_quotes_is_in_a_committed_report(readme
 
 def test_every_relative_link_in_the_committed_markdown_resolves():
     """A reader who follows a link from README, a report or the docs finds the file or folder it names."""
-    if not (REPO / ".git").exists():
-        pytest.skip("not a git checkout: which markdown files are committed is git's to say")
-    tracked = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    broken = []
-    for name in tracked.split():
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / name).read_text()):
-            if "://" not in target and not target.startswith("mailto:") and not (REPO / name).parent.joinpath(target).exists():
-                broken.append(f"{name}: {target}")
-    assert len(tracked.split()) >= 8
+    markdown = committed_files("*.md")
+    broken = [f"{path.relative_to(REPO)}: {target}" for path in markdown
+              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+              if "://" not in target and not target.startswith("mailto:") and not (path.parent / target).exists()]
+    assert len(markdown) >= 8
     assert not broken, broken
