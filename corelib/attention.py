@@ -54,7 +54,29 @@ class _PackedCapture:
     masks: dict = field(default_factory=dict)  # per (length, window): built once per forward, not per layer
 
 
-_capture: contextvars.ContextVar[_Capture | _PackedCapture | None] = contextvars.ContextVar("corelib_capture", default=None)
+@dataclass
+class _BlockCapture:
+    """One forward over a sequence whose tokens belong to segments, each segment attending to the segments
+    ``sees`` allows, causally by position id (the invariant prompt: header, document blocks, query suffixes)."""
+
+    segment: torch.Tensor  # [T] segment index of each token
+    positions: torch.Tensor  # [T] position id of each token
+    sees: torch.Tensor  # [S, S] bool: segment a attends to segment b
+    suffixes: list[_Suffix]  # the recorded segments (their rows are absolute sequence indices)
+    stop_layer: int
+    masks: dict = field(default_factory=dict)  # per sliding window: built once per forward
+
+    def mask(self, window: int | None, device) -> torch.Tensor:
+        if window not in self.masks:
+            seg, pos = self.segment.to(device), self.positions.to(device)
+            allowed = self.sees.to(device)[seg[:, None], seg[None, :]] & (pos[None, :] <= pos[:, None])
+            if window is not None:
+                allowed &= pos[None, :] > pos[:, None] - window
+            self.masks[window] = allowed[None, None]
+        return self.masks[window]
+
+
+_capture: contextvars.ContextVar[_Capture | _PackedCapture | _BlockCapture | None] = contextvars.ContextVar("corelib_capture", default=None)
 
 
 def query_rows_attention(query, key, mask, scaling, rows, past_len, softcap=None) -> torch.Tensor:
@@ -143,6 +165,17 @@ def _attention_forward(module, query, key, value, attention_mask, dropout=0.0, s
     layer = getattr(module, "layer_idx", None)
     if cap is not None and (kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None):
         raise NotImplementedError("attention sinks are not supported by corelib's extraction")
+    if isinstance(cap, _BlockCapture):
+        kwargs = dict(kwargs)
+        softcap = kwargs.pop("softcap", None)
+        m = cap.mask(kwargs.get("sliding_window"), query.device)
+        if layer is not None and layer <= cap.stop_layer:
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            for suffix in cap.suffixes:
+                suffix.out[layer] = query_rows_attention(query, key, m, scale, suffix.rows, 0, softcap)
+            if layer == cap.stop_layer:
+                raise _StopForward
+        return sdpa_attention_forward(module, query, key, value, m, dropout=dropout, scaling=scaling, **kwargs)
     if isinstance(cap, _PackedCapture):
         out = _packed_attention(module, query, key, value, cap, layer, sdpa_attention_forward, dropout, scaling, kwargs)
         if layer == cap.stop_layer:
@@ -165,7 +198,7 @@ def _mask(*args, **kwargs):
     from the positions (transformers would read the restarted positions as separate sequences)."""
     from transformers.masking_utils import sdpa_mask
 
-    if isinstance(_capture.get(), _PackedCapture):
+    if isinstance(_capture.get(), (_PackedCapture, _BlockCapture)):
         return None
     return sdpa_mask(*args, **kwargs)
 
@@ -278,6 +311,44 @@ def calibrated_head_token_scores(
         positions += range(prefix, e)
     _run(lm, ids, _PackedCapture(prefix, suffixes, num_layers - 1), positions=positions)
     return tuple(_stack(x, num_layers, e, lm.num_heads) for x, (_, e) in zip(suffixes, (query_span, na_span)))
+
+
+@torch.inference_mode()
+def invariant_head_token_scores(lm: LoadedModel, prompt, na_prompt=None, num_layers: int | None = None):
+    """Token scores of a permutation-invariant prompt (``prompts.build_invariant_prompt``): [L, H, T] over its
+    sequence, and with ``na_prompt`` (the same documents with the content-free query) the N/A prompt's too,
+    from one forward: the N/A suffix follows the query suffix at the same positions and sees the header and the
+    blocks, not the query. Sequence index j of either result is token j of ``prompt`` up to its last block."""
+    num_layers = _check_layers(lm, num_layers)
+    prepare(lm)
+    blocks = prompt.blocks
+    if na_prompt is not None and (na_prompt.blocks != blocks or na_prompt.input_ids[: blocks[-1][1]] != prompt.input_ids[: blocks[-1][1]]):
+        raise ValueError("the N/A prompt's header and blocks differ from the query prompt's")
+    body = blocks[-1][1] if blocks else prompt.query_span[0]
+    header = blocks[0][0] if blocks else body
+    ids, positions = list(prompt.input_ids), list(prompt.positions)
+    segment = [0] * header
+    for b, (s0, s1) in enumerate(blocks, start=1):
+        segment += [b] * (s1 - s0)
+    q_seg = len(blocks) + 1
+    segment += [q_seg] * (len(ids) - body)
+    suffixes = [_Suffix(span=(body, len(ids)), rows=prompt.query_span)]
+    if na_prompt is not None:
+        na_tail = na_prompt.input_ids[body:]
+        s0 = len(ids)
+        ids += na_tail
+        positions += na_prompt.positions[body:]
+        segment += [q_seg + 1] * len(na_tail)
+        suffixes.append(_Suffix(span=(s0, len(ids)), rows=(s0 + na_prompt.query_span[0] - body, s0 + na_prompt.query_span[1] - body)))
+    n_seg = q_seg + 2
+    sees = torch.eye(n_seg, dtype=torch.bool)
+    sees[:, 0] = True  # every segment sees the header
+    sees[q_seg, 1:q_seg] = True  # the query sees every block
+    sees[q_seg + 1, 1:q_seg] = True  # and so does the N/A query
+    cap = _BlockCapture(torch.tensor(segment), torch.tensor(positions), sees, suffixes, num_layers - 1)
+    _run(lm, ids, cap, positions=positions)
+    out = [_stack(x, num_layers, len(ids), lm.num_heads)[..., :body] for x in suffixes]
+    return out if na_prompt is not None else out[0]
 
 
 # ----------------------------------------------------------------------------- decoding (NIAH detection)

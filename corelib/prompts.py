@@ -35,6 +35,14 @@ class Prompt:
     doc_spans: list[tuple[int, int]]
     query_span: tuple[int, int]
     full_length: int  # tokens of the whole prompt, chat suffix included
+    # the permutation-invariant layout (``build_invariant_prompt``): each token's position id, and the
+    # sequence span of each document block (a block attends to the header and to itself only); None: causal
+    positions: list[int] | None = None
+    blocks: list[tuple[int, int]] | None = None
+
+    @property
+    def invariant(self) -> bool:
+        return self.blocks is not None
 
 
 def truncate_words(text: str, words: int | None) -> str:
@@ -102,6 +110,23 @@ def prompt_order(docs: Sequence[Document], rank1_last: bool = True) -> list[Docu
     return CandidateOrder(rank1_last=rank1_last).apply(docs)
 
 
+INVARIANT_MARKER = "[document] "  # no number: a slot's number would tell the block where it sits
+
+
+def _check_docs(query: str, docs: Sequence[Document], tokenizer) -> list[str]:
+    if not query or not query.strip():
+        raise PromptError("the query is empty: give a non-empty query text")
+    if not docs:
+        raise PromptError("no candidate documents: give at least one document to rank")
+    ids = [d.doc_id for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise PromptError(f"duplicate document ids {dup[:5]}: each candidate must appear once")
+    if not getattr(tokenizer, "is_fast", False):
+        raise PromptError("spans need a fast tokenizer (offset mapping): load it with use_fast=True")
+    return ids
+
+
 def _overlapping(offsets, start: int, end: int) -> tuple[int, int]:
     """Token range [first, last+1) of tokens whose character span overlaps [start, end).
     An empty character range owns no token (an empty document ranks last)."""
@@ -116,16 +141,7 @@ def _overlapping(offsets, start: int, end: int) -> tuple[int, int]:
 
 def build_prompt(tokenizer, query: str, docs: Sequence[Document], prefix: str = "", suffix: str = "") -> Prompt:
     """The paper's template with the model's chat markers; docs are given in prompt order."""
-    if not query or not query.strip():
-        raise PromptError("the query is empty: give a non-empty query text")
-    if not docs:
-        raise PromptError("no candidate documents: give at least one document to rank")
-    ids = [d.doc_id for d in docs]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise PromptError(f"duplicate document ids {dup[:5]}: each candidate must appear once")
-    if not getattr(tokenizer, "is_fast", False):
-        raise PromptError("spans need a fast tokenizer (offset mapping): load it with use_fast=True")
+    ids = _check_docs(query, docs, tokenizer)
 
     parts = [prefix + (" " if prefix and not prefix[-1].isspace() else "") + HEADER]
     pos = len(parts[0])
@@ -157,3 +173,52 @@ def build_prompt(tokenizer, query: str, docs: Sequence[Document], prefix: str = 
         query_span=query_span,
         full_length=len(enc["input_ids"]),
     )
+
+
+def canonical_order(docs: Sequence[Document]) -> list[Document]:
+    """The documents sorted by id: the one order an invariant prompt is run in, so that its records (and their
+    bits, in any dtype) are the same whatever order the candidates came in."""
+    return sorted(docs, key=lambda d: d.doc_id)
+
+
+def build_invariant_prompt(tokenizer, query: str, docs: Sequence[Document], prefix: str = "", suffix: str = "") -> Prompt:
+    """A permutation-invariant prompt (after InvariRank and BlockRank, used zero-shot): the header, then one block
+    per document (``[document] text``, tokenised on its own), then the instruction and query. Each block attends
+    to the header and to itself only and starts at the position right after the header; the query starts after
+    the longest block and attends to every block. No block sees another or knows its place, so any order of the
+    documents gives each the same attention (up to the summation order of floats; ``canonical_order`` removes
+    that too). The attention layout is ``Prompt.positions`` and ``Prompt.blocks``, which the recorder reads."""
+    ids = _check_docs(query, docs, tokenizer)
+    header = prefix + (" " if prefix and not prefix[-1].isspace() else "") + HEADER
+    bos = getattr(tokenizer, "bos_token", None)
+    enc = tokenizer(header, add_special_tokens=not (bos and header.startswith(bos)))
+    input_ids = list(enc["input_ids"])
+    start = len(input_ids)
+    positions = list(range(start))
+    blocks, doc_spans, longest = [], [], 0
+    for doc in docs:
+        piece = f"{INVARIANT_MARKER}{doc.text}\n\n"
+        e = tokenizer(piece, return_offsets_mapping=True, add_special_tokens=False)
+        offsets = [tuple(o) for o in e["offset_mapping"]]
+        s0, s1 = _overlapping(offsets, len(INVARIANT_MARKER), len(INVARIANT_MARKER) + len(doc.text))
+        n = len(e["input_ids"])
+        blocks.append((len(input_ids), len(input_ids) + n))
+        doc_spans.append((len(input_ids) + s0, len(input_ids) + s1))
+        input_ids += e["input_ids"]
+        positions += range(start, start + n)
+        longest = max(longest, n)
+    query = query.strip()
+    tail = INSTRUCTION + query
+    e = tokenizer(tail + suffix, return_offsets_mapping=True, add_special_tokens=False)
+    offsets = [tuple(o) for o in e["offset_mapping"]]
+    q0, q1 = _overlapping(offsets, 0, len(tail))
+    if q1 <= q0:
+        raise PromptError("the query span has no tokens; check the tokenizer's offset mapping")
+    q_start = start + longest  # every block ends before it, whatever its length
+    query_span = (len(input_ids) + q0, len(input_ids) + q1)
+    full_length = start + longest + len(e["input_ids"])
+    input_ids += e["input_ids"][:q1]
+    positions += range(q_start, q_start + q1)
+    text = header + "".join(f"{INVARIANT_MARKER}{d.text}\n\n" for d in docs) + tail + suffix
+    return Prompt(text=text, input_ids=input_ids, doc_ids=ids, doc_spans=doc_spans, query_span=query_span,
+                  full_length=full_length, positions=positions, blocks=blocks)

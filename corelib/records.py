@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .attention import calibrated_head_token_scores, head_token_scores
+from .attention import calibrated_head_token_scores, head_token_scores, invariant_head_token_scores
 from .models import LoadedModel, ModelSpec, as_spec, dtype_name
-from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_prompt
+from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_invariant_prompt, build_prompt, canonical_order
 from .progress import progress_bar
 from .storage import StorageError, cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
 
@@ -83,6 +83,17 @@ class RecordRequest:
     # first-stage rank of the document at each prompt position, for shuffled candidates (None: the order's
     # default, ICR's rank 1 last); part of the key, stored with the record
     permutation: tuple[int, ...] | None = None
+    # the permutation-invariant prompt (``prompts.build_invariant_prompt``); part of the key where True
+    invariant: bool = False
+
+    def canonical(self) -> "RecordRequest":
+        """An invariant request with its documents in ``canonical_order`` (the positive's index moved with it), so
+        that every order of the same candidates is one record; any other request unchanged."""
+        if not self.invariant:
+            return self
+        docs = canonical_order(self.docs)
+        positive = None if self.positive is None else docs.index(self.docs[self.positive])
+        return replace(self, docs=tuple(docs), positive=positive, permutation=None)
 
 
 # ----------------------------------------------------------------------------- building
@@ -118,11 +129,24 @@ def build_record(
     num_layers: int | None = None,
     positive: int | None = None,
     words: int | None = None,
+    invariant: bool = False,
 ) -> QueryRecord:
-    """Run the model on one prompt (docs in prompt order) and keep what scoring needs."""
-    prompt = build_prompt(lm.tokenizer, query, docs, lm.prefix, lm.suffix)
+    """Run the model on one prompt (docs in prompt order) and keep what scoring needs (``invariant``: the
+    permutation-invariant prompt, ``prompts.build_invariant_prompt``)."""
+    build = build_invariant_prompt if invariant else build_prompt
+    prompt = build(lm.tokenizer, query, docs, lm.prefix, lm.suffix)
     check_context(lm, prompt, words, len(docs))
     index, bounds = _doc_token_index(prompt)
+    if invariant:
+        na = build(lm.tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix) if calibrate else None
+        scores = invariant_head_token_scores(lm, prompt, na, num_layers)
+        if not calibrate:
+            q_tok = scores[..., index]
+            return QueryRecord(query_id, list(prompt.doc_ids), bounds, q_tok, segment_sum(q_tok, bounds), None, False,
+                               len(prompt.input_ids), positive)
+        q_tok, na_tok = (x[..., index] for x in scores)
+        return QueryRecord(query_id, list(prompt.doc_ids), bounds, q_tok - na_tok, segment_sum(q_tok, bounds),
+                           segment_sum(na_tok, bounds), True, len(prompt.input_ids), positive)
     if calibrate:
         na = build_prompt(lm.tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix)
         if na.doc_spans != prompt.doc_spans:
@@ -150,7 +174,8 @@ def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request
             "doc_ids": [d.doc_id for d in request.docs], "texts": content_digest([d.text for d in request.docs]),
             "positive": request.positive,
             # only shuffled requests carry it, so the keys of records in ICR's order are those they always had
-            **({"permutation": list(request.permutation)} if request.permutation is not None else {})}
+            **({"permutation": list(request.permutation)} if request.permutation is not None else {}),
+            **({"layout": "invariant"} if request.invariant else {})}
 
 
 def record_key(fields: dict) -> str:
@@ -291,18 +316,19 @@ def get_records(
     """
     model_id, fingerprint, dtype, total, load = _identity(model)
     layers = total if num_layers is None else num_layers
-    requests = list(requests)
+    requests = [r.canonical() for r in requests]
 
     def compute(req: RecordRequest) -> QueryRecord:
         lm = load()
         record = build_record(lm, req.query, list(req.docs), query_id=req.query_id, calibrate=calibrate,
-                              num_layers=layers, positive=req.positive, words=words)
+                              num_layers=layers, positive=req.positive, words=words, invariant=req.invariant)
         return record if req.permutation is None else replace(record, permutation=req.permutation)
 
     if store is None:
-        return [compute(req) for req in progress_bar(requests, progress)]
+        done: dict[RecordRequest, QueryRecord] = {}  # an invariant prompt's orders are one request: computed once
+        return [done[req] if req in done else done.setdefault(req, compute(req)) for req in progress_bar(requests, progress)]
     out: list[QueryRecord | None] = []
-    missing = []
+    missing: dict[str, list] = {}  # key -> (fields, indices of the requests it serves)
     for i, req in enumerate(requests):  # first everything the store holds: no progress bar, no model
         fields = record_fields(fingerprint, dtype, layers, calibrate, req)
         found = store.get(model_id, fields)
@@ -311,11 +337,12 @@ def get_records(
             found = None if full is None else full.first_layers(layers)
         out.append(found)
         if found is None:
-            missing.append((i, fields))
-    for i, fields in progress_bar(missing, progress):
+            missing.setdefault(record_key(fields), [fields, []])[1].append(i)
+    for fields, indices in progress_bar(list(missing.values()), progress):
         t0 = time.perf_counter()
-        record = compute(requests[i])
-        out[i] = store.put(model_id, fields, record, seconds=time.perf_counter() - t0)
+        record = store.put(model_id, fields, compute(requests[indices[0]]), seconds=time.perf_counter() - t0)
+        for i in indices:
+            out[i] = record
     return out
 
 
@@ -381,4 +408,5 @@ def record_status(
         return next((path for f in ([fields, {**fields, "layers": total}] if layers < total else [fields])
                      if (path := store.held_path(model_id, f)) is not None), None)
 
-    return CacheStatus.collect(list(requests), held, header_seconds, timings)
+    # one record per key: an invariant prompt's orders (and a detection query's positive slots) are one record
+    return CacheStatus.collect(list(dict.fromkeys(r.canonical() for r in requests)), held, header_seconds, timings)

@@ -56,6 +56,14 @@ class Reranker:
     heads: "all" (ICR), "core:K" / "qr:K" (a detected ranking's top K), "FILE.json[:K]", a list of
     (layer, head) pairs or a HeadSet. With a head subset only the layers up to its deepest head
     are run (automatic early exit).
+
+    The order of ``docs`` matters: they are taken as a first-stage ranking, and ICR's prompt puts the first
+    one nearest the query (``order=`` places them otherwise; ``CandidateOrder(shuffle_seed=s)`` at random).
+    Attention favours nearby text, so a good first-stage order lifts the scores. ``invariant=True`` builds the
+    permutation-invariant prompt instead (``prompts.build_invariant_prompt``: each document in its own block,
+    all at the same positions), where the order of ``docs`` changes no score; use it with heads detected under
+    the same prompt (``detection_records(..., invariant=True)``). ``corelib.order_robust`` holds the other
+    remedies (aggregation over several orders, a position prior).
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class Reranker:
         words: int | None = 300,
         rank1_last: bool = True,
         order: CandidateOrder | None = None,
+        invariant: bool = False,
         store: RecordStore | None = None,
         heads_dir: str | os.PathLike | None = None,
     ):
@@ -86,6 +95,9 @@ class Reranker:
         if order is not None and not rank1_last:
             raise PromptError("give either order= or rank1_last=False, not both")
         self.order = order if order is not None else (ICR_ORDER if rank1_last else CandidateOrder(rank1_last=False))
+        if not isinstance(invariant, bool):
+            raise PromptError(f"invariant={invariant!r}: give True (the permutation-invariant prompt) or False")
+        self.invariant = invariant
         self.store = store
         self.num_layers = self.layers_available if self.head_set is None else self.head_set.deepest_layer + 1
 
@@ -123,7 +135,8 @@ class Reranker:
         docs = list(docs)[: self.top_k] if self.top_k else list(docs)
         perm = self.order.permutation(str(query_id), len(docs))
         return RecordRequest(str(query_id), query, tuple(docs[r] for r in perm), group,
-                             permutation=perm if self.order.shuffled else None)
+                             permutation=perm if self.order.shuffled and not self.invariant else None,
+                             invariant=self.invariant)
 
     def _records(self, requests: Sequence[RecordRequest], progress: str | None = None) -> list[QueryRecord]:
         return get_records(self.model, requests, calibrate=self.calibrate, num_layers=self.num_layers,
@@ -176,8 +189,11 @@ class Reranker:
         return run
 
 
-def detection_requests(samples: Sequence[DetectionSample], group: str = "nq-open-detection") -> list[RecordRequest]:
-    return [RecordRequest(s.query_id, s.query, tuple(s.docs), group, s.positive) for s in samples]
+def detection_requests(samples: Sequence[DetectionSample], group: str = "nq-open-detection",
+                       invariant: bool = False) -> list[RecordRequest]:
+    """One request per detection prompt; ``invariant``: under the permutation-invariant prompt, where the prompts of
+    one query that differ only in the positive's slot are one record."""
+    return [RecordRequest(s.query_id, s.query, tuple(s.docs), group, s.positive, invariant=invariant) for s in samples]
 
 
 def detection_records(
@@ -188,7 +204,9 @@ def detection_records(
     num_layers: int | None = None,
     store: RecordStore | None = None,
     group: str = "nq-open-detection",
+    invariant: bool = False,
 ) -> list[QueryRecord]:
-    """Records of detection prompts (documents already in prompt order, positive marked)."""
-    return get_records(model, detection_requests(samples, group), calibrate=calibrate, num_layers=num_layers,
-                       store=store, progress=f"{model.model_id} detection")
+    """Records of detection prompts (documents already in prompt order, positive marked; ``invariant``: under the
+    permutation-invariant prompt)."""
+    return get_records(model, detection_requests(samples, group, invariant), calibrate=calibrate, num_layers=num_layers,
+                       store=store, progress=f"{model.model_id} detection" + (" (invariant prompt)" if invariant else ""))

@@ -10,7 +10,7 @@ ROOT = REPO / "corelib"
 # the study's layers, lowest first; a module may import its own layer and the ones below
 STUDY_LAYERS = [
     {"methods", "profiles", "analysis", "timing", "plots"},  # plain data, rules and drawing
-    {"tables", "observations", "order_check", "robustness", "released", "precision", "explorer", "report", "warm"},  # f(study) -> a table or a plan
+    {"tables", "observations", "order_check", "order_remedies", "robustness", "released", "precision", "explorer", "report", "warm"},  # f(study) -> a table or a plan
     {"core", "sharding"},  # the Study, which hands out its tables
     {"bench", "gpu_check", "findings_cells", "__main__", "__init__"},  # entry points
 ]

@@ -16,6 +16,7 @@ ALPHA = 0.05
 POOLED = "pooled (a query once)"  # the label of a claim's pooled test (every model's queries, each counted once)
 ALL_COLLECTIONS = "all (collections weighted equally)"  # a forest plot's overall row
 PRUNING_MARGIN = 0.5  # points of nDCG@10: "50% pruning costs at most half a point"
+ORDER_MARGIN = 0.5  # points of nDCG@10: a remedy makes a method order-robust when the order moves it less
 CEILING_SHARE = 0.8  # a comparison where this share of the paired differences is exactly 0 says little
 FEW_HEADS = 10  # "the best head count is below 10"
 N_RESAMPLES = 10_000
@@ -97,6 +98,28 @@ RULES = f"""\
   on the order* otherwise. Agreement with the first stage is descriptive: the Pearson correlation of a
   method's per-query nDCG@10 with BM25's, and the mean (collections weighted equally) of Kendall's tau
   between its ranking of the candidates and BM25's.
+- *Order remedies* (added before any remedy's number existed). On the order check's queries, each attention
+  re-ranker (ICR, QR-R, CoRe-R, NIAH-R, the layer window) is scored in ICR's order and shuffled (the order check's
+  seed), plain and under three zero-shot remedies: (a) permutation aggregation over K orders (the given order and
+  K - 1 shuffles seeded from the order seed + 1 on, the same extra orders for both), each document's calibrated
+  score averaged, or its reciprocal rank averaged, for each K of the profile (`order_permutations`); (b) the
+  position prior: each prompt slot's mean document score under the method's heads, counted from the query, over
+  the non-positive documents of the calibrated NQ detection records (their negatives sit in a seeded random
+  order; never an evaluated query), subtracted from the score of the document in that slot; (c) the
+  permutation-invariant prompt: each document in its own block (header and itself only, every block at the same
+  positions, no number in its marker), the query after the longest block attending to all of them, with QR and
+  CoRe heads and the layer window detected again on the NQ detection set under that prompt (NIAH-R keeps the
+  needle-trial heads). BM25 and the bi-encoder read the same candidates. Claims, each a family of the models
+  plus pooled, Holm within it: "*method* [*remedy*] is order-robust": its ICR-order minus shuffled nDCG@10 lies
+  within {ORDER_MARGIN} point (two one-sided tests at {ALPHA}, 90% interval): supported when both reject,
+  contradicted when the one-sided test of the side the estimate lies on rejects "within the margin" (its p
+  doubled for the choice of side), inconclusive otherwise; "*method* [*remedy*] (shuffled) beats BM25" and "...
+  beats Bi-encoder"; "CoRe-R [*remedy*] beats ICR [*remedy*]" and "... QR-R [*remedy*]" in each order. The plain
+  rows (remedy "none") are the baseline the remedies are read against; the order check's own claims stay as
+  they are. Cost: forwards per query (K for aggregation, one otherwise) and the latency of one invariant-prompt
+  forward beside one ICR forward, timed side by side (`make bench`). A model added to the remedies later
+  (qwen2.5-coder-1.5b: its queries shuffled, the invariant prompt and K = 3) is reported as its own rows and
+  never pooled into the order check's claims.
 - *bf16 on the CPU* (added before any bf16 record of the study's models existed). A model's records may be
   computed in bf16 instead of fp32 only after a precision check on queries it already has in fp32 passes: the
   same queries and detection prompts run in bf16 (heads detected again in bf16), and (1) the mean over

@@ -18,11 +18,12 @@ from ..first_stage import first_stage
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..layer_window import best_layer_window, window_heads
 from ..models import LoadedModel, ModelSpec, as_spec, model_spec
+from ..order_robust import permutation_orders
 from ..prompts import CandidateOrder
 from ..niah import NEEDLES, NiahError, TrialResult, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
 from ..records import QueryRecord, RecordStore
 from ..rerank import Reranker, detection_records
-from .methods import DETECTED, HEAD_SOURCES, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE
+from .methods import DETECTED, HEAD_SOURCES, INVARIANT_SOURCE, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE
 from .profiles import Profile, narrowed, profile
 
 log = logging.getLogger(__name__)
@@ -167,9 +168,10 @@ class Study:
         cand = self.candidates(model, collection)
         return self._reranker(model, calibrate).records(self.collection(collection), cand, self._share(list(cand.ranking)))
 
-    def _reranker(self, model: str, calibrate: bool = True, order: CandidateOrder | None = None) -> Reranker:
+    def _reranker(self, model: str, calibrate: bool = True, order: CandidateOrder | None = None,
+                  invariant: bool = False) -> Reranker:
         return Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store,
-                        order=order)
+                        order=order, invariant=invariant)
 
     @property
     def shuffled_order(self) -> CandidateOrder:
@@ -185,15 +187,34 @@ class Study:
             return qids
         return sorted(random.Random(f"order:{self.p.order_seed}").sample(qids, self.p.order_queries))
 
-    def shuffled_records(self, model: str, collection: str) -> list[QueryRecord]:
+    def shuffled_records(self, model: str, collection: str, seed: int | None = None) -> list[QueryRecord]:
         """All-head records of ``order_sample`` with the same candidates in a seeded random order per query
-        (the permutation is stored with each record and is part of its key)."""
+        (the permutation is stored with each record and is part of its key); ``seed``: another shuffle than the
+        order check's (permutation aggregation's extra orders)."""
+        order = self.shuffled_order if seed is None else CandidateOrder(shuffle_seed=seed)
+        return self.order_records(model, collection, order)
+
+    def _check_order_model(self, model: str) -> None:
         if model not in self.p.order_models:
             raise ValueError(f"profile {self.p.name!r} runs the candidate-order check for "
                              f"{', '.join(self.p.order_models) or 'no model'}, not {model}")
-        rr = self._reranker(model, order=self.shuffled_order)
+
+    def order_records(self, model: str, collection: str, order: CandidateOrder | None = None,
+                      invariant: bool = False) -> list[QueryRecord]:
+        """All-head records of ``order_sample`` with the candidates in ``order`` (None: ICR's), or under the
+        permutation-invariant prompt (``invariant``: one record per query, whatever the order)."""
+        self._check_order_model(model)
+        rr = self._reranker(model, order=order, invariant=invariant)
         qids = self._share(self.order_sample(model, collection))
         return rr.records(self.collection(collection), self.candidates(model, collection), qids)
+
+    def invariant_records(self, model: str, collection: str) -> list[QueryRecord]:
+        return self.order_records(model, collection, invariant=True)
+
+    def remedy_seeds(self) -> list[int]:
+        """The shuffle seeds of permutation aggregation's extra orders (``order_robust.permutation_orders``)."""
+        return [o.shuffle_seed for o in permutation_orders(self.shuffled_order, max(self.p.order_permutations, default=1),
+                                                           self.p.order_seed)[1:]]
 
     def _share(self, items: list) -> list:
         return items if self.shard is None else items[self.shard[0]:: self.shard[1]]
@@ -202,9 +223,10 @@ class Study:
         return load_detection(self.data, self.p.detection_for(model), self.p.negatives, self.p.positions,
                               words=self.p.words, seed=self.p.seed)
 
-    def detection(self, model: str, calibrate: bool = False) -> list[QueryRecord]:
+    def detection(self, model: str, calibrate: bool = False, invariant: bool = False) -> list[QueryRecord]:
+        """The NQ detection records (``invariant``: under the permutation-invariant prompt, one per query)."""
         return detection_records(self.spec(model), self._share(self._detection_samples(model)), calibrate=calibrate,
-                                 store=self.store)
+                                 store=self.store, invariant=invariant)
 
     # ------------------------------------------------------------------ warm (the plan lives in warm.py)
     def warm_steps(self, model: str, multilingual: bool = True) -> list[str]:
@@ -317,17 +339,19 @@ class Study:
         padded = [torch.nn.functional.pad(m, (0, n - m.shape[-1]), value=float("-inf")) for m in masses]
         return torch.cat(padded), torch.cat(positives)
 
-    def layer_window(self, model: str, temperature: float | None = None) -> tuple[int, int]:
+    def layer_window(self, model: str, temperature: float | None = None, invariant: bool = False) -> tuple[int, int]:
         """(first, last) layer of the best contiguous layer window on the NQ detection records (never on
-        evaluated queries), by CoRe's criterion on the window's summed mass (``layer_window.best_layer_window``)."""
+        evaluated queries), by CoRe's criterion on the window's summed mass (``layer_window.best_layer_window``);
+        ``invariant``: on the detection records under the permutation-invariant prompt."""
         t = self.p.temperature if temperature is None else temperature
-        key = (model, t)
+        key = (model, t, invariant)
         if key not in self._windows:
-            self._windows[key] = best_layer_window(self.detection(model), t)
+            self._windows[key] = best_layer_window(self.detection(model, invariant=invariant), t)
         return self._windows[key]
 
-    def layer_window_heads(self, model: str, temperature: float | None = None) -> list[tuple[int, int]]:
-        first, last = self.layer_window(model, temperature)
+    def layer_window_heads(self, model: str, temperature: float | None = None,
+                           invariant: bool = False) -> list[tuple[int, int]]:
+        first, last = self.layer_window(model, temperature, invariant)
         return window_heads(first, last, self.spec(model).num_heads)
 
     def heads(self, model: str, method: str, k: int | None = None, temperature: float | None = None,
@@ -372,5 +396,10 @@ def _in_domain_scores(nearest: int | None):
     return scores
 
 
-HEAD_SCORERS = {"nq": _nq_scores, "in-domain": _in_domain_scores(None),
+def _nq_invariant_scores(study: Study, model, method, t, calibrated, exclude, ident, prov) -> HeadScores:
+    return detect_heads(study.detection(model, calibrate=calibrated, invariant=True), method, temperature=t,
+                        calibrated=calibrated, **ident, provenance=prov)
+
+
+HEAD_SCORERS = {"nq": _nq_scores, INVARIANT_SOURCE: _nq_invariant_scores, "in-domain": _in_domain_scores(None),
                 "in-domain, position-matched": _in_domain_scores(POSITION_MATCHED_NEGATIVES)}

@@ -41,8 +41,10 @@ DETECTED = {label: m.key for label, m in METHODS.items() if m.key in ("qr", "cor
 NIAH_SOURCE = "needle trials"  # NIAH-R's heads come from needle-in-a-haystack decoding, not from a detection set
 NIAH_PROMPT_SOURCE = "needle trials at prompt length"
 NIAH_SOURCES = (NIAH_SOURCE, NIAH_PROMPT_SOURCE)
+INVARIANT_SOURCE = "nq, invariant prompt"  # the NQ detection set under the permutation-invariant prompt
 HEAD_SOURCES = {
     "nq": "NQ detection set (the paper's source)",
+    INVARIANT_SOURCE: "NQ detection set under the permutation-invariant prompt",
     "in-domain": "in-domain BM25 candidates, leave-one-collection-out",
     "in-domain, position-matched": "in-domain, each positive against its 4 nearest-slot negatives, leave-one-collection-out",
 }

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 
 from ..niah import TrialStore, collection_haystack, trial_status
+from ..prompts import CandidateOrder
 from ..records import CacheStatus, record_status
 from ..rerank import detection_requests
 
@@ -25,28 +26,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS = "NQ detection", "calibrated NQ detection", "needle trials"
+INVARIANT_DETECTION = "NQ detection (invariant prompt)"
 NIAH_PROMPT_TRIALS = "needle trials (prompt length)"
 TRIALS = (NIAH_TRIALS, NIAH_PROMPT_TRIALS)  # steps of needle trials, not records
-COLLECTION, SHUFFLED = "collection", "shuffled"
+COLLECTION, SHUFFLED, INVARIANT = "collection", "shuffled", "invariant prompt"
 SHUFFLED_SUFFIX = " (shuffled)"
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # DETECTION, CALIBRATED_DETECTION, NIAH_TRIALS, COLLECTION or SHUFFLED
+    kind: str  # DETECTION, CALIBRATED_DETECTION, INVARIANT_DETECTION, NIAH_TRIALS, COLLECTION, SHUFFLED or INVARIANT
     collection: str | None = None
+    seed: int | None = None  # SHUFFLED: another shuffle than the order check's (permutation aggregation)
 
     @property
     def name(self) -> str:
-        """The name ``warm --step`` and ``pending`` use: a collection's name, '<collection> (shuffled)', or the kind."""
+        """The name ``warm --step`` and ``pending`` use: a collection's name, '<collection> (shuffled)',
+        '<collection> (shuffled, seed 2)', '<collection> (invariant prompt)', or the kind."""
         if self.kind == COLLECTION:
             return self.collection
-        return self.collection + SHUFFLED_SUFFIX if self.kind == SHUFFLED else self.kind
+        if self.kind == SHUFFLED:
+            return self.collection + (SHUFFLED_SUFFIX if self.seed is None else f" (shuffled, seed {self.seed})")
+        return f"{self.collection} ({INVARIANT})" if self.kind == INVARIANT else self.kind
 
     @property
     def calibrated(self) -> bool:
         """Calibrated records (one forward with the N/A suffix packed in) cost more than NQ detection records."""
-        return self.kind in (CALIBRATED_DETECTION, COLLECTION, SHUFFLED)
+        return self.kind in (CALIBRATED_DETECTION, COLLECTION, SHUFFLED, INVARIANT)
 
 
 def steps(study: "Study", model: str, multilingual: bool = True) -> list[Step]:
@@ -58,10 +64,14 @@ def steps(study: "Study", model: str, multilingual: bool = True) -> list[Step]:
     by_size = sorted(p.collections, key=sizes.get)
     out = [Step(DETECTION), *(Step(COLLECTION, c) for c in by_size),
            *(Step(COLLECTION, c) for c in (p.multilingual if multilingual else ()))]
+    remedies = model in p.order_models and bool(p.order_permutations)
     if model in p.order_models:
         out += [Step(SHUFFLED, c) for c in by_size]
-    if model in p.models_for_ablations and p.calibrated_detection_ablation:
-        out.append(Step(CALIBRATED_DETECTION))
+    if (model in p.models_for_ablations and p.calibrated_detection_ablation) or remedies:
+        out.append(Step(CALIBRATED_DETECTION))  # the ablation's second detection pass; the position prior's data
+    if remedies:  # the order remedies: the invariant prompt's detection and records, then the extra orders
+        out += [Step(INVARIANT_DETECTION), *(Step(INVARIANT, c) for c in by_size)]
+        out += [Step(SHUFFLED, c, seed) for seed in study.remedy_seeds() for c in by_size]
     if p.niah_needles:
         out.append(Step(NIAH_TRIALS))
         if p.niah_prompt_lengths:
@@ -73,20 +83,25 @@ RUN: dict[str, Callable[["Study", str, Step], list]] = {
     DETECTION: lambda s, m, step: s.detection(m),
     CALIBRATED_DETECTION: lambda s, m, step: s.detection(m, calibrate=True),
     COLLECTION: lambda s, m, step: s.records(m, step.collection),
-    SHUFFLED: lambda s, m, step: s.shuffled_records(m, step.collection),
+    SHUFFLED: lambda s, m, step: s.shuffled_records(m, step.collection, step.seed),
+    INVARIANT: lambda s, m, step: s.invariant_records(m, step.collection),
+    INVARIANT_DETECTION: lambda s, m, step: s.detection(m, invariant=True),
     NIAH_TRIALS: lambda s, m, step: s.niah_trials(m),
     NIAH_PROMPT_TRIALS: lambda s, m, step: s.niah_trials(m, prompt_length=True),
 }
 
 
 def _collection_status(s: "Study", m: str, step: Step) -> CacheStatus:
-    shuffled = step.kind == SHUFFLED
+    sample = step.kind in (SHUFFLED, INVARIANT)  # the order check's queries
     if not s.candidates_cached(step.collection):  # a dense corpus not encoded yet: without its candidates no record
         # can be looked up, so every one counts as missing (encoding it here would take minutes per corpus)
-        qids = s.order_sample(m, step.collection) if shuffled else s.query_ids(m, step.collection)
+        qids = s.order_sample(m, step.collection) if sample else s.query_ids(m, step.collection)
         return CacheStatus(len(qids), qids, [])
-    rr = s._reranker(m, order=s.shuffled_order if shuffled else None)
-    qids = s.order_sample(m, step.collection) if shuffled else None
+    order = None
+    if step.kind == SHUFFLED:
+        order = s.shuffled_order if step.seed is None else CandidateOrder(shuffle_seed=step.seed)
+    rr = s._reranker(m, order=order, invariant=step.kind == INVARIANT)
+    qids = s.order_sample(m, step.collection) if sample else None
     return rr.status(rr.collection_requests(s.collection(step.collection), s.candidates(m, step.collection), qids))
 
 
@@ -95,8 +110,11 @@ STATUS: dict[str, Callable[["Study", str, Step], CacheStatus]] = {
                                                 store=s.store),
     CALIBRATED_DETECTION: lambda s, m, step: record_status(s.spec(m), detection_requests(s._detection_samples(m)),
                                                            calibrate=True, store=s.store),
+    INVARIANT_DETECTION: lambda s, m, step: record_status(
+        s.spec(m), detection_requests(s._detection_samples(m), invariant=True), calibrate=False, store=s.store),
     COLLECTION: _collection_status,
     SHUFFLED: _collection_status,
+    INVARIANT: _collection_status,
     **{kind: lambda s, m, step: trial_status(s.spec(m), s.niah_grid(step.kind == NIAH_PROMPT_TRIALS),
                                              collection_haystack(s.collection(s.p.niah_haystack)),
                                              store=TrialStore(s.store.root)) for kind in TRIALS},

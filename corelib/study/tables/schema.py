@@ -77,6 +77,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "order_per_query": ("model", "collection", "query_id", "order", "method", "ndcg@10", "kendall tau vs BM25"),
     "order_agreement": ("model", "order", "method", "queries", "mean ndcg@10", "correlation with BM25 (per-query ndcg@10)",
                         "kendall tau vs BM25 (mean)"),
+    # the order remedies (order_remedies.py): per query, order, remedy and method; BM25 and the bi-encoder under
+    # remedy "none" in both orders
+    "order_remedies": ("model", "collection", "query_id", "order", "remedy", "method", "ndcg@10"),
+    "order_remedy_means": ("model", "order", "remedy", "method", "queries", "ndcg@10", "forwards per query"),
+    "order_remedy_heads": ("model", "method", "heads", "shared with ICR's prompt", "layers (invariant prompt)",
+                           "layers (ICR's prompt)"),
     "forest": ("claim", "model", "collection", "difference", "ci low", "ci high", "queries"),
     "leave_one_out": ("claim", "model", "left out", "difference", "ci low", "ci high", "p", "queries", "collections"),
     # the precision check of a dtype against fp32 (precision.py): per method, and Table 1's verdicts under both
