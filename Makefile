@@ -85,9 +85,16 @@ time-pruning: setup
 pending: setup
 	$(BIN)/python -m corelib.study pending --profile $(PROFILE) --data "$(DATA)" $(MODEL_ARGS)
 
-# JupyterLab rooted at the project: notebooks/ (runnable, and the explorer) and results/<profile>/ (executed)
-lab: setup
-	$(BIN)/jupyter lab --notebook-dir=. notebooks/explorer.ipynb
+# JupyterLab rooted at the project, on working copies of the notebooks in lab/ (ignored; a copy is refreshed when
+# its tracked notebook changes), so that running and autosaving never touch the tracked ones; results/<profile>/
+# holds the executed study. --allow-root where the user is root (containers, cloud notebooks).
+LAB_COPIES := $(patsubst notebooks/%,lab/%,$(wildcard notebooks/*.ipynb))
+lab/%.ipynb: notebooks/%.ipynb
+	@mkdir -p lab
+	cp $< $@
+
+lab: setup $(LAB_COPIES)
+	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) lab/explorer.ipynb
 
 # MODELS="smollm2-135m qwen2.5-coder-1.5b" TOKENS="2000 4000" (optional): other models and lengths than the defaults
 bench: setup $(if $(findstring qwen2.5-coder-1.5b,$(MODELS)),$(LARGE))
@@ -101,4 +108,4 @@ bench-gpu: setup
 	$(BIN)/python -m corelib.study.gpu_check --real smollm2-135m --device cuda --data "$(DATA)" --out results/gpu_check/precision_cuda.json
 
 clean:
-	rm -rf $(VENV) results/smoke figures/smoke .pytest_cache
+	rm -rf $(VENV) results/smoke figures/smoke .pytest_cache lab

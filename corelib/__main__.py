@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .errors import UsageError
+
 log = logging.getLogger("corelib")
 
 def _check_cache(args) -> None:
@@ -22,7 +24,23 @@ def _check_sizes(args) -> None:
     for name in ("max_queries", "words", "top_k", "samples", "negatives", "positions"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {value}: it must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} {value}: it must be at least 1")
+
+
+def _check_queries(spec, queries: dict[str, str]) -> None:
+    """Before the first stage and the model: a query that is not valid Unicode, or that has more words than the model
+    has positions (each word is at least one token), cannot make a prompt, whatever --words and --top-k say."""
+    from .prompts import check_unicode
+
+    limit = spec.max_positions
+    for qid, text in queries.items():
+        check_unicode(text, f"query {qid}")
+        words = len(text.split())
+        if limit is None:
+            continue
+        if words >= limit:
+            raise UsageError(f"query {qid} has {words:,} words, more than the {limit:,} positions of {spec.model_id}: "
+                            "no prompt can hold it (--words and --top-k limit the documents only); shorten or drop it")
 
 
 def cmd_rerank(args) -> None:
@@ -52,6 +70,7 @@ def cmd_rerank(args) -> None:
     empty = [q for q in qids if not collection.queries[q].strip()]
     if empty:
         raise DataError(f"{collection.name}: queries {empty[:5]} have an empty text: give them a text or remove them")
+    _check_queries(spec, {q: collection.queries[q] for q in qids})
     encoder = None
     if args.first_stage == "dense":
         from .dense import Encoder
@@ -105,7 +124,11 @@ def _niah_scores(args, spec):
     from .niah import NEEDLES, TrialStore, collection_haystack, niah_scores, run_trials, trial_grid
 
     if not 1 <= args.needles <= len(NEEDLES):
-        raise ValueError(f"--needles {args.needles}: choose 1 to {len(NEEDLES)} (corelib.niah.NEEDLES)")
+        raise UsageError(f"--needles {args.needles}: choose 1 to {len(NEEDLES)} (corelib.niah.NEEDLES)")
+    limit = spec.max_positions
+    if limit is not None and max(args.lengths) > limit:
+        raise UsageError(f"--lengths {max(args.lengths)}: {spec.model_id} has {limit:,} positions; give context lengths up "
+                         "to that")
     grid = trial_grid(NEEDLES[: args.needles], args.lengths, args.depths)
     haystack = collection_haystack(load_collection(args.haystack, args.data))
     results = run_trials(spec, grid, haystack, store=None if args.no_cache else TrialStore(args.cache),
@@ -132,8 +155,9 @@ def _detection_scores(args, spec):
 
 def cmd_evaluate(args) -> None:
     from .data import load_collection, read_trec_run
-    from .evaluate import evaluate_run
+    from .evaluate import check_metrics, evaluate_run
 
+    check_metrics(args.metrics)
     collection = load_collection(args.collection, args.data)
     run = {q: dict(docs) for q, docs in read_trec_run(args.run).items()}
     for metric, value in evaluate_run(run, collection.qrels, tuple(args.metrics)).items():

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import UsageError
 from .models import LoadedModel
 
 ATTN_NAME = "corelib_sdpa"
@@ -227,7 +228,7 @@ def _cache_kwarg(backbone) -> str:
 def _check_layers(lm: LoadedModel, num_layers: int | None) -> int:
     num_layers = lm.num_layers if num_layers is None else num_layers
     if not 1 <= num_layers <= lm.num_layers:
-        raise ValueError(f"num_layers={num_layers} is outside 1..{lm.num_layers}, the layers this model has loaded")
+        raise UsageError(f"num_layers={num_layers} is outside 1..{lm.num_layers}, the layers this model has loaded")
     return num_layers
 
 
@@ -323,7 +324,7 @@ def invariant_head_token_scores(lm: LoadedModel, prompt, na_prompt=None, num_lay
     prepare(lm)
     blocks = prompt.blocks
     if na_prompt is not None and (na_prompt.blocks != blocks or na_prompt.input_ids[: blocks[-1][1]] != prompt.input_ids[: blocks[-1][1]]):
-        raise ValueError("the N/A prompt's header and blocks differ from the query prompt's")
+        raise UsageError("the N/A prompt's header and blocks differ from the query prompt's")
     body = blocks[-1][1] if blocks else prompt.query_span[0]
     header = blocks[0][0] if blocks else body
     ids, positions = list(prompt.input_ids), list(prompt.positions)

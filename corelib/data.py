@@ -17,13 +17,14 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import CorelibError, UsageError
 from .prompts import Document, document_text
 from .storage import write_output
 
 log = logging.getLogger(__name__)
 
 
-class DataError(RuntimeError):
+class DataError(CorelibError, RuntimeError):
     """A collection or file could not be found or read; the message says how to fix it."""
 
 
@@ -84,7 +85,7 @@ def _lines(path: Path):
         with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
             for n, raw in enumerate(f, 1):
                 try:
-                    yield n, raw.decode("utf-8")
+                    yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark is not data
                 except UnicodeDecodeError as err:
                     raise DataError(f"{path}:{n}: not valid UTF-8 ({err.reason} at byte {err.start} of the line): "
                                     "save the file as UTF-8") from None
@@ -218,8 +219,28 @@ def _load_local(name: str, root: Path, split: str) -> Collection:
                 raise DataError(f"{base / 'corpus.jsonl'}:{n}: document id {did} appears twice (an earlier line has it)")
             corpus[did] = (_text(base / "corpus.jsonl", n, r, "title", "document", required=False),
                            _text(base / "corpus.jsonl", n, r, "text", "document", required=False))
+    if corpus:
+        check_judged_documents(base / "qrels" / f"{split}.tsv", qrels, corpus)
     runs = sorted(p for p in (base / "runs").glob("*") if p.name.endswith((".txt", ".txt.gz", ".trec"))) if (base / "runs").is_dir() else []
     return Collection(name, queries, qrels, corpus, runs, source=str(base))
+
+
+def check_judged_documents(path: Path, qrels: dict[str, dict[str, int]], corpus) -> None:
+    """Judged documents the corpus lacks can never be retrieved, so they lower every method's score alike: a
+    warning names them (and the queries none of whose relevant documents exist, which score 0 for every method, as
+    5 of BEIR's ArguAna queries do); a qrels file none of whose relevant documents exist is refused (every score
+    would be 0)."""
+    unknown = sorted({d for judged in qrels.values() for d in judged if d not in corpus})
+    if not unknown:
+        return
+    relevant = {q: [d for d, g in judged.items() if g > 0] for q, judged in qrels.items()}
+    hopeless = sorted(q for q, docs in relevant.items() if docs and not any(d in corpus for d in docs))
+    if hopeless and len(hopeless) == sum(1 for docs in relevant.values() if docs):
+        raise DataError(f"{path}: none of the relevant documents it judges is in the corpus (e.g. {', '.join(unknown[:3])}): "
+                        "the qrels belong to another corpus, or the corpus file is incomplete")
+    log.warning("%s judges %d document(s) the corpus lacks (e.g. %s)%s", path, len(unknown), ", ".join(unknown[:5]),
+                f"; {len(hopeless)} queries have no relevant document in the corpus and score 0 for every method "
+                f"({', '.join(hopeless[:5])})" if hopeless else "")
 
 
 # BEIR sets whose evaluation set has an id of its own in ir_datasets (BEIR scores MS MARCO on dev;
@@ -261,6 +282,10 @@ def _load_mldr(lang: str, split: str) -> Collection:
 
 def load_collection(name: str, data: str | os.PathLike | None = None, split: str = "test") -> Collection:
     """Load ``name`` (e.g. ``scifact``, ``xquad-r/de``, ``mldr/de``) from the data directory or online."""
+    if not isinstance(name, str) or not name.strip() or name.startswith("/") or any(
+            part in ("", ".", "..") for part in name.split("/")):
+        raise DataError(f"collection {name!r}: give a collection's name inside the data directory, e.g. 'scifact' or "
+                        "'xquad-r/de' (no empty, '.' or '..' part, no leading '/')")
     root = data_dir(data)
     if root is not None:
         try:
@@ -322,7 +347,7 @@ def positive_positions(num_docs: int, count: int) -> list[int]:
     ``count`` equal slices of the prompt. The first and last slots are avoided on purpose: a head
     that always attends to the first (or last) document would otherwise win every sample placed there."""
     if not 1 <= count <= num_docs:
-        raise ValueError(f"positions={count}: choose between 1 and {num_docs}, the documents per prompt")
+        raise UsageError(f"positions={count}: choose between 1 and {num_docs}, the documents per prompt")
     return sorted({min(num_docs - 1, int((i + 0.5) * num_docs / count)) for i in range(count)})
 
 

@@ -23,6 +23,7 @@ import torch
 
 from .data import Candidates, write_trec_run
 from .catalogue import ModelLoadError
+from .errors import UsageError, WrongType
 from .fingerprints import directory_fingerprint, file_sha256
 from .gguf_weights import module_dir
 from .progress import progress_bar
@@ -156,7 +157,7 @@ class Encoder:
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 32, progress: str | None = None) -> torch.Tensor:
         if isinstance(texts, str):
-            raise TypeError("encode takes a list of texts, not one string: wrap it as [text]")
+            raise WrongType("encode takes a list of texts, not one string: wrap it as [text]")
         texts = [t.lower() for t in texts] if self.settings.lower_case else list(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
         out = torch.zeros(len(texts), self.model.config.hidden_size)
@@ -183,7 +184,7 @@ def document_texts(collection, doc_ids: Sequence[str], words: int | None = None)
 def _embedding_chunks(encoder: Encoder, collection, chunk: int, root: str | os.PathLike | None):
     """A corpus's doc ids, texts, cache key and chunk files (the cache folder is not created)."""
     if not collection.corpus:
-        raise ValueError(f"{collection.name} has no corpus.jsonl: dense retrieval needs document texts")
+        raise UsageError(f"{collection.name} has no corpus.jsonl: dense retrieval needs document texts")
     ids = list(collection.corpus)
     texts = document_texts(collection, ids)
     key = content_digest([EMBEDDING_VERSION, encoder.fingerprint, ids, texts])[:24]

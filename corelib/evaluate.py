@@ -9,6 +9,8 @@ import pandas as pd
 from ranx import Qrels, Run, compare, evaluate
 from ranx.metrics import ndcg as ranx_ndcg
 
+from .errors import UsageError
+
 DEFAULT_METRICS = ("ndcg@10",)
 
 
@@ -16,7 +18,7 @@ def _restrict(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
     """Evaluate on the queries present in both (a run over a query sample scores that sample)."""
     common = sorted(set(run) & set(qrels))
     if not common:
-        raise ValueError("the run and the qrels share no query id: check that they belong to the same collection")
+        raise UsageError("the run and the qrels share no query id: check that they belong to the same collection")
     return {q: run[q] for q in common}, {q: qrels[q] for q in common}
 
 
@@ -34,8 +36,25 @@ def to_ranx(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], 
     return Run({q: trec_order(docs) for q, docs in run.items()}, name=name), Qrels(qrels)
 
 
+METRICS = ("ndcg", "map", "mrr", "recall", "precision", "hit_rate", "r-precision", "bpref", "f1")
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    """Metric names as ranx takes them (``ndcg@10``, ``recall@100``, ``map``): a name ranx lacks or a cutoff that
+    is not a whole number is refused naming the metric, before anything is evaluated."""
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    for m in metrics:
+        name, at, cut = str(m).partition("@")
+        if name not in METRICS or (at and not (cut.isascii() and cut.isdigit() and int(cut) >= 1)):
+            raise UsageError(f"metric {m!r}: give one of {', '.join(METRICS)}, optionally with a cutoff in digits "
+                             "(e.g. ndcg@10, recall@100)")
+    return tuple(metrics)
+
+
 def evaluate_run(run, qrels, metrics=DEFAULT_METRICS) -> dict[str, float]:
     """Mean of each metric over the queries that the run and the qrels share."""
+    metrics = check_metrics(metrics)
     r, q = to_ranx(run, qrels)
     out = evaluate(q, r, list(metrics), make_comparable=True)
     return {metrics[0]: float(out)} if isinstance(out, float) else {k: float(v) for k, v in out.items()}
@@ -62,7 +81,7 @@ def ndcg_rows(scored, qrels, k: int = 10) -> tuple[list[str], np.ndarray]:
         qids.append(qid)
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(doc_ids):
-            raise ValueError(f"query {qid}: scores must be [rows, {len(doc_ids)}], got {list(scores.shape)}")
+            raise UsageError(f"query {qid}: scores must be [rows, {len(doc_ids)}], got {list(scores.shape)}")
         ids = {d: i for i, d in enumerate(doc_ids)}
         for d in qrels[qid]:
             ids.setdefault(d, len(ids))
@@ -74,7 +93,7 @@ def ndcg_rows(scored, qrels, k: int = 10) -> tuple[list[str], np.ndarray]:
         rel = sorted(((float(r), float(ids[d])) for d, r in qrels[qid].items()), reverse=True)
         judged.append(np.array([[i, r] for r, i in rel] or [[-1.0, 0.0]]))
     if not runs:
-        raise ValueError("the scored queries and the qrels share no query id: check that they belong to the same collection")
+        raise UsageError("the scored queries and the qrels share no query id: check that they belong to the same collection")
     rows, n = runs[0].shape[0], max(r.shape[1] for r in runs)
     m = max(j.shape[0] for j in judged)
     run_arr = np.full((len(runs), rows, n, 2), [-1.0, -np.inf])

@@ -17,22 +17,37 @@ from .storage import cache_root, publish
 log = logging.getLogger(__name__)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so large weights are hashed once."""
+_HASHED_THIS_PROCESS: dict[tuple[str, int], str] = {}
+
+
+def file_sha256(path: Path, trust_mtime: bool = True) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so large weights are hashed once. ``trust_mtime=False``
+    reads the whole file once per process whatever its time says (bytes damaged in place, with the time restored
+    as bit rot or a copy tool leaves it, keep size and time): about a second per 500 MB."""
     stat = path.stat()
+    if not trust_mtime:
+        key = (str(path.resolve()), stat.st_mtime_ns)
+        if key not in _HASHED_THIS_PROCESS:
+            _HASHED_THIS_PROCESS[key] = _read_sha256(path)
+        return _HASHED_THIS_PROCESS[key]
     memo_dir = cache_root() / "fingerprints"
     memo = memo_dir / (hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32])
     if memo.is_file():
         return memo.read_text().strip()
+    hexdigest = _read_sha256(path)
+    memo_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=memo_dir, suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        out.write(hexdigest)
+    publish(tmp, memo)
+    return hexdigest
+
+
+def _read_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 22):
             digest.update(block)
-    memo_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=memo_dir, suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        out.write(digest.hexdigest())
-    publish(tmp, memo)
     return digest.hexdigest()
 
 

@@ -8,6 +8,7 @@ import logging
 
 from .data import Candidates, Collection, DataError, choose_run_file, read_trec_run
 from .dense import Encoder, dense_candidates
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,9 @@ def first_stage(collection: Collection, k: int, query_ids: list[str] | None = No
     corpus. ``dense``: exact inner-product search with a sentence encoder (``corelib.dense``;
     default the built-in minilm-l6) over the whole corpus."""
     if k < 1:
-        raise ValueError(f"k={k}: ask for at least one candidate per query")
+        raise UsageError(f"k={k}: ask for at least one candidate per query")
     if method not in FIRST_STAGES:
-        raise ValueError(f"first stage {method!r}: use one of {', '.join(FIRST_STAGES)}")
+        raise UsageError(f"first stage {method!r}: use one of {', '.join(FIRST_STAGES)}")
     qids = list(query_ids) if query_ids is not None else sorted(collection.qrels)
     if method == "dense":
         return dense_candidates(collection, k, qids, encoder if encoder is not None else Encoder())

@@ -90,9 +90,9 @@ def converted_dir(name: str, verify: bool = False) -> Path:
 
     A directory counts only when its marker file names the GGUF checksum and converter version;
     conversion runs under a lock into a unique temporary directory that is renamed into place. The
-    marker also holds the size and sha256 of the converted weights; ``verify`` checks them (hashed once
-    per file version, see ``file_sha256``), so that weights damaged or changed after conversion are never
-    used under the GGUF file's fingerprint.
+    marker also holds the size and sha256 of the converted weights; ``verify`` checks them (the whole file read
+    once per process, whatever its modification time says), so that weights damaged or changed after conversion
+    are never used under the GGUF file's fingerprint.
     """
     path = cache_root() / "models" / name
     marker = {"gguf_sha256": BUILTIN_MODELS[name].sha256, "converter": CONVERTER_VERSION}
@@ -107,7 +107,9 @@ def converted_dir(name: str, verify: bool = False) -> Path:
     def checked(found: dict) -> Path:
         weights = path / WEIGHTS_FILE
         size = weights.stat().st_size if weights.is_file() else None
-        if size != found["weights_bytes"] or file_sha256(weights) != found["weights_sha256"]:
+        # the whole file is read once per process (not trusted by its time): a record is never made, or stored
+        # under the GGUF file's fingerprint, from weights damaged after conversion
+        if size != found["weights_bytes"] or file_sha256(weights, trust_mtime=False) != found["weights_sha256"]:
             what = "missing" if size is None else (f"{size:,} bytes, not {found['weights_bytes']:,}" if size != found["weights_bytes"]
                                                    else "its sha256 differs from the one written at conversion")
             raise ModelLoadError(f"the converted weights {weights} were damaged or changed after conversion ({what}): "

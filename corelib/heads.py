@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
+from .errors import MissingInput, UsageError, WrongType
 from .storage import write_output
 from .records import QueryRecord
 
@@ -21,11 +22,11 @@ HEAD_METHODS = ("core", "qr", "niah")  # detection methods whose rankings ``meth
 
 def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if not records:
-        raise ValueError("no detection records: run detection on at least one sample")
+        raise UsageError("no detection records: run detection on at least one sample")
     if any(r.positive is None for r in records):
-        raise ValueError("detection records need the positive's position (record.positive)")
+        raise UsageError("detection records need the positive's position (record.positive)")
     if calibrated and any(r.doc_mass_na is None for r in records):
-        raise ValueError("calibrated detection needs records built with calibrate=True")
+        raise UsageError("calibrated detection needs records built with calibrate=True")
     mass = torch.stack([(r.doc_mass - r.doc_mass_na) if calibrated else r.doc_mass for r in records]).double()
     return mass, torch.tensor([r.positive for r in records])  # [S, L, H, N], [S]
 
@@ -33,9 +34,9 @@ def _stack_mass(records: Sequence[QueryRecord], calibrated: bool) -> tuple[torch
 def core_scores(mass: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
     """S_CoRe: mean over samples of softmax_d(s_d / t) at the positive. mass [S, L, H, N] -> [L, H]."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature={temperature!r}: give a number, e.g. 0.001")
+        raise WrongType(f"temperature={temperature!r}: give a number, e.g. 0.001")
     if not 0 < temperature < math.inf:  # also refuses NaN, which would rank every head as NaN
-        raise ValueError(f"temperature={temperature}: it must be a positive finite number (the paper uses 0.001 or 0.1)")
+        raise UsageError(f"temperature={temperature}: it must be a positive finite number (the paper uses 0.001 or 0.1)")
     logp = torch.log_softmax(mass / temperature, dim=-1)
     pos = logp.gather(-1, positives.view(-1, 1, 1, 1).expand(*mass.shape[:3], 1)).squeeze(-1)
     return pos.exp().mean(0).float()
@@ -63,16 +64,16 @@ class HeadSet:
 
     def __post_init__(self):
         if isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Sequence):
-            raise ValueError(f"heads is a {type(self.heads).__name__}: give a list of (layer, head) pairs")
+            raise UsageError(f"heads is a {type(self.heads).__name__}: give a list of (layer, head) pairs")
         pairs = []
         for item in self.heads:
             if (isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2
                     or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in item)):
-                raise ValueError(f"head {item!r} is not a (layer, head) pair of whole numbers: give e.g. [[20, 3], [15, 1]]")
+                raise UsageError(f"head {item!r} is not a (layer, head) pair of whole numbers: give e.g. [[20, 3], [15, 1]]")
             pairs.append((int(item[0]), int(item[1])))
         repeated = sorted({p for p in pairs if pairs.count(p) > 1})
         if repeated:
-            raise ValueError(f"heads {repeated[:4]} are listed more than once: a head set names each head once "
+            raise UsageError(f"heads {repeated[:4]} are listed more than once: a head set names each head once "
                              "(a repeated head would count its attention twice)")
         self.heads = pairs
 
@@ -85,7 +86,7 @@ class HeadSet:
 
     def top(self, k: int) -> "HeadSet":
         if not 1 <= k <= len(self.heads):
-            raise ValueError(f"k={k}: this head set has {len(self.heads)} heads; choose k between 1 and {len(self.heads)}")
+            raise UsageError(f"k={k}: this head set has {len(self.heads)} heads; choose k between 1 and {len(self.heads)}")
         return HeadSet(self.heads[:k], self.model_id, self.method, {**self.provenance, "k": k},
                        fingerprint=self.fingerprint)
 
@@ -107,26 +108,26 @@ class HeadSet:
             data = json.loads(Path(path).read_text())
             kind = data.get("kind", "set")
             if kind not in ("set", "ranking"):
-                raise ValueError(kind)
+                raise UsageError(kind)
             return cls(data["heads"], data["model_id"], data.get("method", "manual"), data.get("provenance", {}),
                        ranking=kind == "ranking", fingerprint=data.get("model_fingerprint"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"head-set file {path} does not exist: run `python -m corelib detect` first") from None
+            raise MissingInput(f"head-set file {path} does not exist: run `python -m corelib detect` first") from None
         except (KeyError, ValueError, TypeError, AttributeError) as err:
-            raise ValueError(f"{path} is not a head-set file (needs model_id and heads: [[layer, head], ...]): {err}") from None
+            raise UsageError(f"{path} is not a head-set file (needs model_id and heads: [[layer, head], ...]): {err}") from None
 
     def check(self, model_id: str, num_layers: int, num_heads: int, fingerprint: str | None = None) -> None:
         """Raise if the set belongs to another model (by id, or by weights where both fingerprints are known)
         or names a head the model lacks."""
         if self.model_id.split("/")[-1] != model_id.split("/")[-1]:
-            raise ValueError(f"this head set was detected on {self.model_id}, not on {model_id}: detect heads for {model_id}")
+            raise UsageError(f"this head set was detected on {self.model_id}, not on {model_id}: detect heads for {model_id}")
         if self.fingerprint and fingerprint and self.fingerprint != fingerprint:
-            raise ValueError(f"this head set was detected on other weights named {self.model_id} ({self.fingerprint}), "
+            raise UsageError(f"this head set was detected on other weights named {self.model_id} ({self.fingerprint}), "
                              f"not on the {model_id} given ({fingerprint}): detect heads for this model, or point "
                              "--heads-dir at its own rankings")
         bad = [(l, h) for l, h in self.heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
         if bad:
-            raise ValueError(f"heads {bad[:4]} are outside {model_id} ({num_layers} layers x {num_heads} heads, 0-based)")
+            raise UsageError(f"heads {bad[:4]} are outside {model_id} ({num_layers} layers x {num_heads} heads, 0-based)")
 
 
 @dataclass
@@ -189,7 +190,7 @@ def scores_from_mass(mass: torch.Tensor, positives: torch.Tensor, method: str = 
     try:
         detector = DETECTORS[method]
     except KeyError:
-        raise ValueError(f"unknown method {method!r}: use one of {sorted(DETECTORS)}") from None
+        raise UsageError(f"unknown method {method!r}: use one of {sorted(DETECTORS)}") from None
     scores = detector(mass, positives, temperature)
     finite = torch.isfinite(mass[:, 0, 0, :]).sum(-1)
     prov = {"negatives": int(finite.max()) - 1 if len(finite) else 0,
@@ -221,7 +222,7 @@ def in_domain_samples(records: Sequence[QueryRecord], qrels: dict[str, dict[str,
             rows.append(r.doc_mass[..., [i] + sorted(negs)])
             slots.append(i)
     if not rows:
-        raise ValueError("no record has both a judged-relevant and a non-relevant candidate: nothing to contrast")
+        raise UsageError("no record has both a judged-relevant and a non-relevant candidate: nothing to contrast")
     n = max(x.shape[-1] for x in rows)
     mass = torch.full((len(rows), *rows[0].shape[:2], n), float("-inf"), dtype=torch.float64)
     for k, x in enumerate(rows):
@@ -267,10 +268,10 @@ def released_scores(model_id: str, prune: float = 0.0, data: str | os.PathLike |
 
     found = _released_model(model_id)
     if found is None:
-        raise ValueError(f"no released head scores for {model_id}: they exist for {', '.join(RELEASED_MODELS)}")
+        raise UsageError(f"no released head scores for {model_id}: they exist for {', '.join(RELEASED_MODELS)}")
     full_id, rel = found
     if prune not in RELEASED_PRUNE_LEVELS:
-        raise ValueError(f"prune={prune}: the released scores are for pruned shares {list(RELEASED_PRUNE_LEVELS)}")
+        raise UsageError(f"prune={prune}: the released scores are for pruned shares {list(RELEASED_PRUNE_LEVELS)}")
     root = data_dir(data)
     path = (root / RELEASED_DIR / rel.folder / f"core_temp{rel.temperature:g}_prune{prune}.json") if root else None
     if path is None or not path.is_file():
@@ -350,22 +351,24 @@ class HeadSpec:
 def parse_heads(spec: str) -> HeadSpec:
     """Parse ``all | core:K | qr:K | niah:K | FILE[:K]`` (checked before any model loads)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("heads: give all, core:K, qr:K, niah:K or a head-set file FILE[:K]")
+        raise UsageError("heads: give all, core:K, qr:K, niah:K or a head-set file FILE[:K]")
     spec = spec.strip()
     if spec == "all":
         return HeadSpec()
     name, k = spec, None
-    if ":" in spec:
+    # a file whose own name holds a colon ("runs:2024/heads.json") is that file, not FILE:K
+    if ":" in spec and not (spec.endswith(".json") and Path(spec).is_file()):
         name, _, k_text = spec.rpartition(":")
-        if not k_text.isdigit() or int(k_text) < 1:
-            raise ValueError(f"heads {spec!r}: K must be a positive whole number of heads, e.g. {name}:8")
+        if not (k_text.isascii() and k_text.isdigit()) or int(k_text) < 1:
+            raise UsageError(f"heads {spec!r}: K must be a positive whole number of heads written in digits 0-9, "
+                             f"e.g. {name}:8")
         k = int(k_text)
     if name in HEAD_METHODS:
         if k is None:
-            raise ValueError(f"heads {spec!r}: say how many of the {name} heads to keep, e.g. {name}:8")
+            raise UsageError(f"heads {spec!r}: say how many of the {name} heads to keep, e.g. {name}:8")
         return HeadSpec(method=name, k=k)
     if not name.endswith(".json"):
-        raise ValueError(f"heads {spec!r}: use all, {', '.join(m + ':K' for m in HEAD_METHODS)} or a .json head-set file")
+        raise UsageError(f"heads {spec!r}: use all, {', '.join(m + ':K' for m in HEAD_METHODS)} or a .json head-set file")
     return HeadSpec(path=Path(name), k=k)
 
 
@@ -383,7 +386,7 @@ def resolve_heads(spec: str | HeadSpec, model_id: str, heads_dir: str | os.PathL
         released = released_heads(model_id, spec.method)
         if released is not None:
             return released.top(min(spec.k, len(released)))
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no {spec.method} head ranking for {model_id} at {path}: run "
             f"`python -m corelib detect --model {model_id} --method {spec.method}` first"
         )
@@ -391,6 +394,6 @@ def resolve_heads(spec: str | HeadSpec, model_id: str, heads_dir: str | os.PathL
     if spec.k is not None:
         return hs.top(spec.k)
     if hs.ranking:
-        raise ValueError(f"{spec.path} ranks all {len(hs)} heads of {hs.model_id}: take its top K with {spec.path}:K "
+        raise UsageError(f"{spec.path} ranks all {len(hs)} heads of {hs.model_id}: take its top K with {spec.path}:K "
                          "(e.g. :8), or it would score with every head (ICR)")
     return hs

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from .checks import positive_finite
+from .errors import UsageError
 from .records import QueryRecord
 
 
@@ -35,7 +36,7 @@ def best_layer_window(records: Sequence[QueryRecord], temperature: float) -> tup
     """(first, last) layer of the window with the best ``window_scores`` on detection records (uncalibrated
     mass); ties go to the narrower window, then the shallower."""
     if not records or any(r.positive is None for r in records):
-        raise ValueError("the layer window is chosen on detection records: give records with their positive marked")
+        raise UsageError("the layer window is chosen on detection records: give records with their positive marked")
     mass = torch.stack([r.doc_mass for r in records])
     scores = window_scores(mass, torch.tensor([r.positive for r in records]), temperature)
     L = scores.shape[0]

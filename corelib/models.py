@@ -18,6 +18,7 @@ import torch
 # the catalogue, weights and identity of models live in their own modules; their names are part of this one's API
 from .catalogue import (BUILTIN_MODELS, CONVERTER_VERSION, DEFAULT_MODEL, PAPER_CHAT_MARKERS, GGUFSource,  # noqa: F401
                         ModelLoadError)
+from .errors import UsageError
 from .fingerprints import directory_fingerprint, file_sha256, hub_commit, weights_fingerprint  # noqa: F401
 from .gguf_weights import WEIGHTS_FILE, converted_dir, gguf_path, module_dir  # noqa: F401
 
@@ -86,6 +87,13 @@ class ModelSpec:
     def num_total_heads(self) -> int:
         return self.num_layers * self.num_heads
 
+    @property
+    def max_positions(self) -> int | None:
+        """The positions the model takes (a built-in's from its catalogue entry: nothing converted or loaded)."""
+        if self.name in BUILTIN_MODELS:
+            return BUILTIN_MODELS[self.name].positions
+        return getattr(self.config(), "max_position_embeddings", None)
+
     def config(self):
         """The model's (text) config, read without loading weights (an in-memory model's own)."""
         from transformers import AutoConfig
@@ -117,7 +125,7 @@ def model_spec(name_or_path: str = None, *, dtype=None, device: str | None = Non
     spec = _model_spec(name_or_path or DEFAULT_MODEL, dtype, device, revision)
     if num_layers is not None:
         if not 1 <= num_layers <= spec.num_layers:
-            raise ValueError(f"num_layers={num_layers} is outside 1..{spec.num_layers}, the model's decoder layers")
+            raise UsageError(f"num_layers={num_layers} is outside 1..{spec.num_layers}, the model's decoder layers")
         spec.loaded_layers = num_layers
     return spec
 
@@ -190,7 +198,7 @@ def _resolve_dtype(dtype, device: str) -> torch.dtype:
             return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                     "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
         except KeyError:
-            raise ValueError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
+            raise UsageError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
     return dtype
 
 
@@ -199,7 +207,7 @@ def _truncated_config(config, num_layers: int | None):
     if num_layers is None:
         return config, total
     if not 1 <= num_layers <= total:
-        raise ValueError(f"num_layers={num_layers} is outside 1..{total}, the model's decoder layers")
+        raise UsageError(f"num_layers={num_layers} is outside 1..{total}, the model's decoder layers")
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None) is not None:  # gemma3, qwen2: per-layer attention kind
         config.layer_types = list(config.layer_types)[:num_layers]

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .attention import new_cache, prefill, step_attention
+from .errors import UsageError
 from .heads import HeadScores
 from .models import LoadedModel, ModelSpec, as_spec, dtype_name
 from .prompts import PromptError, _overlapping
@@ -92,7 +93,7 @@ class TrialResult:
 def collection_haystack(collection) -> str:
     """A haystack from a collection's corpus: every document's title and text, in corpus order."""
     if not collection.corpus:
-        raise ValueError(f"{collection.name} has no corpus.jsonl: a haystack needs document texts")
+        raise UsageError(f"{collection.name} has no corpus.jsonl: a haystack needs document texts")
     return " ".join(f"{t.strip().rstrip('.')}. {b.strip()}" if t and t.strip() else b.strip()
                     for t, b in collection.corpus.values())
 
@@ -101,12 +102,12 @@ def trial_grid(needles: Sequence[Needle], lengths: Iterable[int], depths: Iterab
     """Every needle at every context length and depth."""
     lengths, depths = list(lengths), list(depths)
     if not needles or not lengths or not depths:
-        raise ValueError("the NIAH grid needs at least one needle, one context length and one depth")
+        raise UsageError("the NIAH grid needs at least one needle, one context length and one depth")
     bad = [d for d in depths if not 0 <= d <= 1]
     if bad:
-        raise ValueError(f"NIAH depths {bad} are outside [0, 1] (0 = start of the haystack, 1 = its end)")
+        raise UsageError(f"NIAH depths {bad} are outside [0, 1] (0 = start of the haystack, 1 = its end)")
     if any(n < 16 for n in lengths):
-        raise ValueError(f"NIAH context lengths {lengths}: each needs at least 16 tokens")
+        raise UsageError(f"NIAH context lengths {lengths}: each needs at least 16 tokens")
     return [NeedleTrial(n, length, d) for n in needles for length in lengths for d in depths]
 
 
@@ -129,10 +130,10 @@ def build_niah_prompt(tokenizer, haystack: str, trial: NeedleTrial, prefix: str 
     needle = trial.needle.text.strip()
     budget = trial.context_tokens - len(tokenizer(" " + needle, add_special_tokens=False)["input_ids"])
     if budget < 1:
-        raise ValueError(f"context_tokens={trial.context_tokens} leaves no room for the haystack around the needle")
+        raise UsageError(f"context_tokens={trial.context_tokens} leaves no room for the haystack around the needle")
     enc = tokenizer(haystack, return_offsets_mapping=True, add_special_tokens=False)
     if len(enc["input_ids"]) < budget:
-        raise ValueError(f"the haystack has {len(enc['input_ids'])} tokens, fewer than the {budget} a "
+        raise UsageError(f"the haystack has {len(enc['input_ids'])} tokens, fewer than the {budget} a "
                          f"{trial.context_tokens}-token context needs: give a longer haystack or a shorter length")
     hay = haystack[: enc["offset_mapping"][budget - 1][1]]
     cut = int(round(trial.depth * len(hay)))
@@ -166,7 +167,7 @@ def run_trial(lm: LoadedModel, lm_head: torch.Tensor, prompt: NiahPrompt, needle
     """Decode greedily (prefill once, then one token at a time on the KV cache), scoring each head's
     copying at every step. ``lm_head`` is the output embedding [vocab, hidden]."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: decode at least one token")
+        raise UsageError(f"max_new_tokens={max_new_tokens}: decode at least one token")
     t0 = time.perf_counter()
     ids = list(prompt.input_ids)
     n0, n1 = prompt.needle_span
@@ -198,7 +199,7 @@ def run_trial(lm: LoadedModel, lm_head: torch.Tensor, prompt: NiahPrompt, needle
 
 def trial_fields(fingerprint: str, dtype, trial: NeedleTrial, haystack: str, max_new_tokens: int) -> dict:
     if not fingerprint:
-        raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
+        raise UsageError("the model has no fingerprint: load it with load_model / from_modules")
     return {"format": NIAH_VERSION, "model": fingerprint, "dtype": dtype_name(dtype),
             "needle": trial.needle.text, "question": trial.needle.question, "context_tokens": trial.context_tokens,
             "depth": trial.depth, "haystack": content_digest(haystack), "max_new_tokens": max_new_tokens}
@@ -300,7 +301,7 @@ def run_trials(model: LoadedModel | ModelSpec, trials: Sequence[NeedleTrial], ha
 # ----------------------------------------------------------------------------- scores
 
 
-class NiahError(ValueError):
+class NiahError(UsageError):
     """The model retrieved too few needles to rank its heads."""
 
 
@@ -309,7 +310,7 @@ def niah_scores(results: Sequence[TrialResult], *, min_recall: float = MIN_RECAL
     """Retrieval score of every head: mean copy score over the counted trials, with the mean
     attention on the needle as the tie-breaker (so heads that never copy are not ranked by layer)."""
     if not results:
-        raise ValueError("no NIAH trials: run at least one")
+        raise UsageError("no NIAH trials: run at least one")
     counted = [r for r in results if r.counted(min_recall)]
     if not counted:
         raise NiahError(f"{model_id or 'the model'} retrieved none of the {len(results)} needles (ROUGE-1 recall "

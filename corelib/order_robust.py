@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from .errors import UsageError
 from .prompts import CandidateOrder
 from .records import QueryRecord
 from .scoring import doc_scores
@@ -44,10 +45,10 @@ def permutation_orders(base: CandidateOrder, k: int, seed: int = 0) -> list[Cand
     """The K orders of permutation aggregation: ``base`` first, then shuffles seeded ``seed + 1 .. seed + K - 1``
     (the same extra orders whatever the base, so a base in ICR's order and a shuffled one share them)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r}: permutation aggregation needs a whole number of orders, at least 1")
+        raise UsageError(f"k={k!r}: permutation aggregation needs a whole number of orders, at least 1")
     extra = [CandidateOrder(shuffle_seed=seed + i) for i in range(1, k)]
     if base in extra:
-        raise ValueError(f"the base order {base.name} is one of the extra orders (seeds {seed + 1}..{seed + k - 1}): "
+        raise UsageError(f"the base order {base.name} is one of the extra orders (seeds {seed + 1}..{seed + k - 1}): "
                          "give a base seed outside them")
     return [base, *extra]
 
@@ -56,16 +57,16 @@ def aggregate_runs(runs: Sequence[Run], how: Aggregate = Aggregate.MEAN_SCORE) -
     """One run from runs of the same candidates in different orders: each document's mean score, or its mean
     reciprocal rank (rank 1 = the best score of that run; ties share the better rank)."""
     if not runs:
-        raise ValueError("no runs to aggregate: give the runs of at least one order")
+        raise UsageError("no runs to aggregate: give the runs of at least one order")
     if not isinstance(how, Aggregate):
-        raise ValueError(f"how={how!r}: give an Aggregate (Aggregate.MEAN_SCORE or Aggregate.MEAN_RECIPROCAL_RANK)")
+        raise UsageError(f"how={how!r}: give an Aggregate (Aggregate.MEAN_SCORE or Aggregate.MEAN_RECIPROCAL_RANK)")
     out: Run = {}
     for qid, first in runs[0].items():
         per_order = []
         for i, run in enumerate(runs):
             scores = run.get(qid)
             if scores is None or set(scores) != set(first):
-                raise ValueError(f"query {qid}: run {i} holds other candidates than run 0; the orders must permute "
+                raise UsageError(f"query {qid}: run {i} holds other candidates than run 0; the orders must permute "
                                  "the same candidates")
             if how is Aggregate.MEAN_RECIPROCAL_RANK:
                 values = sorted(scores.values(), reverse=True)
@@ -86,15 +87,15 @@ def position_prior(records: Sequence[QueryRecord], heads=None) -> torch.Tensor:
     (index 0: the slot nearest it), over the non-positive documents of calibrated detection records whose
     negatives sit in a random order: what a slot scores whatever it holds. [N] for N-document prompts."""
     if not records:
-        raise ValueError("no records to estimate a position prior from: give calibrated detection records")
+        raise UsageError("no records to estimate a position prior from: give calibrated detection records")
     n = max(len(r.doc_ids) for r in records)
     total, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     for r in records:
         if not r.calibrated:
-            raise ValueError("the position prior is estimated from calibrated records (the scores it corrects are "
+            raise UsageError("the position prior is estimated from calibrated records (the scores it corrects are "
                              "calibrated): compute the detection records with calibrate=True")
         if r.positive is None:
-            raise ValueError(f"record {r.query_id} marks no positive: the prior is estimated on detection records")
+            raise UsageError(f"record {r.query_id} marks no positive: the prior is estimated on detection records")
         s = doc_scores(r, heads).double()
         slots = _slot_from_query(r)
         keep = torch.ones(len(s), dtype=torch.bool)
@@ -103,7 +104,7 @@ def position_prior(records: Sequence[QueryRecord], heads=None) -> torch.Tensor:
         total.index_add_(0, slots[keep], s[keep])
         count.index_add_(0, slots[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
     if (count == 0).any():
-        raise ValueError(f"slots {torch.nonzero(count == 0).flatten().tolist()} (from the query) hold no negative in "
+        raise UsageError(f"slots {torch.nonzero(count == 0).flatten().tolist()} (from the query) hold no negative in "
                          "these records: estimate the prior on more detection records")
     return (total / count).float()
 
@@ -112,7 +113,7 @@ def prior_corrected_scores(record: QueryRecord, prior: torch.Tensor, heads=None)
     """The record's document scores (prompt order) less the prior of the slot each document sits in."""
     n = len(record.doc_ids)
     if n > len(prior):
-        raise ValueError(f"the record has {n} documents, the prior {len(prior)} slots: estimate it on prompts with at "
+        raise UsageError(f"the record has {n} documents, the prior {len(prior)} slots: estimate it on prompts with at "
                          "least as many documents")
     return doc_scores(record, heads) - prior[_slot_from_query(record)]
 

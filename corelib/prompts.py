@@ -6,12 +6,14 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from .errors import UsageError
+
 HEADER = "Here are some paragraphs:\n\n"
 INSTRUCTION = "Please find information that are relevant to the following query in the paragraphs above.\n\nQuery: "
 CONTENT_FREE_QUERY = "N/A"
 
 
-class PromptError(ValueError):
+class PromptError(UsageError):
     """The query or documents cannot form a valid prompt."""
 
 
@@ -113,9 +115,22 @@ def prompt_order(docs: Sequence[Document], rank1_last: bool = True) -> list[Docu
 INVARIANT_MARKER = "[document] "  # no number: a slot's number would tell the block where it sits
 
 
+def check_unicode(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, left by decoding bytes with errors='surrogateescape'):
+    no tokenizer can encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise PromptError(f"{what} holds {text[err.start]!r} at character {err.start}, a lone surrogate that is not "
+                          "valid Unicode: decode its source as UTF-8 (or drop the character)") from None
+
+
 def _check_docs(query: str, docs: Sequence[Document], tokenizer) -> list[str]:
     if not query or not query.strip():
         raise PromptError("the query is empty: give a non-empty query text")
+    check_unicode(query, "the query")
+    for d in docs:
+        check_unicode(d.text, f"document {d.doc_id}")
     if not docs:
         raise PromptError("no candidate documents: give at least one document to rank")
     ids = [d.doc_id for d in docs]

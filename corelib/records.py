@@ -15,6 +15,7 @@ another format or another request is recomputed, never used.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -28,9 +29,10 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .attention import calibrated_head_token_scores, head_token_scores, invariant_head_token_scores
+from .errors import UsageError
 from .models import LoadedModel, ModelSpec, as_spec, dtype_name
 from .prompts import CONTENT_FREE_QUERY, Document, Prompt, PromptError, build_invariant_prompt, build_prompt, canonical_order
-from .progress import progress_bar
+from .progress import RecordTally, progress_bar
 from .storage import StorageError, cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -111,12 +113,14 @@ def segment_sum(x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     return csum[..., bounds[1:]] - csum[..., bounds[:-1]]
 
 
-def check_context(lm: LoadedModel, prompt: Prompt, words: int | None, num_docs: int) -> None:
+def check_context(lm: LoadedModel, prompt: Prompt, words: int | None, num_docs: int, query_id: str = "") -> None:
     if lm.max_positions is not None and prompt.full_length > lm.max_positions:
-        raise PromptError(
-            f"the prompt has {prompt.full_length} tokens but {lm.model_id} takes at most {lm.max_positions}: "
-            f"lower words (now {words}) or top_k (now {num_docs})"
-        )
+        query_tokens = prompt.query_span[1] - prompt.query_span[0]
+        which = f"query {query_id}'s prompt" if query_id else "the prompt"
+        fix = (f"the query alone has {query_tokens} tokens: shorten it (words and top_k limit the documents only)"
+               if query_tokens >= lm.max_positions // 2 else f"lower words (now {words}) or top_k (now {num_docs})")
+        raise PromptError(f"{which} has {prompt.full_length} tokens but {lm.model_id} takes at most {lm.max_positions}: "
+                          f"{fix}")
 
 
 def build_record(
@@ -135,7 +139,7 @@ def build_record(
     permutation-invariant prompt, ``prompts.build_invariant_prompt``)."""
     build = build_invariant_prompt if invariant else build_prompt
     prompt = build(lm.tokenizer, query, docs, lm.prefix, lm.suffix)
-    check_context(lm, prompt, words, len(docs))
+    check_context(lm, prompt, words, len(docs), query_id)
     index, bounds = _doc_token_index(prompt)
     if invariant:
         na = build(lm.tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix) if calibrate else None
@@ -167,7 +171,7 @@ def build_record(
 def record_fields(fingerprint: str, dtype, layers: int, calibrate: bool, request: RecordRequest) -> dict:
     """Everything a record depends on (and its identity: the query id), as JSON-able fields."""
     if not fingerprint:
-        raise ValueError("the model has no fingerprint: load it with load_model / from_modules")
+        raise UsageError("the model has no fingerprint: load it with load_model / from_modules")
     return {"format": FORMAT_VERSION, "model": fingerprint, "dtype": dtype_name(dtype),
             "layers": int(layers), "calibrate": bool(calibrate), "group": request.group,
             "query_id": str(request.query_id), "query": content_digest(request.query),
@@ -200,7 +204,9 @@ class RecordStore:
         self._swept: set[Path] = set()
 
     def path(self, model_id: str, group: str, key: str) -> Path:
-        safe = lambda s: s.replace("/", "__")  # noqa: E731
+        def safe(s: str) -> str:  # one folder name, never a way out of the store ('..', '.', '')
+            s = s.replace("/", "__")
+            return s if s not in ("", ".", "..") else f"_{s}_"
         return self.root / f"v{FORMAT_VERSION}" / safe(model_id) / safe(group) / f"{key}.safetensors"
 
     # memory --------------------------------------------------------------------------
@@ -234,7 +240,7 @@ class RecordStore:
             if (record.token_scores.shape[0] != layers or record.doc_mass.shape[0] != layers
                     or record.doc_mass.shape[-1] != n or len(record.bounds) != n + 1
                     or record.token_scores.shape[-1] != int(record.bounds[-1])):
-                raise ValueError("tensor shapes do not match the key")
+                raise UsageError("tensor shapes do not match the key")
         except (KeyError, ValueError) as err:  # a damaged or foreign file: recompute it
             log.warning("%s is unreadable (%s): recomputing it", path, err)
             return None
@@ -247,11 +253,19 @@ class RecordStore:
         meta = {"fields": json.dumps(fields, sort_keys=True, ensure_ascii=False), "num_tokens": str(record.num_tokens)}
         if seconds is not None:  # what computing it took (for `pending`'s estimate; not part of the record)
             meta["seconds"] = f"{seconds:.3f}"
+        from safetensors import SafetensorError
+
         try:
             save_tensors(path, tensors, meta)
-        except OSError as err:
-            raise StorageError(err.errno, f"cannot store a record in {self.root} ({err.strerror}): free space there, or "
-                               "point CORELIB_CACHE (or --cache) at a writable folder; cached records are kept") from None
+        except (OSError, SafetensorError) as err:  # safetensors raises its own error on a full disk
+            from .progress import RecordTally
+
+            why = getattr(err, "strerror", None) or str(err)
+            kept = f"{RecordTally.cached} of {RecordTally.needed} records of this run" if RecordTally.needed else "every record"
+            raise StorageError(getattr(err, "errno", None) or errno.EIO,
+                               f"cannot store a record in {self.root} ({why}; a full disk?): {kept} "
+                               "cached so far are kept; free space there, or point CORELIB_CACHE (or --cache) at another "
+                               "folder, then rerun the same command to resume") from None
 
     def _sweep(self, directory: Path, older_than_s: float = 3600) -> None:
         """Remove temporary files that killed writers left (once per folder and process)."""
@@ -338,11 +352,13 @@ def get_records(
         out.append(found)
         if found is None:
             missing.setdefault(record_key(fields), [fields, []])[1].append(i)
+    RecordTally.start(len(requests), sum(r is not None for r in out))
     for fields, indices in progress_bar(list(missing.values()), progress):
         t0 = time.perf_counter()
         record = store.put(model_id, fields, compute(requests[indices[0]]), seconds=time.perf_counter() - t0)
         for i in indices:
             out[i] = record
+        RecordTally.stored(len(indices))
     return out
 
 

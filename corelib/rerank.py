@@ -10,9 +10,10 @@ from typing import Iterable, Sequence
 
 from .data import Candidates, Collection, DetectionSample
 from .checks import whole_number
+from .errors import UsageError
 from .heads import HeadSet, HeadSpec, resolve_heads
 from .models import LoadedModel, ModelSpec, as_spec
-from .prompts import ICR_ORDER, CandidateOrder, Document, PromptError, document_text
+from .prompts import ICR_ORDER, CandidateOrder, Document, PromptError, check_unicode, document_text
 from .records import CacheStatus, QueryRecord, RecordRequest, RecordStore, get_records, record_status
 from .scoring import doc_scores
 
@@ -40,9 +41,11 @@ def as_documents(docs, words: int | None) -> list[Document]:
             if "text" not in d:
                 raise PromptError(f"document {i} has no 'text' field: give dicts with id, title and text")
             title, text = d.get("title"), d["text"]
-            for field_name, value in (("title", title), ("text", text)):
-                if value is not None and not isinstance(value, str):
-                    raise PromptError(f"document {i}: its {field_name} is a {type(value).__name__}, not a string")
+            if not isinstance(text, str):
+                raise PromptError(f"document {i}: its text is {'None' if text is None else 'a ' + type(text).__name__}, "
+                                  "not a string: give each document a text (an empty string for none)")
+            if title is not None and not isinstance(title, str):
+                raise PromptError(f"document {i}: its title is a {type(title).__name__}, not a string")
             out.append(Document(str(d.get("id", d.get("_id", i))), document_text(title, text, words)))
         else:
             raise PromptError(f"document {i} is a {type(d).__name__}: give strings or dicts with id/title/text")
@@ -104,7 +107,7 @@ class Reranker:
     def _resolve_heads(self, heads, heads_dir) -> HeadSet | None:
         m = self.model
         if heads is None:
-            raise ValueError("heads=None: give 'all' (ICR), 'core:K', a head-set file or a list of (layer, head) pairs")
+            raise UsageError("heads=None: give 'all' (ICR), 'core:K', a head-set file or a list of (layer, head) pairs")
         if isinstance(heads, (str, HeadSpec)):
             hs = resolve_heads(heads, m.model_id, heads_dir, m.fingerprint)
         elif isinstance(heads, Path):
@@ -114,14 +117,14 @@ class Reranker:
         elif isinstance(heads, Sequence) and not isinstance(heads, bytes):
             hs = HeadSet(list(heads), m.model_id)
         else:
-            raise ValueError(f"heads is a {type(heads).__name__}: give 'all', 'core:K', a head-set file or a list of "
+            raise UsageError(f"heads is a {type(heads).__name__}: give 'all', 'core:K', a head-set file or a list of "
                              "(layer, head) pairs")
         if hs is None:
             return None
         if hs.ranking:
-            raise ValueError(f"this head set ranks all {len(hs)} heads: pass hs.top(K) (or 'FILE:K'), not the whole ranking")
+            raise UsageError(f"this head set ranks all {len(hs)} heads: pass hs.top(K) (or 'FILE:K'), not the whole ranking")
         if not hs.heads:
-            raise ValueError("the head set is empty: give at least one (layer, head) or heads='all'")
+            raise UsageError("the head set is empty: give at least one (layer, head) or heads='all'")
         hs.check(m.model_id, self.layers_available, m.num_heads, m.fingerprint)
         return hs
 
@@ -133,6 +136,9 @@ class Reranker:
         if not isinstance(query, str) or not query.strip():
             raise PromptError(f"query {query_id or ''} is empty: give a non-empty query text".replace("  ", " "))
         docs = list(docs)[: self.top_k] if self.top_k else list(docs)
+        check_unicode(query, f"query {query_id}" if query_id else "the query")  # before any model loads
+        for d in docs:
+            check_unicode(d.text, f"document {d.doc_id}")
         perm = self.order.permutation(str(query_id), len(docs))
         return RecordRequest(str(query_id), query, tuple(docs[r] for r in perm), group,
                              permutation=perm if self.order.shuffled and not self.invariant else None,
@@ -178,7 +184,7 @@ class Reranker:
     def status(self, requests: Sequence[RecordRequest]) -> CacheStatus:
         """Which of the requests' records this re-ranker's store lacks (``records.record_status``)."""
         if self.store is None:
-            raise ValueError("this re-ranker has no record store: pass store=RecordStore() to look up cached records")
+            raise UsageError("this re-ranker has no record store: pass store=RecordStore() to look up cached records")
         return record_status(self.model, requests, calibrate=self.calibrate, num_layers=self.num_layers, store=self.store)
 
     def rerank(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from .errors import UsageError
 from .records import QueryRecord
 
 # ----------------------------------------------------------------------------- scoring
@@ -46,7 +47,7 @@ def summed_token_scores(record: QueryRecord, heads=None) -> torch.Tensor:
         return record.token_scores.sum((0, 1))
     h = head_index(heads)
     if h.numel() and int(h[:, 0].max()) >= record.num_layers:
-        raise ValueError(f"head layer {int(h[:, 0].max())} is beyond the {record.num_layers} layers this record holds")
+        raise UsageError(f"head layer {int(h[:, 0].max())} is beyond the {record.num_layers} layers this record holds")
     return record.token_scores[h[:, 0], h[:, 1]].sum(0)
 
 

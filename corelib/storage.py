@@ -21,10 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from .errors import CorelibError
+
 log = logging.getLogger(__name__)
 
 
-class StorageError(OSError):
+class StorageError(CorelibError, OSError):
     """A file or folder cannot be written (read-only, full, or not a file): the message names it and the way round."""
 
 
@@ -168,7 +170,15 @@ def check_output(path: str | os.PathLike, option: str = "--out") -> Path:
     if target.exists():
         mode = target.stat().st_mode
         if stat.S_ISFIFO(mode):
-            return path  # written through when a reader is there; opening it now would wait for one
+            # written through when a reader is there; a blocking open would wait for one, so look without waiting
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as err:
+                if err.errno == errno.ENXIO:
+                    raise StorageError(err.errno, f"{path} is a pipe with no reader: start the reader first (e.g. "
+                                       f"`cat {path} &`), or give a file for {option}") from None
+                raise StorageError(err.errno, f"cannot write {path} ({err.strerror}): choose another {option}") from None
+            return path
         try:
             open(target, "ab").close()  # appends nothing: the file is unchanged
         except OSError as err:
@@ -200,8 +210,12 @@ def write_output(path: str | os.PathLike, text: str) -> Path:
     if target.exists() and not target.is_file():
         if target.is_dir():
             raise StorageError(errno.EISDIR, f"cannot write {path}: it is a directory; give a file name")
-        with open(target, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(target, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as err:
+            raise StorageError(err.errno, f"cannot write {path} ({err.strerror}): free space there or choose another "
+                               "file") from None
         return path
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
     try:

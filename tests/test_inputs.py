@@ -15,6 +15,7 @@ import torch
 from corelib.data import DataError, load_collection, load_detection, read_qrels, read_trec_run, write_trec_run
 from corelib.heads import HeadSet, head_ranking_path
 from corelib.storage import StorageError, check_output, publish_tree, write_output
+from conftest import REPO
 from test_reliability import collection
 from tiny_models import tiny_model
 
@@ -290,7 +291,27 @@ CLI_CASES = {
                                              "share no query id"),
     "unknown model": (lambda t: ["rerank", "--data", _bad_data(t), "--collection", "c", "--model", "no-such-model"],
                       "unknown model"),
+    "a K that is not in digits": (lambda t: ["rerank", "--data", _bad_data(t), "--collection", "c", "--heads", "core:\u00b2"],
+                                  "digits 0-9"),
+    "an unknown metric cutoff": (lambda t: ["evaluate", "--data", _bad_data(t), "--collection", "c", "--run",
+                                            _write_bytes(t / "r.txt", b"q1 Q0 d1 1 1.0 t\n"), "--metrics", "ndcg@ten"],
+                                 "metric 'ndcg@ten'"),
+    "a collection named ..": (lambda t: ["rerank", "--data", _bad_data(t), "--collection", ".."], "no empty, '.' or '..'"),
+    "a pipe with no reader as --out": (lambda t: ["rerank", "--data", _bad_data(t), "--collection", "c", "--out",
+                                                  _fifo(t / "fifo")], "a pipe with no reader"),
+    "a query longer than the model's positions": (lambda t: ["rerank", "--data", _bad_data(
+        t, queries=json.dumps({"_id": "q1", "text": "word " * 25000}) + "\n"), "--collection", "c"],
+        "query q1 has 25,000 words"),
+    "a needle grid longer than the model's positions": (lambda t: ["detect", "--data", _bad_data(t), "--method", "niah",
+                                                                   "--lengths", "100000"], "--lengths 100000"),
+    "a query with a lone surrogate": (lambda t: ["rerank", "--data", _bad_data(
+        t, queries='{"_id": "q1", "text": "what \\udc80 is"}\n'), "--collection", "c"], "lone surrogate"),
 }
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return str(path)
 
 
 def _write(path, obj):
@@ -323,6 +344,13 @@ STUDY_CASES = {
     "unknown warm step": (["warm", "--profile", "smoke", "--step", "scifact shuffled"], "no warm step"),
     "robustness without a per-query table": (["robustness", "--profile", "smoke", "--out", "/nonexistent"],
                                              "no per-query table"),
+    "notebooks of an unknown profile": (["notebooks", "--profile", "nope", "notebooks/01_data_and_models.ipynb"],
+                                        "unknown profile 'nope'"),
+    "clean-outputs on a missing file": (["clean-outputs", "/nonexistent/x.ipynb"], "is not a file"),
+    "add-findings on a file that is not a notebook": (["add-findings", "README.md"], "README.md is not a Jupyter notebook"),
+    "figures with no tables": (["figures", "--profile", "smoke", "--out", "/nonexistent"], "no table in"),
+    "order remedies of a profile without them": (["order-remedies", "--profile", "quick", "--out", "/nonexistent"],
+                                                 "runs no order remedies"),
 }
 
 
@@ -333,6 +361,7 @@ def test_every_study_command_gives_a_domain_error(case, shared_data, monkeypatch
     monkeypatch.setattr("corelib.models.load_model", _no_forward)
     monkeypatch.setenv("CORELIB_DATA", str(shared_data))
     argv, match = STUDY_CASES[case]
+    monkeypatch.chdir(REPO)
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and match in err, err

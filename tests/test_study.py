@@ -569,25 +569,42 @@ def test_pruning_cost_is_measured_once_per_model_and_key(monkeypatch, tmp_path):
 
 
 def test_the_explorer_never_starts_forwards_unasked(tmp_path, shared_data, monkeypatch):
-    """On an empty cache explore() refuses (NotCached, naming `make warm` and what is missing) and the explorer
-    notebook, run whole, writes no record and says what it would compute."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    from conftest import REPO
-    from corelib.study.explorer import NotCached, explore
+    """On an empty cache explore() refuses (NotCached, naming `make warm` and what is missing), and the committed
+    view refuses a profile without committed tables (NotCommitted, naming `make reproduce`)."""
+    from corelib.study.explorer import Committed, NotCached, NotCommitted, explore
 
     monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CORELIB_DATA", str(shared_data))
     monkeypatch.setattr("corelib.models.load_model", lambda *a, **kw: pytest.fail("a model was loaded"))
     S = Study("smoke", data=shared_data, out=tmp_path / "results")
     with pytest.raises(NotCached, match=r"make warm PROFILE=smoke MODEL=smollm2-135m"):
         explore(S, "smollm2-135m", "core", 8, 0.001)
+    with pytest.raises(NotCommitted, match=r"make reproduce PROFILE=smoke"):
+        Committed(S)
+
+
+@pytest.mark.parametrize("name", ["quick", "cpu", "cpu-dense"])
+def test_the_explorer_shows_the_committed_numbers_on_an_empty_cache(name, tmp_path, shared_data, monkeypatch):
+    """The explorer notebook, run whole on an empty cache, shows a number of the profile's committed Table 1 and
+    sweep, loads no model and writes no record."""
+    import nbformat
+    import pandas as pd
+    from nbclient import NotebookClient
+
+    from conftest import REPO
+
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CORELIB_DATA", str(shared_data))
+    tables = REPO / "results" / name / "tables"
+    first = pd.read_csv(tables / "table1.csv")["model"].iloc[0]
+    sweep = pd.read_csv(tables / "sweep.csv")
+    at8 = sweep[(sweep["model"] == first) & (sweep["order"] == "core") & (sweep["heads"] == 8)
+                & (sweep["collection"] == "mean over collections")]["ndcg@10"].iloc[0]
     nb = nbformat.read(REPO / "notebooks" / "explorer.ipynb", as_version=4)
-    nb.cells[1].source = f'PROFILE = "smoke"\nDATA = {str(shared_data)!r}\nOUT = {str(tmp_path / "results")!r}'
+    nb.cells[1].source = f'PROFILE = {name!r}\nDATA = {str(shared_data)!r}\nOUT = {str(REPO / "results")!r}'
     NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # no record, no needle trial
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.safetensors"))
     text = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
     assert "Traceback" not in text and "error" not in text.lower()
     widgets = json.dumps(nb.metadata.get("widgets", {}))
-    assert "make warm PROFILE=smoke MODEL=smollm2-135m" in widgets
+    assert f"{at8:.4f}" in widgets  # CoRe-R's top 8, mean over collections, as the committed sweep holds it
+    assert f"Committed tables of profile {name}" in widgets

@@ -12,6 +12,32 @@ import logging
 import sys
 from pathlib import Path
 
+from ..errors import MissingInput
+
+
+def list_notebooks(args) -> int:
+    """The ``notebooks`` subcommand: the profile's notebooks to run (skipped ones, with why, on stderr)."""
+    from .profiles import profile
+
+    skipped = profile(args.profile).skipped_notebooks()
+    if args.start and not any(Path(path).name >= args.start for path in args.paths):
+        print(f"error: no notebook's name sorts at or after --from {args.start!r}; the notebooks are "
+              f"{', '.join(Path(p).name for p in args.paths)} (give a prefix such as 05)", file=sys.stderr)
+        return 2
+    if args.only and not any(Path(path).name.startswith(args.only) for path in args.paths):
+        print(f"error: no notebook's name starts with --only {args.only!r}; the notebooks are "
+              f"{', '.join(Path(p).name for p in args.paths)}", file=sys.stderr)
+        return 2
+    for path in args.paths:
+        if Path(path).name < args.start or not Path(path).name.startswith(args.only):
+            continue
+        why = skipped.get(Path(path).stem)
+        if why:
+            print(f"== skip {path}: {why}", file=sys.stderr)
+        else:
+            print(path)
+    return 0
+
 
 def clean_outputs(path) -> int:
     """Remove progress bars (stderr text redrawn with carriage returns, or tqdm's widgets) from an
@@ -23,7 +49,9 @@ def clean_outputs(path) -> int:
             return o.get("name") == "stderr" and "\r" in "".join(o.get("text", ""))
         return "application/vnd.jupyter.widget-view+json" in o.get("data", {})
 
-    nb = nbformat.read(path, as_version=4)
+    from .findings_cells import read_notebook
+
+    nb = read_notebook(path)
     nb.metadata.pop("widgets", None)
     dropped = 0
     for cell in nb.cells:
@@ -77,6 +105,11 @@ def main(argv=None) -> int:
                         "shuffled candidates beside ICR's order on the same queries (computes the shuffled records it lacks)")
     oc.add_argument("--fill-tau", action="store_true", help="only fill the committed rows' missing Kendall tau in ICR's "
                     "order, from the ICR-order records of the order sample (computed where missing; shuffled rows kept)")
+    sub.add_parser("manifest", parents=[prof, out], help="list the profile's committed tables in their folder's "
+                   "manifest (row count and sha256) as they are now, so that a read refuses one cut short or edited")
+    sub.add_parser("order-remedies", parents=[prof, data, models, out], help="the order remedies (notebook 11): every "
+                   "attention re-ranker under each remedy, in ICR's order and shuffled, its tables and figure (computes "
+                   "the records it lacks)")
     sub.add_parser("record-costs", parents=[prof, data, models, out], help="write the median compute time of each "
                    "model's cached records per kind into results/record_costs.csv, which `pending` reads for a cold cache")
     pc = sub.add_parser("precision-check", parents=[prof, data, out], help="the analysis plan's precision check: one "
@@ -106,27 +139,10 @@ def main(argv=None) -> int:
     c = sub.add_parser("clean-outputs", help="drop progress bars from executed notebooks (they show live, not stored)")
     c.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
-    if args.command == "notebooks":
-        from .profiles import profile
+    from ..errors import run_command
 
-        skipped = profile(args.profile).skipped_notebooks()
-        if args.start and not any(Path(path).name >= args.start for path in args.paths):
-            print(f"error: no notebook's name sorts at or after --from {args.start!r}; the notebooks are "
-                  f"{', '.join(Path(p).name for p in args.paths)} (give a prefix such as 05)", file=sys.stderr)
-            return 2
-        if args.only and not any(Path(path).name.startswith(args.only) for path in args.paths):
-            print(f"error: no notebook's name starts with --only {args.only!r}; the notebooks are "
-                  f"{', '.join(Path(p).name for p in args.paths)}", file=sys.stderr)
-            return 2
-        for path in args.paths:
-            if Path(path).name < args.start or not Path(path).name.startswith(args.only):
-                continue
-            why = skipped.get(Path(path).stem)
-            if why:
-                print(f"== skip {path}: {why}", file=sys.stderr)
-            else:
-                print(path)
-        return 0
+    if args.command == "notebooks":
+        return run_command(lambda: list_notebooks(args))
     if args.command == "banner":
         from ..errors import run_command
         from .profiles import narrowed, profile
@@ -139,9 +155,7 @@ def main(argv=None) -> int:
 
         return run_command(banner)
     if args.command == "clean-outputs":
-        for path in args.notebooks:
-            clean_outputs(path)
-        return 0
+        return run_command(lambda: [clean_outputs(path) for path in args.notebooks])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ..errors import run_command
     from .core import Study
@@ -185,7 +199,7 @@ def main(argv=None) -> int:
         S = Study(args.profile, data=args.data, out=args.out)
         pq = S.tables.read("per_query")
         if pq is None:
-            raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run notebook 03 of profile {S.p.name} first")
+            raise MissingInput(f"no per-query table in {S.tables_dir}: run notebook 03 of profile {S.p.name} first")
         print(S.tables.practitioner_cost(pq).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         from . import report
 
@@ -237,7 +251,7 @@ def main(argv=None) -> int:
             by = S if set(held) == set(S.p.models) or not held else Study(args.profile, out=args.out, models=held)
             written[name] = build(by, df)
         if not written:
-            raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
+            raise MissingInput(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
         written["verdicts"] = report.verdicts(S)
         report.write_report(S, S.out / S.p.name / "REPORT.md")
         for name, df in written.items():
@@ -257,7 +271,7 @@ def main(argv=None) -> int:
         S = Study(args.profile, data=args.data, out=args.out)
         per_query = S.tables.refresh_record_free()
         if not per_query:
-            raise FileNotFoundError(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
+            raise MissingInput(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
         for name, table in (("per_query", "table1"), ("per_query_multilingual", "table2")):
             if name in per_query:
                 S.tables.table1(per_query[name], name=table)
@@ -272,7 +286,11 @@ def main(argv=None) -> int:
         from . import plots
 
         S = Study(args.profile, out=args.out)
-        for path in plots.redraw(S):
+        written = plots.redraw(S)
+        if not written:
+            raise MissingInput(f"no table in {S.tables_dir} to draw a figure from: run `make reproduce PROFILE={S.p.name}` "
+                               "first")
+        for path in written:
             print(path)
 
     def show_model_rows(S, tables: dict):
@@ -299,6 +317,23 @@ def main(argv=None) -> int:
         for name, df in (fill_icr_order_tau if args.fill_tau else write_all)(S).items():
             print(f"{S.tables_dir / name}.csv: {len(df)} rows")
 
+    def manifest():
+        from .tables.schema import MANIFEST, adopt_into_manifest
+
+        S = Study(args.profile, out=args.out)
+        print(f"{S.tables_dir / MANIFEST}: {len(adopt_into_manifest(S))} tables")
+
+    def order_remedies():
+        from . import plots
+        from .order_remedies import write_all
+
+        S = Study(args.profile, data=args.data, out=args.out, models=args.model)
+        tables = write_all(S)
+        for name, df in tables.items():
+            print(f"{S.tables_dir / name}.csv: {len(df)} rows")
+        plots.save(plots.order_remedies(tables["order_remedy_means"], f"Order remedies ({S.p.name})"),
+                   S.figures_dir / "order_remedies")
+
     def add_findings():
         from .findings_cells import add_findings as add
 
@@ -306,7 +341,7 @@ def main(argv=None) -> int:
             print(f"{path}: {'findings added' if add(path) else 'already ends with its findings'}")
 
     return run_command({"warm": warm, "add-findings": add_findings, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
-                        "released": released, "order-check": order_check, "figures": figures, "headline": headline,
+                        "released": released, "order-check": order_check, "order-remedies": order_remedies, "manifest": manifest, "figures": figures, "headline": headline,
                         "comparisons": comparisons, "record-costs": record_costs, "record-free": record_free, "practitioner-cost": practitioner_cost,
                         "precision-check": precision, "machine-check": machine}[args.command])
 

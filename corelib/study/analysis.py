@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import UsageError
+
 ALPHA = 0.05
 POOLED = "pooled (a query once)"  # the label of a claim's pooled test (every model's queries, each counted once)
 ALL_COLLECTIONS = "all (collections weighted equally)"  # a forest plot's overall row
@@ -206,7 +208,7 @@ def paired(diffs: pd.DataFrame, n: int = N_RESAMPLES, seed: int = SEED, level: f
     CI at ``level`` (default 95%) and two-sided sign-flip randomization p of the collection-weighted mean difference."""
     strata = _strata(diffs)
     if not strata:
-        raise ValueError("no paired differences to test")
+        raise UsageError("no paired differences to test")
     est = weighted_mean(strata)
     k = len(strata)
     se = float(np.sqrt(sum(s.var(ddof=1) / len(s) if len(s) > 1 else 0.0 for s in strata)) / k)
@@ -317,12 +319,12 @@ def paired_differences(per_query: pd.DataFrame, a: str, b: str, pool: bool = Fal
     repeated = per_query[per_query.duplicated(keys, keep=False)]
     if len(repeated):
         r = repeated.iloc[0]
-        raise ValueError(f"the per-query table holds {len(repeated)} rows that share (model, collection, query, method), "
+        raise UsageError(f"the per-query table holds {len(repeated)} rows that share (model, collection, query, method), "
                          f"e.g. {r['method']} on {r['model']} {r['collection']} query {r['query_id']} (several head "
                          "sources or head counts?): select one of each before comparing, so that no score is averaged in")
     wide = per_query.pivot(index=keys[:3], columns="method", values="ndcg@10")
     if a not in wide or b not in wide:
-        raise ValueError(f"the per-query table has no {a if a not in wide else b} rows")
+        raise UsageError(f"the per-query table has no {a if a not in wide else b} rows")
     d = (100 * (wide[a] - wide[b])).dropna().rename("diff").reset_index()
     if pool:
         d = d.groupby(["collection", "query_id"], as_index=False)["diff"].mean()

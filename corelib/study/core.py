@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..data import Candidates, Collection, load_collection, load_detection, sample_queries
+from ..errors import UsageError
 from ..first_stage import first_stage
 from ..heads import HeadScores, detect_heads, head_ranking_path, in_domain_samples, scores_from_mass
 from ..layer_window import best_layer_window, window_heads
@@ -46,6 +47,8 @@ class Study:
                  models=None, store: RecordStore | None = None, **overrides):
         p = profile(profile_name, **overrides)
         full = p.models
+        if isinstance(models, str):  # one model's name, not its characters
+            models = [models]
         if models:
             p = narrowed(p, models)
         # the profile's models (the order of the tables' rows), and those this study leaves out (whose committed
@@ -196,7 +199,7 @@ class Study:
 
     def _check_order_model(self, model: str) -> None:
         if model not in self.p.order_models:
-            raise ValueError(f"profile {self.p.name!r} runs the candidate-order check for "
+            raise UsageError(f"profile {self.p.name!r} runs the candidate-order check for "
                              f"{', '.join(self.p.order_models) or 'no model'}, not {model}")
 
     def order_records(self, model: str, collection: str, order: CandidateOrder | None = None,
@@ -251,9 +254,9 @@ class Study:
     def niah_lengths(self, prompt_length: bool = False) -> tuple[int, ...]:
         """The context lengths of the profile's needle grid (``prompt_length``: its grid at the prompts' length)."""
         if not self.p.niah_needles:
-            raise ValueError(f"profile {self.p.name!r} has no NIAH grid (niah_needles=None)")
+            raise UsageError(f"profile {self.p.name!r} has no NIAH grid (niah_needles=None)")
         if prompt_length and not self.p.niah_prompt_lengths:
-            raise ValueError(f"profile {self.p.name!r} has no needle grid at the prompts' length (niah_prompt_lengths=())")
+            raise UsageError(f"profile {self.p.name!r} has no needle grid at the prompts' length (niah_prompt_lengths=())")
         return self.p.niah_prompt_lengths if prompt_length else self.p.niah_lengths
 
     def niah_grid(self, prompt_length: bool = False):
@@ -301,7 +304,7 @@ class Study:
         niah = {"niah": NIAH_SOURCE, "niah-prompt": NIAH_PROMPT_SOURCE}
         if method in niah:  # from needle trials: no detection source, no temperature
             if source != "nq" or calibrated:
-                raise ValueError(f"NIAH heads come from needle trials, not from the {source!r} detection source")
+                raise UsageError(f"NIAH heads come from needle trials, not from the {source!r} detection source")
             t, source, exclude = None, niah[method], None
         key = (model, method, t, source, calibrated, exclude)
         if key not in self._scores:
@@ -316,7 +319,7 @@ class Study:
                 prov = {"source": HEAD_SOURCES[source], "words": self.p.words, "profile": self.p.name}
                 self._scores[key] = HEAD_SCORERS[source](self, model, method, t, calibrated, exclude, ident, prov)
             else:
-                raise ValueError(f"unknown head source {source!r}: use one of {sorted(HEAD_SCORERS)}")
+                raise UsageError(f"unknown head source {source!r}: use one of {sorted(HEAD_SCORERS)}")
         return self._scores[key]
 
     def in_domain_mass(self, model: str, exclude: str | None, nearest: int | None = None):
@@ -333,7 +336,7 @@ class Study:
         import torch
 
         if not masses:
-            raise ValueError(f"in-domain detection leaves out the collection it re-ranks ({exclude}), and the profile "
+            raise UsageError(f"in-domain detection leaves out the collection it re-ranks ({exclude}), and the profile "
                              "has no other collection: give it at least two collections, or use the NQ heads")
         n = max(m.shape[-1] for m in masses)
         padded = [torch.nn.functional.pad(m, (0, n - m.shape[-1]), value=float("-inf")) for m in masses]
@@ -389,7 +392,7 @@ def _nq_scores(study: Study, model, method, t, calibrated, exclude, ident, prov)
 def _in_domain_scores(nearest: int | None):
     def scores(study: Study, model, method, t, calibrated, exclude, ident, prov) -> HeadScores:
         if calibrated:
-            raise ValueError("in-domain detection uses uncalibrated mass only (calibrated=True is the NQ ablation)")
+            raise UsageError("in-domain detection uses uncalibrated mass only (calibrated=True is the NQ ablation)")
         mass, pos = study.in_domain_mass(model, exclude, nearest)
         return scores_from_mass(mass, pos, method, temperature=t, **ident,
                                 provenance={**prov, "left out": exclude, "samples": len(pos)})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 
+from ..errors import MissingInput, UsageError
 from .profiles import profile
 from .tables.schema import later_commands, whole_runs
 
@@ -24,11 +25,25 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 HEADING_MARK = "no number here is typed by hand"  # the closing heading's wording (tests/test_findings.py)
 
 
+def read_notebook(path):
+    """An executed notebook, or a UsageError naming the file and what is wrong with it."""
+    import json
+
+    if not Path(path).is_file():
+        raise MissingInput(f"{path} is not a file: give the path of an executed notebook (.ipynb)")
+    try:
+        return nbformat.read(path, as_version=4)
+    except (json.JSONDecodeError, UnicodeDecodeError, nbformat.reader.NotJSONError, nbformat.ValidationError,
+            KeyError, AttributeError) as err:
+        raise UsageError(f"{path} is not a Jupyter notebook ({type(err).__name__}: {str(err).splitlines()[0][:120]}): "
+                         "give an executed .ipynb file") from None
+
+
 def closing_cells(source: nbformat.NotebookNode) -> list:
     """A numbered notebook's closing cells: the heading and the generated findings call that end it."""
     heading, call = source.cells[-2:]
     if heading.cell_type != "markdown" or HEADING_MARK not in heading.source or call.cell_type != "code":
-        raise ValueError("the notebook does not end with its generated findings (a heading saying "
+        raise UsageError("the notebook does not end with its generated findings (a heading saying "
                          f"'{HEADING_MARK}', then the call)")
     return [heading, call]
 
@@ -44,7 +59,7 @@ def run_of(executed: nbformat.NotebookNode, path: Path) -> tuple[dict, str]:
     """The papermill parameters and the start date of an executed notebook's run."""
     pm = executed.metadata.get("papermill", {})
     if "parameters" not in pm or not pm.get("start_time"):
-        raise ValueError(f"{path} has no papermill metadata: only a notebook executed by `make reproduce` "
+        raise UsageError(f"{path} has no papermill metadata: only a notebook executed by `make reproduce` "
                          "(papermill) can get its findings added")
     return dict(pm["parameters"]), str(pm["start_time"])[:10]
 
@@ -57,10 +72,10 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
     from .report import reproduce_command, run_stamp
 
     path = Path(path)
-    executed = nbformat.read(path, as_version=4)
+    executed = read_notebook(path)
     source_path = notebooks / path.name
     if not source_path.is_file():
-        raise FileNotFoundError(f"{path.name} is not one of the numbered notebooks in {notebooks}")
+        raise MissingInput(f"{path.name} is not one of the numbered notebooks in {notebooks}")
     source = nbformat.read(source_path, as_version=4)
     if has_findings(executed, source):
         return False
@@ -72,13 +87,13 @@ def add_findings(path, notebooks: Path = NOTEBOOKS) -> bool:
     study = Study(name, out=notebooks / params.get("OUT", "../results"))
     provenance = study.tables.read("provenance")
     if provenance is None:
-        raise FileNotFoundError(f"no provenance table in {study.tables_dir}: {fix}")
+        raise MissingInput(f"no provenance table in {study.tables_dir}: {fix}")
     runs = whole_runs(provenance).set_index("model")
     for m in models:
         if m not in runs.index or (runs.at[m, "command"], runs.at[m, "date"]) != (command, started):
             held = (f"`{runs.at[m, 'command']}` at {runs.at[m, 'commit']}, {runs.at[m, 'date']}" if m in runs.index
                     else "no run")
-            raise ValueError(f"{path} is the run `{command}` of {started}, but the tables hold {m}'s rows from {held}, "
+            raise UsageError(f"{path} is the run `{command}` of {started}, but the tables hold {m}'s rows from {held}, "
                              f"so findings generated now would not describe its cells; {fix}")
     cells = _executed_closing_cells(source, params, notebooks)
     stamp, run = run_stamp(), runs.loc[models[0]]
@@ -109,7 +124,7 @@ def _executed_closing_cells(source: nbformat.NotebookNode, params: dict, noteboo
     code = [c for c in source.cells if c.cell_type == "code"]
     parameters, setup = code[0], code[1]
     if "parameters" not in parameters.metadata.get("tags", []) or "Study(" not in setup.source:
-        raise ValueError("the notebook does not start with its parameters cell and its set-up cell (S = Study(...))")
+        raise UsageError("the notebook does not start with its parameters cell and its set-up cell (S = Study(...))")
     mini = nbformat.v4.new_notebook(metadata=source.metadata, cells=[parameters, setup, *closing_cells(source)])
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.ipynb", Path(tmp) / "out.ipynb"

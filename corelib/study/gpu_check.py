@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingInput, UsageError
+
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=8192)
 
@@ -113,7 +115,7 @@ def _tokenizer(path: str | None):
     from transformers import AutoTokenizer
 
     if not Path(path, "tokenizer_config.json").is_file():
-        raise FileNotFoundError(f"--tokenizer {path}: no tokenizer_config.json there; write one with "
+        raise MissingInput(f"--tokenizer {path}: no tokenizer_config.json there; write one with "
                                 "tokenizer.save_pretrained(path) on a machine that has the model")
     return AutoTokenizer.from_pretrained(path)
 
@@ -148,7 +150,7 @@ def check(models=None, tokens: int = 2000, repeats: int = 3, device: str | None 
     configs = _configs(len(tokenizer))
     unknown = sorted(set(models or ()) - set(configs))
     if unknown:
-        raise ValueError(f"unknown gpu-check model(s) {unknown}; choose from {sorted(configs)}")
+        raise UsageError(f"unknown gpu-check model(s) {unknown}; choose from {sorted(configs)}")
     # (dtype, device) of each checked run; each is compared with fp32 on `device`, and on CUDA fp32 with the CPU too
     runs = ([(torch.float32, "cpu")] if cuda else []) + [(d, device) for d in
                                                           ([torch.bfloat16, torch.float16] if cuda else [torch.bfloat16])]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class Method:
@@ -56,7 +58,7 @@ def colour(label: str) -> str:
     """The method's colour (a method named with a suffix, 'CoRe-R (shuffled)', takes its base's)."""
     base = next((m for m in sorted(METHODS, key=len, reverse=True) if label.startswith(m)), None)
     if base is None:
-        raise ValueError(f"unknown method {label!r}: the study's methods are {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {label!r}: the study's methods are {', '.join(METHODS)}")
     return METHODS[base].colour
 
 

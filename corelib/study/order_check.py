@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import MissingInput, UsageError
 from ..evaluate import per_query
 from ..scoring import record_run
 from . import analysis
@@ -47,11 +48,11 @@ def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
     (they are the records notebook 03 read), else left empty. No ICR-order forward is run here."""
     s = study
     if not s.p.order_models:
-        raise ValueError(f"profile {s.p.name!r} has no candidate-order check (order_models is empty)")
+        raise UsageError(f"profile {s.p.name!r} has no candidate-order check (order_models is empty)")
     nq = pq[pq["head source"].fillna("").isin(["", "all", "nq", NIAH_SOURCE])].assign(query_id=lambda d: d["query_id"].astype(str))
     ks = set(nq.loc[nq["method"] == "CoRe-R", "k"])
     if ks != {s.p.num_heads}:
-        raise ValueError(f"the per-query table's CoRe-R rows use k={sorted(ks)}, the order check the profile's "
+        raise UsageError(f"the per-query table's CoRe-R rows use k={sorted(ks)}, the order check the profile's "
                          f"k={s.p.num_heads}: write the per-query table with the profile's head count")
     rows = []
     for m in s.p.order_models:
@@ -77,7 +78,7 @@ def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
             for method in runs:
                 part = mine[mine["method"] == method]
                 if len(part) != len(qids):
-                    raise ValueError(f"the per-query table has {len(part)} of the {len(qids)} order-check queries of {m} "
+                    raise UsageError(f"the per-query table has {len(part)} of the {len(qids)} order-check queries of {m} "
                                      f"{c} for {method}: run notebook 03 (Table 1) of profile {s.p.name} first")
                 run = {q: bm25[q] for q in qids} if method == "BM25" else icr_runs.get(method)
                 taus = [_kendall(run[q], bm25[q]) for q in part["query_id"]] if run else np.nan
@@ -154,13 +155,13 @@ def fill_icr_order_tau(study: "Study") -> dict[str, pd.DataFrame]:
     every method on every query, so the tau and the nDCG come from the same records; else nothing is written."""
     opq = study.tables.read("order_per_query")
     if opq is None:
-        raise FileNotFoundError(f"no order_per_query table in {study.tables_dir}: run `order-check` first")
+        raise MissingInput(f"no order_per_query table in {study.tables_dir}: run `order-check` first")
     opq = opq.assign(query_id=lambda d: d["query_id"].astype(str))
     icr_rows = (opq["order"] == ICR_ORDER_NAME) & opq["model"].isin(study.p.models)
     todo = [m for m in dict.fromkeys(opq.loc[icr_rows, "model"])
             if opq.loc[icr_rows & (opq["model"] == m), "kendall tau vs BM25"].isna().any()]
     if not todo:
-        raise ValueError("every model's rows in ICR's order already hold their Kendall tau: nothing to fill")
+        raise UsageError("every model's rows in ICR's order already hold their Kendall tau: nothing to fill")
     s = study
     for m in todo:
         heads = committed_heads(s, m, set(opq.loc[icr_rows & (opq["model"] == m), "method"]))
@@ -179,7 +180,7 @@ def fill_icr_order_tau(study: "Study") -> dict[str, pd.DataFrame]:
                     committed = opq.loc[at].set_index("query_id")["ndcg@10"]
                     differ = (got.reindex(committed.index) - committed).abs() > 1e-9
                     if differ.any():
-                        raise ValueError(f"{m} {c} {method}: the ICR-order records give another nDCG@10 than the "
+                        raise UsageError(f"{m} {c} {method}: the ICR-order records give another nDCG@10 than the "
                                          f"committed rows on {int(differ.sum())} of {len(committed)} queries (e.g. "
                                          f"{committed.index[differ.to_numpy()][0]}), so their tau would not belong to "
                                          "those rows: re-run the model's whole order check instead")
@@ -195,7 +196,7 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
     ``python -m corelib.study order-check --profile cpu``."""
     pq = study.tables.read("per_query")
     if pq is None:
-        raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
+        raise MissingInput(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
                                 "(`make reproduce`) first")
     opq = order_per_query(study, pq)
     # a run for some of the order-check models (``--model``: a narrowed study) replaces their rows, and ``write``

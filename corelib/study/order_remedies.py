@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..errors import UsageError
 from ..evaluate import per_query
 from ..order_robust import Aggregate, aggregate_runs, permutation_orders, position_prior, prior_corrected_run
 from ..prompts import ICR_ORDER, CandidateOrder
@@ -104,7 +105,7 @@ def remedies_per_query(study: "Study") -> pd.DataFrame:
     the bi-encoder on the same candidates (remedy 'none', the same in both orders)."""
     s = study
     if not remedy_models(s):
-        raise ValueError(f"profile {s.p.name!r} runs no order remedies (order_models and order_permutations)")
+        raise UsageError(f"profile {s.p.name!r} runs no order remedies (order_models and order_permutations)")
     frames = []
     for m in remedy_models(s):
         heads, inv_heads = method_heads(s, m), method_heads(s, m, invariant=True)

@@ -460,6 +460,8 @@ def redraw(study) -> list[Path]:
                                            "own process)"), out / "fig3_pruning_cost")
     if (scale := t.read("scaling")) is not None:
         written += save(scaling(scale, avg, t.read("released_depth")), out / "scaling")
+    if (remedy_means := t.read("order_remedy_means")) is not None:
+        written += save(order_remedies(remedy_means, f"Order remedies ({p.name} profile)"), out / "order_remedies")
     written += control_figures(study)
     written += heatmap_figures(study)
     if (fo := t.read("forest")) is not None:
@@ -467,3 +469,52 @@ def redraw(study) -> list[Path]:
                                    f"{p.top_k}, NQ heads, top {p.num_heads}; 95% CIs)"), out / "forest")
     plt.close("all")
     return written
+
+
+def order_remedies(means: pd.DataFrame, title: str, icr_order: str = "rank 1 last"):
+    """nDCG@10 of each attention re-ranker under each order remedy, one panel per model: per remedy (a row) and
+    method (a colour), a filled marker in ICR's order joined to an open one shuffled, so that the segment's length
+    is what the order moves; BM25 and the bi-encoder (the same candidates, no prompt) as vertical reference lines."""
+    from matplotlib.lines import Line2D
+
+    from .methods import colour
+
+    models = list(dict.fromkeys(means["model"]))
+    attention = means[~means["method"].isin(["BM25", "Bi-encoder"])]
+    remedies = list(dict.fromkeys(attention["remedy"]))
+    methods = list(dict.fromkeys(attention["method"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 0.55 * len(remedies) + 1.8), sharey=True,
+                             squeeze=False)
+    offsets = np.linspace(-0.3, 0.3, len(methods))
+    for ax, m in zip(axes[0], models):
+        mine = means[means["model"] == m]
+        for i, remedy in enumerate(remedies):
+            for method, dy in zip(methods, offsets):
+                rows = mine[(mine["remedy"] == remedy) & (mine["method"] == method)].set_index("order")["ndcg@10"]
+                if rows.empty:
+                    continue
+                shuffled = rows.drop(index=icr_order, errors="ignore")
+                y, c = i + dy, colour(method)
+                xs = [rows.get(icr_order, np.nan), shuffled.iloc[0] if len(shuffled) else np.nan]
+                ax.plot(xs, [y, y], color=c, lw=1.2, alpha=0.8)
+                ax.plot(xs[0], y, "o", color=c, ms=5)
+                ax.plot(xs[1], y, "o", mfc="white", mec=c, ms=5)
+        for ref, style in (("BM25", "--"), ("Bi-encoder", ":")):
+            value = mine.loc[mine["method"] == ref, "ndcg@10"]
+            if len(value):
+                ax.axvline(float(value.iloc[0]), color=colour(ref), ls=style, lw=1.2)
+        ax.set_yticks(range(len(remedies)), remedies)
+        ax.invert_yaxis()
+        ax.set_title(m, fontsize=10)
+        ax.set_xlabel("nDCG@10 (mean over collections)")
+        ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=colour(x), marker="o", lw=1.2, label=x) for x in methods]
+    handles += [Line2D([], [], color="k", marker="o", ls="", label="ICR's order (rank 1 last)"),
+                Line2D([], [], color="k", marker="o", mfc="white", ls="", label="shuffled"),
+                Line2D([], [], color=colour("BM25"), ls="--", label="BM25"),
+                Line2D([], [], color=colour("Bi-encoder"), ls=":", label="Bi-encoder")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(handles) > 5)))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..errors import MissingInput, UsageError
 from .methods import NIAH_PROMPT
 from .profiles import profile
 from .tables.schema import mean_over_collections, whole_runs
@@ -40,14 +41,14 @@ KEYS = ["collection", "query_id", "method", "head source"]
 
 def _committed(study: "Study", model: str) -> pd.DataFrame:
     if model not in study.p.models:
-        raise ValueError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
+        raise UsageError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
     pq = study.tables.read("per_query")
     if pq is None or model not in set(pq["model"]):
-        raise FileNotFoundError(f"the precision check compares with {model}'s committed fp32 rows, and "
+        raise MissingInput(f"the precision check compares with {model}'s committed fp32 rows, and "
                                 f"{study.tables_dir / 'per_query.csv'} has none: run profile {study.p.name} in fp32 first")
     pq["query_id"] = pq["query_id"].astype(str)  # read back as numbers where the ids look like numbers
     if study.p.dtype_for(model):
-        raise ValueError(f"profile {study.p.name} already computes {model} in {study.p.dtype_for(model)}: the check "
+        raise UsageError(f"profile {study.p.name} already computes {model} in {study.p.dtype_for(model)}: the check "
                          "compares another dtype with the fp32 rows, so run it on the profile without dtype_by_model")
     return pq
 
@@ -65,7 +66,7 @@ def recompute(study: "Study", model: str, dtype: str, committed: pd.DataFrame, d
     asked, got = set(map(tuple, mine.loc[mine["method"].isin(RECORD_METHODS), KEYS].astype(str).values)), \
         set(map(tuple, new[KEYS].astype(str).values))
     if asked != got:
-        raise ValueError(f"the {dtype} run of {model} scored other queries than its committed rows "
+        raise UsageError(f"the {dtype} run of {model} scored other queries than its committed rows "
                          f"({len(asked - got)} missing, {len(got - asked)} extra): the profile's samples changed since "
                          "the fp32 run, so the check would not compare like with like")
     return new
@@ -164,7 +165,7 @@ def _run(prov: pd.DataFrame, model: str, where: str) -> pd.Series:
     runs = whole_runs(prov)
     runs = runs[runs["model"] == model]
     if runs.empty:
-        raise ValueError(f"the provenance table {where} names no run that computed {model}'s rows")
+        raise UsageError(f"the provenance table {where} names no run that computed {model}'s rows")
     return runs.iloc[-1]
 
 
@@ -207,29 +208,29 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
     heads are the same set) and ``machine_check_verdicts`` (the model's rows of every comparison table, as the
     two revisions hold them), other models' rows kept."""
     if model not in study.p.models:
-        raise ValueError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
+        raise UsageError(f"{model!r} is not a model of profile {study.p.name} (its models: {', '.join(study.p.models)})")
     here = f"in {study.tables_dir}"
     ref_run = _run(study.tables.read_at("provenance", against), model, f"at {against}")
     prov = study.tables.read("provenance")
     if prov is None:
-        raise FileNotFoundError(f"no provenance table {here}: run `make reproduce PROFILE={study.p.name} MODEL={model}`")
+        raise MissingInput(f"no provenance table {here}: run `make reproduce PROFILE={study.p.name} MODEL={model}`")
     run = _run(prov, model, here)
     if ref_run["dtype"] != run["dtype"]:
-        raise ValueError(f"{model}'s rows at {against} are {ref_run['dtype']} and these are {run['dtype']}: that is "
+        raise UsageError(f"{model}'s rows at {against} are {ref_run['dtype']} and these are {run['dtype']}: that is "
                          "a precision check (`python -m corelib.study precision-check`), not a rerun on another machine")
     if ref_run["commit"] == run["commit"] and ref_run["machine"] == run["machine"]:
-        raise ValueError(f"{model}'s rows at {against} come from the same run as these ({run['commit']}, "
+        raise UsageError(f"{model}'s rows at {against} come from the same run as these ({run['commit']}, "
                          f"{run['machine']}): name the commit whose tables hold the earlier run")
     parts = []
     for name in PER_QUERY_TABLES:
         then, now = (_scores(df, name, model) for df in _both(study, name, against))
         if name == "per_query" and (then is None or now is None):
-            raise ValueError(f"{model} has no rows in per_query.csv {'at ' + against if then is None else here}")
+            raise UsageError(f"{model} has no rows in per_query.csv {'at ' + against if then is None else here}")
         if then is None or now is None:  # a table one of the runs did not write: nothing to compare
             continue
         asked, got = (set(map(tuple, df[KEYS].fillna("").astype(str).values)) for df in (then, now))
         if asked != got:
-            raise ValueError(f"{model}'s rows of {name} {here} score other queries or methods than at {against} "
+            raise UsageError(f"{model}'s rows of {name} {here} score other queries or methods than at {against} "
                              f"({len(asked - got)} missing, {len(got - asked)} extra): the two runs are not of the "
                              "same sample, so their scores cannot be compared query by query")
         rows = _agreement(then, now, ("ndcg@10 reference", "ndcg@10 (this run)")).assign(table=name)

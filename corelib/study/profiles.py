@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ..errors import UsageError
 from ..models import DEFAULT_MODEL
 
 
@@ -77,7 +78,7 @@ class Profile:
         for k in self.order_permutations:
             whole_number(k, "order_permutations", minimum=2)
         if self.positions > self.negatives + 1:
-            raise ValueError(f"positions={self.positions}: at most negatives + 1 = {self.negatives + 1} slots for the positive")
+            raise UsageError(f"positions={self.positions}: at most negatives + 1 = {self.negatives + 1} slots for the positive")
         positive_finite(self.temperature, "temperature", " (the paper uses 0.001 or 0.1)")
         for model, n in (*self.queries_by_model, *self.multilingual_queries):
             whole_number(n, f"queries for {model}", allow_none=True)
@@ -86,15 +87,15 @@ class Profile:
         for model, n in self.whole_up_to_by_model:
             whole_number(n, f"whole collections up to n queries for {model}")
         if not self.models:
-            raise ValueError(f"profile {self.name!r} has no model: name at least one")
+            raise UsageError(f"profile {self.name!r} has no model: name at least one")
         if not self.collections:
-            raise ValueError(f"profile {self.name!r} has no collection: name at least one")
+            raise UsageError(f"profile {self.name!r} has no collection: name at least one")
         bad = [p for p in self.prune_levels if not 0 <= p < 1]
         if bad:
-            raise ValueError(f"prune_levels {bad}: a pruned share must be in [0, 1)")
+            raise UsageError(f"prune_levels {bad}: a pruned share must be in [0, 1)")
         unknown = sorted(set(self.order_models) - set(self.models))
         if unknown:
-            raise ValueError(f"order_models {unknown} are not models of profile {self.name!r} ({', '.join(self.models)})")
+            raise UsageError(f"order_models {unknown} are not models of profile {self.name!r} ({', '.join(self.models)})")
 
     @property
     def heads_folder(self) -> str:
@@ -283,7 +284,13 @@ def profile(name: str | Profile, **overrides) -> Profile:
     elif name in PROFILES:
         base = PROFILES[name]
     else:
-        raise ValueError(f"unknown profile {name!r}: use one of {sorted(PROFILES)}")
+        raise UsageError(f"unknown profile {name!r}: use one of {sorted(PROFILES)}")
+    from dataclasses import fields
+
+    unknown = sorted(set(overrides) - {f.name for f in fields(Profile)})
+    if unknown:
+        raise UsageError(f"unknown profile setting(s) {unknown}: a profile's settings are "
+                         f"{', '.join(f.name for f in fields(Profile))}")
     if "models" in overrides and "order_models" not in overrides:
         overrides["order_models"] = tuple(m for m in base.order_models if m in overrides["models"])
     return replace(base, **overrides)
@@ -293,12 +300,12 @@ def narrowed(p: Profile, models) -> Profile:
     """``p`` with only ``models``, which must be some of its own (`make ... MODEL=`, ``Study(models=)``)."""
     unknown = sorted(set(models) - set(p.models))
     if unknown:
-        raise ValueError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
+        raise UsageError(f"{unknown} not in profile {p.name!r} (its models: {', '.join(p.models)})")
     return profile(p, models=tuple(models))
 
 
 def kept_layers(total: int, prune: float) -> int:
     """Layers kept when the last share ``prune`` is pruned: int(L * (1 - p)), as the authors' code does."""
     if not 0 <= prune < 1:
-        raise ValueError(f"prune={prune}: the pruned share must be in [0, 1)")
+        raise UsageError(f"prune={prune}: the pruned share must be in [0, 1)")
     return max(1, math.floor(round(total * (1 - prune), 6)))

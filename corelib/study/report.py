@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
+from ..errors import MissingInput
 from .observations import OBSERVATIONS
 from ..architecture import global_attention_layers, model_config
 from ..models import dtype_name
@@ -242,7 +243,7 @@ def headline(study: "Study") -> str:
     (``provenance``; the report names its command)."""
     avg = study.tables.read("table1_average")
     if avg is None:
-        raise FileNotFoundError(f"no table1_average in {study.tables_dir}: run notebook 03 of profile {study.p.name} first")
+        raise MissingInput(f"no table1_average in {study.tables_dir}: run notebook 03 of profile {study.p.name} first")
     rank = {m: i for i, m in enumerate(study.profile_models)}
     avg = avg.assign(order=avg["model"].map(rank)).sort_values("order", kind="stable")
     cols = [c for c in HEADLINE if avg[c].notna().any()]
@@ -521,7 +522,7 @@ def later_provenance(study: "Study", command: str, what: str, models=None) -> pd
     replacing an earlier row of the same ``what``; the runs that computed the rest stay."""
     old = study.tables.read("provenance")
     if old is None:
-        raise FileNotFoundError(f"no provenance table in {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
+        raise MissingInput(f"no provenance table in {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
     whole = whole_runs(old)
     models = list(whole["model"]) if models is None else list(models)
     rows = pd.DataFrame([{"model": m, "command": command, **run_stamp(), "dtype": "-", "methods": what} for m in models])

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
+from ..errors import MissingInput
 from .methods import NIAH_SOURCES
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def write_all(study: "Study") -> dict[str, pd.DataFrame]:
 
     pq = study.tables.read("per_query")
     if pq is None:
-        raise FileNotFoundError(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
+        raise MissingInput(f"no per-query table in {study.tables_dir}: run notebook 03 of profile {study.p.name} "
                                 "(`make reproduce`) first")
     out = {"forest": forest(study, pq), "leave_one_out": leave_one_out(study, pq),
            "first_stage_agreement": first_stage_agreement(study, pq)}

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from ..errors import MissingInput, UsageError
+
 CONFIGS = {
     "a": "plain backbone forward (SDPA, no KV cache, no LM head): the floor",
     "b": "all-head query-span extraction",
@@ -57,7 +59,7 @@ def deepest_top8(model: str) -> int:
     try:
         return resolve_heads("core:8", model).deepest_layer + 1
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"the early exit (eexit) stops after the deepest top-8 CoRe head, and {err}") from None
+        raise MissingInput(f"the early exit (eexit) stops after the deepest top-8 CoRe head, and {err}") from None
 
 
 def _proc_status_mb(field: str) -> float:
@@ -143,7 +145,7 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
     gc.collect()
     rss_base = current_rss_mb()
     if config == "pruned" and layers is None:
-        raise ValueError("config 'pruned' needs layers: how many of the first layers to keep")
+        raise UsageError("config 'pruned' needs layers: how many of the first layers to keep")
     loaded = {"e50": total // 2, "pruned": layers}.get(config)
     lm = load_model(model, num_layers=loaded, dtype=dtype)
     ids = torch.tensor([p.input_ids], device=lm.device)

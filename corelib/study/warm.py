@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
+from ..errors import UsageError
 from ..niah import TrialStore, collection_haystack, trial_status
 from ..prompts import CandidateOrder
 from ..records import CacheStatus, record_status
@@ -131,7 +132,7 @@ def warm(study: "Study", models=None, multilingual: bool = True, only=None) -> N
         plan = steps(study, m, multilingual)
         unknown = [name for name in only or () if name not in {s.name for s in plan}]
         if unknown:
-            raise ValueError(f"no warm step {', '.join(map(repr, unknown))} for {m} in profile {study.p.name}; "
+            raise UsageError(f"no warm step {', '.join(map(repr, unknown))} for {m} in profile {study.p.name}; "
                              f"its steps: {', '.join(s.name for s in plan)}")
         for step in (s for s in plan if not only or s.name in only):
             t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 
 import pandas as pd
 
+from ...errors import UsageError
 from ..analysis import SCALING_DEPTH
 from .schema import read, write
 
@@ -24,7 +25,7 @@ def scaling(study: "Study") -> pd.DataFrame:
 
     avg, cmp_, ctl, depth, prune = (read(study, n) for n in ("table1_average", "comparisons_table1", "controls", "depth", "pruning"))
     if avg is None:
-        raise ValueError("the scaling view reads table1_average: run notebook 03 (Table 1) first")
+        raise UsageError("the scaling view reads table1_average: run notebook 03 (Table 1) first")
     committed = read(study, "scaling")
     # a narrowed study keeps the other models' committed rows (``write``): their sizes need their model files,
     # which a run of other models may not have installed (the 1.5B's wheels install on demand only)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
+from ...errors import MissingInput, UsageError
+from ...storage import atomic_write_text
 from ..analysis import SCALING_DEPTH
 from ..methods import TABLE1
 
@@ -210,27 +212,94 @@ def write(study: "Study", name: str, df: pd.DataFrame) -> pd.DataFrame:
         df = pd.DataFrame(columns=cols)
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"table {name} lacks columns {missing}")
+        raise UsageError(f"table {name} lacks columns {missing}")
     df = with_other_models(study, name, df[cols].reset_index(drop=True))
     if name in FAMILIES:
         df = FAMILIES[name](study, df)[cols]
     study.tables_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(study.tables_dir / f"{name}.csv", index=False)
+    text = df.to_csv(index=False)
+    atomic_write_text(study.tables_dir / f"{name}.csv", text)
+    _record_in_manifest(study, name, text.encode(), len(df))
     return df
 
 
+# Every table written is listed in the tables folder's manifest with its row count and sha256, so that a read
+# finds a table cut short, edited or deleted (a comparison on a truncated per-query table would change verdicts)
+MANIFEST = "manifest.json"
+
+
+def _manifest(study: "Study") -> dict:
+    path = study.tables_dir / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise DamagedTable(f"{path} is unreadable ({err}): restore it (`git checkout -- {path}`) or regenerate the "
+                           f"tables (`make reproduce PROFILE={study.p.name}`)") from None
+
+
+def _record_in_manifest(study: "Study", name: str, data: bytes, rows: int) -> None:
+    manifest = _manifest(study)
+    manifest[name] = {"rows": rows, "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_text(study.tables_dir / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+
+
+def adopt_into_manifest(study: "Study") -> dict:
+    """List every table of the study's tables folder in its manifest as it is now (tables written before the
+    manifest existed): ``python -m corelib.study manifest --profile cpu``. Each is read first, so that only a table
+    that parses with its columns is adopted."""
+    for path in sorted(study.tables_dir.glob("*.csv")):
+        name = path.stem
+        if name not in COLUMNS and base_table(name) not in COLUMNS:
+            continue
+        data = path.read_bytes()
+        try:
+            rows = len(_parsed(path, name))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, KeyError) as err:
+            raise DamagedTable(f"table {path} cannot be read as table {name} ({err}): restore it before adopting it") from None
+        _record_in_manifest(study, name, data, rows)
+    return _manifest(study)
+
+
+class DamagedTable(UsageError):
+    """A committed table is missing, cut short or changed outside the study (its manifest entry says so)."""
+
+
+def _restore_hint(study: "Study", path) -> str:
+    return (f"restore it (`git checkout -- {path}`) or regenerate it (`make reproduce PROFILE={study.p.name}`, or the "
+            "notebook that writes it)")
+
+
 def read(study: "Study", name: str) -> pd.DataFrame | None:
-    """A table as written, or None; query ids are read as text, as the tables were built (so that a query of
-    a read table and of a new one are the same query when pooled)."""
+    """A table as written, or None where the study never wrote it; query ids are read as text, as the tables were
+    built (so that a query of a read table and of a new one are the same query when pooled). A table the manifest
+    lists that is missing, or whose bytes differ from those written (cut short, edited), is refused (DamagedTable)."""
     path = study.tables_dir / f"{name}.csv"
+    entry = _manifest(study).get(name)
     if not path.is_file():
+        if entry is not None:
+            raise DamagedTable(f"table {path} is missing, though {MANIFEST} lists it ({entry['rows']} rows): "
+                               + _restore_hint(study, path))
         return None
-    return _parsed(path, name)
+    data = path.read_bytes()
+    if entry is not None and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise DamagedTable(f"table {path} is not the one the study wrote ({entry['rows']} rows were written; its "
+                           "bytes differ: cut short or edited?): " + _restore_hint(study, path))
+    try:
+        return _parsed(path, name)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, KeyError) as err:
+        raise DamagedTable(f"table {path} cannot be read as table {name} ({str(err).strip().splitlines()[0]}): "
+                           + _restore_hint(study, path)) from None
 
 
 def _parsed(source, name: str) -> pd.DataFrame:
     """A table's csv (a path or a text buffer) with its columns as ``columns(name)`` gives them; query ids as text."""
-    return with_later_columns(pd.read_csv(source, dtype={"query_id": str}), base_table(name))[columns(name)]
+    df = with_later_columns(pd.read_csv(source, dtype={"query_id": str}), base_table(name))
+    missing = [c for c in columns(name) if c not in df]
+    if missing:
+        raise KeyError(f"columns {missing} are missing")
+    return df[columns(name)]
 
 
 def read_at(study: "Study", name: str, revision: str) -> pd.DataFrame:
@@ -240,14 +309,14 @@ def read_at(study: "Study", name: str, revision: str) -> pd.DataFrame:
     import subprocess
 
     if not study.tables_dir.is_dir():  # git runs in it
-        raise FileNotFoundError(f"no tables folder {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
+        raise MissingInput(f"no tables folder {study.tables_dir}: run `make reproduce PROFILE={study.p.name}` first")
     try:
         shown = subprocess.run(["git", "show", f"{revision}:./{name}.csv"], cwd=study.tables_dir, capture_output=True,
                                text=True)
     except OSError as e:  # no git
-        raise FileNotFoundError(f"reading {name}.csv at {revision} needs git: {e}") from None
+        raise MissingInput(f"reading {name}.csv at {revision} needs git: {e}") from None
     if shown.returncode:
-        raise FileNotFoundError(f"no {name}.csv at revision {revision!r} in {study.tables_dir} "
+        raise MissingInput(f"no {name}.csv at revision {revision!r} in {study.tables_dir} "
                                 f"({shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else 'git failed'}): "
                                 "name a commit whose tables hold the earlier run (`git log -- <tables folder>`)")
     return _parsed(io.StringIO(shown.stdout), name)

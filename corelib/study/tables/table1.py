@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from typing import TYPE_CHECKING
 
+from ...errors import UsageError
 from ...evaluate import per_query as per_query_ndcg
 from ...heads import in_domain_samples
 from ...scoring import record_run
@@ -60,7 +61,7 @@ def per_query(study: "Study", collections=None, k: int | None = None, temperatur
     k = k or study.p.num_heads
     collections = list(study.p.collections if collections is None else collections)
     if not collections:  # an empty list is not "the profile's collections": profile cpu-dense has no multilingual sets
-        raise ValueError(f"no collections to evaluate for {name!r} in profile {study.p.name}: pass None for the "
+        raise UsageError(f"no collections to evaluate for {name!r} in profile {study.p.name}: pass None for the "
                          "profile's collections, or use a profile that has this kind of collection")
     rows = []
     for m in study.p.models:
@@ -98,7 +99,7 @@ def refresh_record_free(study: "Study") -> dict[str, pd.DataFrame]:
                                           "method": method, "source key": src, "new": pq.values}))
             got = set(rows[-1]["query_id"])
             if got != qids:
-                raise ValueError(f"{name}: {m} {c} now samples {len(got)} queries, and its committed rows hold "
+                raise UsageError(f"{name}: {m} {c} now samples {len(got)} queries, and its committed rows hold "
                                  f"{len(qids)}: the profile's sample changed since they were computed, so a refresh of "
                                  "some methods would mix two samples; re-run the model instead")
         new = pd.concat(rows, ignore_index=True)
@@ -107,14 +108,14 @@ def refresh_record_free(study: "Study") -> dict[str, pd.DataFrame]:
         extra = len(new) - int(both["new"].notna().sum())
         if len(lost) or extra:
             r = lost.iloc[0] if len(lost) else new.iloc[0]
-            raise ValueError(f"{name}: {len(lost)} committed rows of {', '.join(sorted(free))} have no recomputed "
+            raise UsageError(f"{name}: {len(lost)} committed rows of {', '.join(sorted(free))} have no recomputed "
                              f"counterpart and {extra} recomputed rows no committed one (e.g. {r['method']} on "
                              f"{r['model']} {r['collection']} query {r['query_id']})")
         first = both["method"].isin(free - {"Bi-encoder"})
         moved = (both.loc[first, "ndcg@10"] - both.loc[first, "new"]).abs() > 1e-12
         if moved.any():
             r = both[first][moved.to_numpy()].iloc[0]
-            raise ValueError(f"{name}: the first stage's nDCG@10 changed on {int(moved.sum())} queries (e.g. "
+            raise UsageError(f"{name}: the first stage's nDCG@10 changed on {int(moved.sum())} queries (e.g. "
                              f"{r['method']} on {r['model']} {r['collection']} query {r['query_id']}): its candidates "
                              "are not those the committed rows re-ranked")
         refreshed = both["method"].isin(free)
@@ -162,7 +163,7 @@ def compare(study: "Study", pq: pd.DataFrame, pairs, claim_prefix: str = "", by_
     (their p-values join the family that sets each new row's interval level); ``claim``: the claim's name
     (one pair only; default "<a> beats <b>")."""
     if claim is not None and len(pairs) != 1:
-        raise ValueError(f"a claim name ({claim!r}) names one pair's claim, and {len(pairs)} pairs were given")
+        raise UsageError(f"a claim name ({claim!r}) names one pair's claim, and {len(pairs)} pairs were given")
     rows = []
     for a, b, src in pairs:
         name = claim or f"{claim_prefix}{a} beats {b}" + (f" ({src} heads)" if src.startswith("in-domain") else "")
