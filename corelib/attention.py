@@ -13,6 +13,7 @@ itself only. No KV cache is kept, so the memory is that of one forward a few tok
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 from dataclasses import dataclass, field
@@ -208,16 +209,40 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    if ATTN_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+    if ATTN_NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionInterface.register(ATTN_NAME, _attention_forward)
         AttentionMaskInterface.register(ATTN_NAME, _mask)
 
 
-def prepare(lm: LoadedModel) -> None:
-    """Switch the backbone to the extracting attention (identical to SDPA when nothing is captured)."""
+# The one attribute outside transformers' public API read here: which attention a model runs (set through the
+# public ``set_attn_implementation``). tests/test_attention.py fails naming it if a transformers release moves it.
+ATTN_ATTRIBUTE = "_attn_implementation"
+
+
+def current_attention(backbone) -> str:
+    """The attention implementation ``backbone`` runs (``config._attn_implementation``)."""
+    try:
+        return getattr(backbone.config, ATTN_ATTRIBUTE)
+    except AttributeError:
+        import transformers
+
+        raise RuntimeError(f"transformers {transformers.__version__} has no config.{ATTN_ATTRIBUTE}: corelib is tested "
+                           "with the versions requirements.txt pins; install those") from None
+
+
+@contextlib.contextmanager
+def extracting(lm: LoadedModel):
+    """Run the backbone on the extracting attention (identical to SDPA when nothing is captured) inside the block,
+    and give it back the attention it had on leaving: a user's model is left as it was."""
     _register()
-    if lm.backbone.config._attn_implementation != ATTN_NAME:
+    before = current_attention(lm.backbone)
+    if before != ATTN_NAME:
         lm.backbone.set_attn_implementation(ATTN_NAME)
+    try:
+        yield
+    finally:
+        if before != ATTN_NAME and before is not None:
+            lm.backbone.set_attn_implementation(before)
 
 
 def _cache_kwarg(backbone) -> str:
@@ -242,7 +267,8 @@ def _run(lm: LoadedModel, ids: list[int], capture, cache=None, positions: list[i
         kwargs["position_ids"] = torch.tensor([positions], device=lm.device)
     token = _capture.set(capture)
     try:
-        return backbone(input_ids=input_ids, **kwargs)
+        with extracting(lm):
+            return backbone(input_ids=input_ids, **kwargs)
     except _StopForward:
         return None
     finally:
@@ -266,7 +292,6 @@ def head_token_scores(
     Only the first ``num_layers`` layers are computed (default: all loaded layers).
     """
     num_layers = _check_layers(lm, num_layers)
-    prepare(lm)
     end = query_span[1]
     cap = _Capture(rows=query_span, past_len=0, stop_layer=num_layers - 1)
     _run(lm, list(input_ids[:end]), cap)
@@ -298,7 +323,6 @@ def calibrated_head_token_scores(
     The cost is about one forward plus the two suffixes; the memory that of one forward (no cache).
     """
     num_layers = _check_layers(lm, num_layers)
-    prepare(lm)
     prefix = min(shared_prefix_length(query_ids, na_ids), query_span[0], na_span[0])
     if prefix == 0:
         return (
@@ -321,7 +345,6 @@ def invariant_head_token_scores(lm: LoadedModel, prompt, na_prompt=None, num_lay
     from one forward: the N/A suffix follows the query suffix at the same positions and sees the header and the
     blocks, not the query. Sequence index j of either result is token j of ``prompt`` up to its last block."""
     num_layers = _check_layers(lm, num_layers)
-    prepare(lm)
     blocks = prompt.blocks
     if na_prompt is not None and (na_prompt.blocks != blocks or na_prompt.input_ids[: blocks[-1][1]] != prompt.input_ids[: blocks[-1][1]]):
         raise UsageError("the N/A prompt's header and blocks differ from the query prompt's")
@@ -364,7 +387,6 @@ def new_cache(lm: LoadedModel):
 @torch.inference_mode()
 def prefill(lm: LoadedModel, ids: list[int], cache) -> None:
     """Run ``ids`` into ``cache`` (every layer's keys and values; nothing recorded, no output)."""
-    prepare(lm)
     _run(lm, list(ids), _Capture(rows=None, past_len=0, stop_layer=lm.num_layers - 1), cache)
 
 
@@ -373,7 +395,6 @@ def step_attention(lm: LoadedModel, token: int, cache, past_len: int) -> tuple[t
     """One decoding step on ``cache`` (holding ``past_len`` tokens): the new token's last hidden
     state [d] and every head's attention row from it over all ``past_len + 1`` positions [L, H, K].
     Only that one row is computed per head (no [H, T, T] tensor)."""
-    prepare(lm)
     cap = _Capture(rows=(0, 1), past_len=past_len, stop_layer=lm.num_layers - 1, stop=False)
     out = _run(lm, [token], cap, cache)
     return out.last_hidden_state[0, -1], _stack(cap, lm.num_layers, past_len + 1, lm.num_heads)

@@ -89,14 +89,13 @@ def test_packed_calibration_equals_a_prefix_cache(arch, tokenizer):
 
     from transformers import DynamicCache
 
-    from corelib.attention import _Capture, _run, _stack, prepare
+    from corelib.attention import _Capture, _run, _stack
 
     lm = tiny_model(arch, tokenizer)
     docs = [Document(f"{d.doc_id}-{i}", d.text) for i in range(3) for d in DOCS]
     q = build_prompt(tokenizer, "why is the sky blue?", docs, lm.prefix, lm.suffix)
     na = build_prompt(tokenizer, CONTENT_FREE_QUERY, docs, lm.prefix, lm.suffix)
     s_q, s_na = calibrated_head_token_scores(lm, q.input_ids, q.query_span, na.input_ids, na.query_span)
-    prepare(lm)
     prefix = q.query_span[0]
     cache = DynamicCache(config=lm.backbone.config)
     with torch.inference_mode():
@@ -123,3 +122,25 @@ def test_calibration_is_one_forward_without_a_cache(tokenizer, monkeypatch):
     assert len(calls) == 1 and calls[0]["use_cache"] is False
     prefix = q.query_span[0]
     assert calls[0]["input_ids"].shape[1] == q.query_span[1] + na.query_span[1] - prefix
+
+
+def test_a_users_model_keeps_its_attention_implementation(tokenizer):
+    """The extraction switches the backbone to its registered attention for the forward only."""
+    from corelib.attention import current_attention
+
+    lm = tiny_model("llama", tokenizer, attn="eager")
+    q = build_prompt(tokenizer, "why is the sky blue?", DOCS, lm.prefix, lm.suffix)
+    head_token_scores(lm, q.input_ids, q.query_span)
+    assert current_attention(lm.backbone) == "eager"  # before: left on corelib_sdpa for good
+    assert lm.backbone.layers[0].self_attn.config._attn_implementation == "eager"
+
+
+def test_the_one_private_transformers_attribute_read_is_there():
+    """If a transformers release moves it, this names it (requirements.txt pins the tested release)."""
+    import transformers
+
+    from corelib.attention import ATTN_ATTRIBUTE
+
+    config = transformers.LlamaConfig()
+    assert hasattr(config, ATTN_ATTRIBUTE), (f"transformers {transformers.__version__} moved config.{ATTN_ATTRIBUTE}, "
+                                             "which corelib.attention reads")

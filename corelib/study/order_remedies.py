@@ -27,7 +27,7 @@ from . import analysis
 from .methods import INVARIANT_SOURCE
 from .order_check import ICR_ORDER_NAME, committed_heads
 from .tables.schema import family, write
-from .tables.table1 import claim_families, compare
+from .tables.table1 import claim_families, compare, comparisons
 
 if TYPE_CHECKING:
     from .core import Study
@@ -128,6 +128,8 @@ def remedy_means(study: "Study", rpq: pd.DataFrame) -> pd.DataFrame:
     """Mean nDCG@10 (collections weighted equally) per model, order, remedy and method, with the forwards a query
     costs (table ``order_remedy_means``)."""
     forwards = {r.label: r.forwards for r in remedies(study)}
+    rank = {label: i for i, label in enumerate(forwards)}
+    rpq = rpq.iloc[rpq["remedy"].map(rank).argsort(kind="stable")]  # the remedies in the plan's order
     rows = []
     for (m, order, remedy, method), g in rpq.groupby(["model", "order", "remedy", "method"], sort=False):
         rows.append({"model": m, "order": order, "remedy": remedy, "method": method, "queries": len(g),
@@ -187,8 +189,7 @@ def remedy_claims(study: "Study", rpq: pd.DataFrame) -> pd.DataFrame:
     beats = [(_label(m, r, shuffled), ref, "nq") for r, m in present for ref in REFERENCES]
     core = [(_label("CoRe-R", r.label, o), _label(b, r.label, o), "nq") for r in remedies(study) for o in orders(study)
             for b in ("ICR", "QR-R") if {_label("CoRe-R", r.label, o), _label(b, r.label, o)} <= labels]
-    frames = [robust, compare(study, pq, beats), compare(study, pq, core)]
-    return write(study, "comparisons_order_remedies", pd.concat(frames, ignore_index=True))
+    return comparisons(study, "order_remedies", [robust, compare(study, pq, beats), compare(study, pq, core)])
 
 
 family("comparisons_order_remedies")(claim_families)

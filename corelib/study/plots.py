@@ -497,8 +497,8 @@ def order_remedies(means: pd.DataFrame, title: str, icr_order: str = "rank 1 las
                 y, c = i + dy, colour(method)
                 xs = [rows.get(icr_order, np.nan), shuffled.iloc[0] if len(shuffled) else np.nan]
                 ax.plot(xs, [y, y], color=c, lw=1.2, alpha=0.8)
-                ax.plot(xs[0], y, "o", color=c, ms=5)
-                ax.plot(xs[1], y, "o", mfc="white", mec=c, ms=5)
+                ax.plot(xs[0], y, "o", color=c, ms=6)
+                ax.plot(xs[1], y, "o", mfc="white", mec=c, ms=4)  # inside the filled one where both orders agree
         for ref, style in (("BM25", "--"), ("Bi-encoder", ":")):
             value = mine.loc[mine["method"] == ref, "ndcg@10"]
             if len(value):
@@ -510,7 +510,7 @@ def order_remedies(means: pd.DataFrame, title: str, icr_order: str = "rank 1 las
         ax.grid(axis="x", alpha=0.3)
     handles = [Line2D([], [], color=colour(x), marker="o", lw=1.2, label=x) for x in methods]
     handles += [Line2D([], [], color="k", marker="o", ls="", label="ICR's order (rank 1 last)"),
-                Line2D([], [], color="k", marker="o", mfc="white", ls="", label="shuffled"),
+                Line2D([], [], color="k", marker="o", mfc="white", ms=4, ls="", label="shuffled (a ringed dot: both alike)"),
                 Line2D([], [], color=colour("BM25"), ls="--", label="BM25"),
                 Line2D([], [], color=colour("Bi-encoder"), ls=":", label="Bi-encoder")]
     fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False,
