@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError
+from .prompts import DEFAULT_WORDS
 
 log = logging.getLogger("corelib")
 
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
                    help="candidates from BM25 (the collection's run file, else bm25s) or dense retrieval (--encoder)")
     p.add_argument("--encoder", default="minilm-l6",
                    help="sentence encoder of the dense first stage: built-in minilm-l6, a directory or a hub id")
-    p.add_argument("--words", type=int, default=300)
+    p.add_argument("--words", type=int, default=DEFAULT_WORDS, help=f"words per document (default {DEFAULT_WORDS}, as the study)")
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--heads", default="all", help="all | core:K | qr:K | niah:K | FILE.json[:K] (top K of a ranking)")
     p.add_argument("--no-calibration", action="store_true")
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=100, help="detection queries")
     p.add_argument("--negatives", type=int, default=19)
     p.add_argument("--positions", type=int, default=2, help="positions of the positive per query")
-    p.add_argument("--words", type=int, default=100)
+    p.add_argument("--words", type=int, default=DEFAULT_WORDS)
     p.add_argument("--calibrated", action="store_true", help="use calibrated mass (an ablation)")
     p.add_argument("--needles", type=int, default=4, help="niah: the first N built-in needles")
     p.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000], help="niah: context lengths in tokens")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from .errors import UsageError
 
@@ -17,10 +17,16 @@ class PromptError(UsageError):
     """The query or documents cannot form a valid prompt."""
 
 
+DEFAULT_WORDS = 100  # words per document: the one default of detection, the study and ``Reranker``
+
+
 @dataclass(frozen=True)
 class Document:
     doc_id: str
     text: str  # the text put in the prompt (title + "\n" + body, already truncated)
+    # what the caller gave with it (a dict's other fields, or the original text): carried to the results, never
+    # part of a record's key
+    metadata: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -13,22 +13,70 @@ from .checks import whole_number
 from .errors import UsageError
 from .heads import HeadSet, HeadSpec, resolve_heads
 from .models import LoadedModel, ModelSpec, as_spec
-from .prompts import ICR_ORDER, CandidateOrder, Document, PromptError, check_unicode, document_text
+from .prompts import DEFAULT_WORDS, ICR_ORDER, CandidateOrder, Document, PromptError, check_unicode, document_text
 from .records import CacheStatus, QueryRecord, RecordRequest, RecordStore, get_records, record_status
-from .scoring import doc_scores
+from .scoring import doc_scores, record_run
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RankedDoc:
-    doc_id: str
+    """One ranked document: the document as given (``document.metadata`` holds a dict's other fields, or the whole
+    text of a string), its attention score and its rank (1 = best)."""
+
+    document: Document
     score: float
-    rank: int  # 1 = best
+    rank: int
+
+    @property
+    def doc_id(self) -> str:
+        return self.document.doc_id
+
+    @property
+    def text(self) -> str:
+        """The text the model read (title and body, cut to the re-ranker's word budget)."""
+        return self.document.text
+
+
+@dataclass(frozen=True)
+class RankedResults:
+    """The documents of one query, best first: iterate, index (``results[0]``), look one up by id
+    (``results.get("d7")``) or keep the best few (``results.top_k(3)``)."""
+
+    query: str
+    results: tuple[RankedDoc, ...]
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i):
+        return self.results[i]
+
+    def top_k(self, k: int) -> list[RankedDoc]:
+        return list(self.results[: whole_number(k, "k")])
+
+    def get(self, doc_id: str) -> RankedDoc:
+        for r in self.results:
+            if r.doc_id == doc_id:
+                return r
+        raise KeyError(f"no document {doc_id!r} among the {len(self.results)} ranked for this query")
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return [r.doc_id for r in self.results]
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {r.doc_id: r.score for r in self.results}
 
 
 def as_documents(docs, words: int | None) -> list[Document]:
-    """Strings, dicts with id/title/text, or Documents -> Documents (texts cut to ``words`` words)."""
+    """Strings, dicts with id/title/text, or Documents -> Documents (texts cut to ``words`` words; what was given
+    stays in each Document's ``metadata``)."""
     if isinstance(docs, (str, bytes, dict)):
         raise PromptError(f"docs is a single {type(docs).__name__}: give a list of documents, e.g. [text1, text2]")
     out = []
@@ -36,7 +84,7 @@ def as_documents(docs, words: int | None) -> list[Document]:
         if isinstance(d, Document):
             out.append(d)
         elif isinstance(d, str):
-            out.append(Document(str(i), document_text("", d, words)))
+            out.append(Document(str(i), document_text("", d, words), {"text": d}))
         elif isinstance(d, dict):
             if "text" not in d:
                 raise PromptError(f"document {i} has no 'text' field: give dicts with id, title and text")
@@ -46,7 +94,7 @@ def as_documents(docs, words: int | None) -> list[Document]:
                                   "not a string: give each document a text (an empty string for none)")
             if title is not None and not isinstance(title, str):
                 raise PromptError(f"document {i}: its title is a {type(title).__name__}, not a string")
-            out.append(Document(str(d.get("id", d.get("_id", i))), document_text(title, text, words)))
+            out.append(Document(str(d.get("id", d.get("_id", i))), document_text(title, text, words), dict(d)))
         else:
             raise PromptError(f"document {i} is a {type(d).__name__}: give strings or dicts with id/title/text")
     return out
@@ -58,7 +106,9 @@ class Reranker:
     model: a LoadedModel, or a ModelSpec (loaded only when a record is not in ``store``).
     heads: "all" (ICR), "core:K" / "qr:K" (a detected ranking's top K), "FILE.json[:K]", a list of
     (layer, head) pairs or a HeadSet. With a head subset only the layers up to its deepest head
-    are run (automatic early exit).
+    are run (automatic early exit). words: each document's body is cut to its first ``words`` words (default
+    ``DEFAULT_WORDS``, the budget heads are detected with). top_k: the first-stage candidates a collection run
+    reads per query; ``rank`` reads every document it is given.
 
     The order of ``docs`` matters: they are taken as a first-stage ranking, and ICR's prompt puts the first
     one nearest the query (``order=`` places them otherwise; ``CandidateOrder(shuffle_seed=s)`` at random).
@@ -76,7 +126,7 @@ class Reranker:
         *,
         calibrate: bool = True,
         top_k: int | None = None,
-        words: int | None = 300,
+        words: int | None = DEFAULT_WORDS,
         rank1_last: bool = True,
         order: CandidateOrder | None = None,
         invariant: bool = False,
@@ -132,10 +182,12 @@ class Reranker:
     def heads(self) -> list[tuple[int, int]] | None:
         return None if self.head_set is None else self.head_set.heads
 
-    def requests(self, query: str, docs: Sequence[Document], query_id: str = "", group: str = "adhoc") -> RecordRequest:
+    def requests(self, query: str, docs: Sequence[Document], query_id: str = "", group: str = "adhoc",
+                 limit: bool = True) -> RecordRequest:
+        """The record request of a query and its documents in first-stage order (``limit``: the first ``top_k``)."""
         if not isinstance(query, str) or not query.strip():
             raise PromptError(f"query {query_id or ''} is empty: give a non-empty query text".replace("  ", " "))
-        docs = list(docs)[: self.top_k] if self.top_k else list(docs)
+        docs = list(docs)[: self.top_k] if self.top_k and limit else list(docs)
         check_unicode(query, f"query {query_id}" if query_id else "the query")  # before any model loads
         for d in docs:
             check_unicode(d.text, f"document {d.doc_id}")
@@ -152,16 +204,30 @@ class Reranker:
         """The attention record of one query over docs given in first-stage order (cached if a store is set)."""
         return self._records([self.requests(query, docs, query_id, group)])[0]
 
-    def rank(self, query: str, docs: Sequence) -> list[RankedDoc]:
-        """Documents (strings, or dicts with id/title/text) sorted by attention score, best first."""
+    def rank(self, query: str, docs: Sequence, top_k: int | None = None) -> RankedResults:
+        """Every document given (strings, dicts with id/title/text and any other fields, or Documents) in one
+        prompt, ranked by attention score, best first; ``top_k``: keep only the best k in the results (all of them
+        are still read). The order of ``docs`` is the first-stage order the prompt uses (see the class's note)."""
         if not isinstance(query, str):
             raise PromptError(f"the query is a {type(query).__name__}: give the query as a string")
         if docs is None:
             raise PromptError("docs is None: give a list of documents (strings, or dicts with id, title and text)")
-        record = self.record(query, as_documents(docs, self.words))
+        top_k = whole_number(top_k, "top_k", allow_none=True)
+        documents = as_documents(docs, self.words)
+        record = self._records([self.requests(query, documents, limit=False)])[0]
+        by_id = {d.doc_id: d for d in documents}
         scores = doc_scores(record, self.heads)
         order = sorted(zip(record.doc_ids, scores.tolist()), key=lambda x: -x[1])
-        return [RankedDoc(d, s, i) for i, (d, s) in enumerate(order, 1)]
+        ranked = tuple(RankedDoc(by_id[d], s, i) for i, (d, s) in enumerate(order, 1))
+        return RankedResults(query, ranked[:top_k] if top_k else ranked)
+
+    def rank_many(self, queries: Sequence[str], docs_lists: Sequence[Sequence], top_k: int | None = None) -> list[RankedResults]:
+        """``rank`` for each query and its documents (one forward each; cached records are reused). A single
+        document cannot be scored alone: attention re-ranking scores documents against one another in one prompt."""
+        if isinstance(queries, str) or len(queries) != len(docs_lists):
+            raise PromptError(f"rank_many takes a list of queries and a list of document lists of the same length "
+                              f"(got {1 if isinstance(queries, str) else len(queries)} and {len(docs_lists)})")
+        return [self.rank(q, docs, top_k) for q, docs in zip(queries, docs_lists)]
 
     def collection_requests(self, collection: Collection, candidates: Candidates,
                             query_ids: Iterable[str] | None = None) -> list[RecordRequest]:
@@ -189,10 +255,7 @@ class Reranker:
 
     def rerank(self, collection: Collection, candidates: Candidates, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
         """A run (qid -> doc -> score) re-ranking each query's candidates."""
-        run = {}
-        for r in self.records(collection, candidates, query_ids):
-            run[r.query_id] = {d: float(s) for d, s in zip(r.doc_ids, doc_scores(r, self.heads))}
-        return run
+        return record_run(self.records(collection, candidates, query_ids), self.heads)
 
 
 def detection_requests(samples: Sequence[DetectionSample], group: str = "nq-open-detection",

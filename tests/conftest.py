@@ -41,8 +41,12 @@ def default_lm():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(default_lm):
-    return default_lm.tokenizer
+def tokenizer():
+    """The default model's tokenizer (with its chat template), from a one-layer load: tiny-model tests need no
+    135M backbone."""
+    from corelib.models import load_model
+
+    return load_model("smollm2-135m", num_layers=1).tokenizer
 
 
 @pytest.fixture()

@@ -131,7 +131,7 @@ def test_a_users_model_keeps_its_attention_implementation(tokenizer):
     lm = tiny_model("llama", tokenizer, attn="eager")
     q = build_prompt(tokenizer, "why is the sky blue?", DOCS, lm.prefix, lm.suffix)
     head_token_scores(lm, q.input_ids, q.query_span)
-    assert current_attention(lm.backbone) == "eager"  # before: left on corelib_sdpa for good
+    assert current_attention(lm.backbone) == "eager"  # otherwise: left on corelib_sdpa for good
     assert lm.backbone.layers[0].self_attn.config._attn_implementation == "eager"
 
 

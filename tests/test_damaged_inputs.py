@@ -1,6 +1,6 @@
 """Bad or unusual inputs, third pass: damaged weights and tables never pass silently, nothing hangs, and no entry
-point ends in a traceback for a user's mistake (while a bug still shows its traceback). Each test fails on the code
-before its fix."""
+point ends in a traceback for a user's mistake (while a bug still shows its traceback). Each test fails without the
+guard it names."""
 
 import json
 import logging
@@ -69,7 +69,7 @@ def test_comparisons_refuse_a_per_query_table_cut_short_or_missing(tmp_path, cap
     pq.write_text("".join(lines[: len(lines) // 3]) + lines[len(lines) // 3][:10])  # cut mid-row
     rc, err = _study_main(["comparisons", "--profile", "quick", "--out", str(out)], capsys)
     assert rc == 2 and "per_query.csv is not the one the study wrote" in err and "git checkout" in err, err
-    assert not (out / "quick" / "REPORT.md").exists()  # before: exit 0, new verdicts, a rewritten REPORT.md
+    assert not (out / "quick" / "REPORT.md").exists()  # otherwise: exit 0, new verdicts, a rewritten REPORT.md
     pq.unlink()
     rc, err = _study_main(["comparisons", "--profile", "quick", "--out", str(out)], capsys)
     assert rc == 2 and "per_query.csv is missing, though manifest.json lists it" in err, err
@@ -92,7 +92,7 @@ def test_a_table_that_does_not_parse_names_its_file(tmp_path):
 
 def test_figures_with_no_tables_say_what_to_run(tmp_path, capsys):
     rc, err = _study_main(["figures", "--profile", "quick", "--out", str(tmp_path)], capsys)
-    assert rc == 2 and "make reproduce PROFILE=quick" in err  # before: exit 0 without a word
+    assert rc == 2 and "make reproduce PROFILE=quick" in err  # otherwise: exit 0 without a word
 
 
 def test_qrels_that_judge_documents_the_corpus_lacks_are_named_or_refused(tmp_path, caplog):
@@ -108,7 +108,7 @@ def test_qrels_that_judge_documents_the_corpus_lacks_are_named_or_refused(tmp_pa
 def test_a_qrels_file_with_a_byte_order_mark_reads(tmp_path):
     path = tmp_path / "q.tsv"
     path.write_bytes("\ufeffquery-id\tcorpus-id\tscore\nq1\td1\t1\n".encode())
-    assert read_qrels(path) == {"q1": {"d1": 1}}  # before: "the score 'score' is not a number"
+    assert read_qrels(path) == {"q1": {"d1": 1}}  # otherwise: "the score 'score' is not a number"
 
 
 def test_a_document_whose_text_is_none_is_refused_like_a_missing_one():
@@ -135,12 +135,12 @@ def test_no_collection_name_leads_out_of_the_store(tmp_path):
 def test_a_pipe_without_a_reader_is_refused_before_anything_runs(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(StorageError, match="a pipe with no reader"):  # before: blocked in open() after the forwards
+    with pytest.raises(StorageError, match="a pipe with no reader"):  # otherwise: blocked in open() after the forwards
         check_output(fifo)
 
 
 def test_a_full_device_is_a_storage_error():
-    with pytest.raises(StorageError, match="free space there"):  # before: an OSError traceback
+    with pytest.raises(StorageError, match="free space there"):  # otherwise: an OSError traceback
         write_output("/dev/full", "x\n")
 
 
@@ -178,7 +178,7 @@ def test_an_internal_error_shows_its_traceback_and_says_it_is_a_bug(capsys):
     def bug():
         raise ValueError("an index went wrong inside corelib")
 
-    assert run_command(bug) == 1  # before: printed as a user's mistake, "error: an index went wrong ...", exit 2
+    assert run_command(bug) == 1  # otherwise: printed as a user's mistake, "error: an index went wrong ...", exit 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "this is a bug in corelib" in err
 

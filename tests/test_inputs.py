@@ -1,6 +1,6 @@
 """Bad or unusual inputs, second pass: outputs never replace what a path points at, head rankings and converted
 weights carry their identity, numbers are refused rather than truncated, every check comes before the forwards,
-and no entry point ends in a raw traceback. Each test fails on the code before its fix."""
+and no entry point ends in a raw traceback. Each test fails without the guard it names."""
 
 import gzip
 import json
@@ -30,7 +30,7 @@ def test_an_output_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_pa
     target.write_text("old\n")
     link = tmp_path / "link.trec"
     link.symlink_to(target)
-    write_trec_run(RUN, link)  # before: the link became a regular file and its target kept "old"
+    write_trec_run(RUN, link)  # otherwise: the link became a regular file and its target kept "old"
     assert link.is_symlink() and target.read_text().startswith("q1 Q0 d1 1")
 
 
@@ -40,7 +40,7 @@ def test_a_fifo_is_written_through_not_replaced(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
     reader.start()
-    HeadSet([(0, 1), (2, 3)], "m").save(fifo)  # before: renamed a regular file onto the FIFO
+    HeadSet([(0, 1), (2, 3)], "m").save(fifo)  # otherwise: renamed a regular file onto the FIFO
     reader.join(10)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert json.loads(got[0])["heads"] == [[0, 1], [2, 3]]
@@ -62,7 +62,7 @@ def test_replacing_an_output_keeps_its_permissions(tmp_path):
 
 @pytest.mark.parametrize("where", ["/proc/version", "/proc/corelib-out/run.trec"])
 def test_an_output_that_cannot_be_written_is_refused_before_anything_runs(where):
-    # before: the early check read permission bits, which pass for root; the write failed after the forwards
+    # otherwise: the early check read permission bits, which pass for root; the write failed after the forwards
     with pytest.raises(StorageError, match="cannot write"):
         check_output(where)
 
@@ -123,7 +123,7 @@ def test_converted_weights_are_checked_against_their_digest(tmp_path, monkeypatc
               "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "weights_bytes": 4096}
     (folder / "corelib.json").write_text(json.dumps(marker))
     assert models.converted_dir(name, verify=True) == folder
-    with weights.open("r+b") as f:  # zero a block in place (before: every score changed, exit 0)
+    with weights.open("r+b") as f:  # zero a block in place (otherwise: every score changed, exit 0)
         f.seek(1024)
         f.write(b"\x00" * 512)
     os.utime(weights, ns=(1, 1))
@@ -155,7 +155,7 @@ def test_a_converted_tree_is_readable_by_others(tmp_path):
 @pytest.mark.parametrize("grade", ["0.5", "inf", "nan", "1e400"])
 def test_qrels_grades_that_are_not_whole_numbers_are_refused(tmp_path, grade):
     path = tmp_path / "q.tsv"
-    path.write_text(f"q1\td1\t1\nq2\td2\t{grade}\n")  # before: 0.5 became 0 and q2 vanished
+    path.write_text(f"q1\td1\t1\nq2\td2\t{grade}\n")  # otherwise: 0.5 became 0 and q2 vanished
     with pytest.raises(DataError, match=r"q.tsv:2: the grade .* is not a whole number"):
         read_qrels(path)
     path.write_text("q1\td1\t2.0\n")
@@ -173,7 +173,7 @@ def test_a_repeated_head_in_python_is_refused(tokenizer):
 
     lm = tiny_model("llama", tokenizer)
     with pytest.raises(ValueError, match="more than once"):
-        Reranker(lm, heads=[(1, 1), (1, 1)])  # before: the head's attention counted twice
+        Reranker(lm, heads=[(1, 1), (1, 1)])  # otherwise: the head's attention counted twice
 
 
 def test_device_cuda_without_cuda_is_refused():
@@ -182,7 +182,7 @@ def test_device_cuda_without_cuda_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="no CUDA device"):
-        model_spec("smollm2-135m", device="cuda")  # before: loaded on the CPU without a word
+        model_spec("smollm2-135m", device="cuda")  # otherwise: loaded on the CPU without a word
 
 
 @pytest.mark.parametrize("override", [{"queries": 0}, {"temperature": float("nan")}, {"temperature": float("inf")},
@@ -191,7 +191,7 @@ def test_study_settings_are_checked_when_the_study_is_made(override):
     from corelib.study import Study
 
     with pytest.raises(ValueError):
-        Study("quick", **override)  # before: queries=0 ran with zero queries; NaN ran every forward first
+        Study("quick", **override)  # otherwise: queries=0 ran with zero queries; NaN ran every forward first
 
 
 # ----------------------------------------------------------------------------- data read once, checked once
@@ -205,7 +205,7 @@ def test_study_settings_are_checked_when_the_study_is_made(override):
     ({"corpus": '{"_id": "d1", "text": 3.5}\n'}, r"corpus.jsonl:1: the document's 'text' is a float"),
 ])
 def test_ids_and_texts_are_checked_when_the_data_is_read(tmp_path, kw, match):
-    with pytest.raises(DataError, match=match):  # before: refused after every forward, or a raw TypeError
+    with pytest.raises(DataError, match=match):  # otherwise: refused after every forward, or a raw TypeError
         load_collection("c", collection(tmp_path, **kw))
 
 
@@ -213,7 +213,7 @@ def test_bad_utf8_names_the_line_that_holds_the_byte(tmp_path):
     lines = [json.dumps({"_id": f"d{i}", "text": "plain text " * 5}) for i in range(5000)]
     lines[4321] = '{"_id": "bad", "text": "caf\xe9"}'
     data = "\n".join(lines).encode("utf-8").replace("caf\xc3\xa9".encode("latin-1"), b"caf\xe9")
-    with pytest.raises(DataError, match=r"corpus.jsonl:4322: not valid UTF-8"):  # before: a buffer offset's line
+    with pytest.raises(DataError, match=r"corpus.jsonl:4322: not valid UTF-8"):  # otherwise: a buffer offset's line
         load_collection("c", collection(tmp_path, corpus=data + b"\n"))
 
 
@@ -379,7 +379,7 @@ def test_make_with_an_unknown_profile_model_or_data_directory_stops_at_once_and_
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "unknown profile 'no-such-profile'" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
-    assert not (REPO / "results" / "no-such-profile").exists()  # before: an empty results/<name>/ was left
+    assert not (REPO / "results" / "no-such-profile").exists()  # otherwise: an empty results/<name>/ was left
     # a model outside the profile, or a data directory that does not exist: stopped before any notebook runs
     for arg, said, folder in [("MODEL=no-such-model", "['no-such-model'] not in profile 'smoke'", "smoke/models/no-such-model"),
                               ("DATA=/no/such/dir", "data directory /no/such/dir (--data, DATA= or data=) does not exist", None)]:

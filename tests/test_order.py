@@ -143,7 +143,7 @@ def _tau_study(tmp_path, monkeypatch, icr_run):
     monkeypatch.setattr(S, "collection", lambda c: SimpleNamespace(qrels=qrels))
     monkeypatch.setattr(S, "candidates", lambda m, c: SimpleNamespace(run=lambda: bm25))
     monkeypatch.setattr(S, "order_sample", lambda m, c: ["1", "2"])
-    monkeypatch.setattr(S, "_reranker", lambda m: SimpleNamespace(records=lambda coll, cand, qids: ["records"]))
+    monkeypatch.setattr(S, "reranker", lambda m: SimpleNamespace(records=lambda coll, cand, qids: ["records"]))
     monkeypatch.setattr(order_check, "committed_heads", lambda s, m, methods: {x: None for x in methods})
     monkeypatch.setattr(order_check, "record_run", lambda records, heads: icr_run)
     monkeypatch.setattr(order_check, "order_claims", lambda study, opq: opq)

@@ -30,7 +30,7 @@ def counting(lm):
 
 
 def test_same_text_different_query_ids_are_two_records(tiny, tmp_path):
-    # before: the key left out the query id, so FEVER's duplicate query texts collapsed into one record
+    # otherwise: the key left out the query id, so FEVER's duplicate query texts collapsed into one record
     store = RecordStore(tmp_path)
     recs = get_records(tiny, [req("q1"), req("q2")], store=store)
     assert [r.query_id for r in recs] == ["q1", "q2"]
@@ -40,7 +40,7 @@ def test_same_text_different_query_ids_are_two_records(tiny, tmp_path):
 
 
 def test_models_with_the_same_name_but_other_weights_do_not_share_records(tokenizer, tmp_path):
-    # before: two checkpoints both called 'ckpt' shared records (the key held the folder's base name)
+    # otherwise: two checkpoints both called 'ckpt' shared records (the key held the folder's base name)
     a = tiny_model("llama", tokenizer, seed=0)
     b = tiny_model("llama", tokenizer, seed=1)
     assert a.model_id == b.model_id and a.fingerprint != b.fingerprint
@@ -101,14 +101,19 @@ def test_stored_record_is_safetensors_and_checked_on_load(tiny, tmp_path, caplog
     assert get_records(tiny, [req()], store=RecordStore(tmp_path))[0].query_id == "q1"
 
 
-def test_old_pickle_records_are_never_read(tiny, tmp_path):
-    old = tmp_path / "tiny-llama" / "g"
-    old.mkdir(parents=True)
-    torch.save({"evil": 1}, old / "whatever.pt")
+def test_a_pickle_where_a_record_belongs_is_never_unpickled(tiny, tmp_path, monkeypatch):
+    """A pickle at the very path the store reads for this request is recomputed over, never loaded."""
+    store = RecordStore(tmp_path)
+    fields = record_fields(tiny.fingerprint, tiny.dtype, tiny.total_layers, True, req())
+    path = store.path(tiny.model_id, fields["group"], record_key(fields))
+    path.parent.mkdir(parents=True)
+    torch.save({"evil": 1}, path)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was loaded"))
     calls, handle = counting(tiny)
-    get_records(tiny, [req()], store=RecordStore(tmp_path))
+    get_records(tiny, [req()], store=store)
     handle.remove()
-    assert calls  # computed, nothing read from the old layout
+    assert calls  # computed: the pickle was not taken for the record
+    assert store.read(path, fields) is not None  # and replaced by the record
 
 
 def test_key_covers_what_determines_a_record(tiny):

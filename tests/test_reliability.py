@@ -1,5 +1,5 @@
 """Bad or unusual inputs: each gives a clear error naming the problem and the fix, never a silently
-wrong result. Each test fails on the code before its fix."""
+wrong result. Each test fails without the guard it names."""
 
 import os
 import subprocess
@@ -56,7 +56,7 @@ def test_a_run_that_ranks_a_document_twice_is_refused(tmp_path):
     path = tmp_path / "run.trec"
     path.write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 d2 2 2.0 t\nq2 Q0 d1 1 1.0 t\nq1 Q0 d1 3 1.0 t\n")
     with pytest.raises(DataError, match=r"run.trec:4: document 'd1' is ranked again for query 'q1' \(first on line 1\)"):
-        read_trec_run(path)  # before: the prompt held d1 twice and its two scores collapsed into one
+        read_trec_run(path)  # otherwise: the prompt held d1 twice and its two scores collapsed into one
     path.write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 d2 2 2.0 t\nq2 Q0 d1 1 1.0 t\n")
     assert read_trec_run(path) == {"q1": [("d1", 3.0), ("d2", 2.0)], "q2": [("d1", 1.0)]}
 
@@ -70,7 +70,7 @@ def test_trec_ids_with_whitespace_are_refused(tmp_path):
 
 
 def test_empty_document_ranks_last(default_lm):
-    # before: the token straddling an empty span was given to it (score -0.11, last by accident)
+    # otherwise: the token straddling an empty span was given to it (score -0.11, last by accident)
     ranked = Reranker(default_lm, words=50).rank("why is the sky blue?", [
         {"id": "sky", "text": "The sky is blue because air scatters blue light."},
         {"id": "empty", "text": ""}, {"id": "cats", "text": "Cats purr."}])
@@ -81,7 +81,7 @@ def test_empty_document_ranks_last(default_lm):
 def test_python_api_inputs(default_lm):
     r = Reranker(default_lm, words=50)
     with pytest.raises(PromptError, match="single str: give a list"):
-        r.rank("q", "a single document")  # before: split into one-character documents
+        r.rank("q", "a single document")  # otherwise: split into one-character documents
     with pytest.raises(PromptError, match="its text is a int"):
         r.rank("q", [{"id": "a", "text": 123}])
     with pytest.raises(PromptError, match="the query is a int"):
@@ -93,7 +93,7 @@ def test_python_api_inputs(default_lm):
 def test_a_head_ranking_needs_k(tmp_path, default_lm):
     ranking = HeadSet([(l, h) for l in range(30) for h in range(9)], "smollm2-135m", "core", ranking=True)
     path = ranking.save(tmp_path / "smollm2-135m.core.json")
-    # before: a file of all heads scored exactly as ICR under a CoRe label
+    # otherwise: a file of all heads scored exactly as ICR under a CoRe label
     with pytest.raises(ValueError, match="ranks all 270 heads .* take its top K"):
         Reranker(default_lm, heads=str(path))
     assert Reranker(default_lm, heads=f"{path}:8").heads == ranking.heads[:8]
@@ -129,5 +129,5 @@ def test_cli_reports_the_depth_it_reranked(shared_data, tmp_path):
     out = run_cli("rerank", "--data", str(shared_data), "--collection", "scifact", "--top-k", "500", "--words", "5",
                   "--max-queries", "1", "--cache", str(tmp_path), "--heads", "all")
     assert out.returncode == 0, out.stderr
-    assert "top-100 candidates" in out.stdout  # before: 'top-500' for a run of 100
+    assert "top-100 candidates" in out.stdout  # otherwise: 'top-500' for a run of 100
     assert "at most 100 candidates per query, fewer than --top-k 500" in out.stderr

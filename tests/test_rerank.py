@@ -91,3 +91,34 @@ def test_head_subset_reuses_a_cached_all_layer_record(default_lm, tmp_path):
     sub = Reranker(default_lm, [(4, 1)], words=50, store=store).record("sky?", full_docs(docs), group="g")
     assert len(list(tmp_path.rglob("*.safetensors"))) == n_files  # nothing new was computed
     assert torch.equal(sub.token_scores, full.token_scores[:5])
+
+
+def test_rank_returns_typed_results_that_carry_every_document(tokenizer):
+    from corelib.rerank import RankedResults
+    from tiny_models import tiny_model
+
+    docs = [{"id": "a", "title": "A", "text": "alpha text", "source": "wiki"}, "plain beta text",
+            {"id": "c", "text": "gamma text"}]
+    rr = Reranker(tiny_model("llama", tokenizer), top_k=2)  # top_k limits collection runs, never what rank is given
+    res = rr.rank("which text?", docs)
+    assert isinstance(res, RankedResults) and len(res) == 3 and [r.rank for r in res] == [1, 2, 3]
+    assert sorted(res.doc_ids) == ["1", "a", "c"]
+    assert res.get("a").document.metadata["source"] == "wiki" and res.get("1").document.metadata == {"text": "plain beta text"}
+    assert res.get("a").text == "A\nalpha text"
+    assert [r.doc_id for r in res.top_k(2)] == res.doc_ids[:2] and len(rr.rank("which text?", docs, top_k=1)) == 1
+    assert res[0].score >= res[1].score >= res[2].score and res.scores[res[0].doc_id] == res[0].score
+    with pytest.raises(KeyError, match="no document 'zz'"):
+        res.get("zz")
+    many = rr.rank_many(["which text?", "another"], [docs, docs[:2]])
+    assert [len(m) for m in many] == [3, 2] and many[0].doc_ids == res.doc_ids
+    with pytest.raises(PromptError, match="same length"):
+        rr.rank_many(["q"], [docs, docs])
+
+
+def test_the_default_word_budget_is_the_studys():
+    import inspect
+
+    from corelib.prompts import DEFAULT_WORDS
+    from corelib.study import profile
+
+    assert inspect.signature(Reranker).parameters["words"].default == DEFAULT_WORDS == profile("cpu").words

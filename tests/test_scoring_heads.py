@@ -30,7 +30,7 @@ def test_no_length_normalisation_and_empty_docs():
 
 
 def test_an_empty_document_ranks_below_negative_calibrated_scores():
-    # before: an empty document scored 0 and ranked above a relevant document at -0.60
+    # otherwise: an empty document scored 0 and ranked above a relevant document at -0.60
     c = torch.tensor([-0.6, -0.6, -2.0, -2.0])
     scores = filtered_doc_sum(c, torch.tensor([0, 2, 2, 4]))
     assert scores.argsort(descending=True).tolist() == [0, 2, 1]

@@ -11,7 +11,7 @@ from conftest import REPO, committed_files
 HISTORY = re.compile(
     r"\bsessions? \d+|\bsessions \d+ ?-|\b(this|last|next|that|the previous|an earlier|a later) session\b"
     r"|\b(was|is|were) lent\b|\blent (once|to|for)\b|\bissues? #?\d+\b|\btravels? to (that|the GPU) machine\b"
-    r"|\brecord job (was )?paused\b",
+    r"|\brecord job (was )?paused\b|#\s*before:",
     re.IGNORECASE,
 )
 TEXT = (".md", ".py", ".ipynb", ".txt", ".toml", ".yml", ".yaml", ".json", ".csv", ".cfg", "Makefile", ".sh", "run")
@@ -37,6 +37,7 @@ S, L, I = "sess" + "ion", "le" + "nt", "iss" + "ue"  # spelt apart, so that this
 
 @pytest.mark.parametrize("line, bad", [(f"last passed in {S} 12", True), (f"{S}s 9-12", True),
                                        (f"a GPU was {L} once", True), (f"({I} 11)", True),
+                                       ("x = 1  # be" + "fore: it was 0", True),
                                        ('@pytest.fixture(scope="session")', False), ("2 CPU cores, fp32", False)])
 def test_the_pattern_tells_history_from_plain_words(line, bad):
     assert bool(HISTORY.search(line)) is bad

@@ -176,17 +176,6 @@ def test_a_control_too_small_to_reach_alpha_is_marked_uninformative():
     assert control_verdict(0.001, 1.0, sets=1000) == "supported"
 
 
-def test_the_library_imports_nothing_from_the_study():
-    for path in (REPO / "corelib").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                mod = ("." * node.level) + (node.module or "")
-                assert "study" not in mod, f"{path.name} imports {mod}"
-            elif isinstance(node, ast.Import):
-                assert not any("study" in a.name for a in node.names), path.name
-
-
 @pytest.mark.shared_data
 def test_warm_caches_every_step_and_resumes_without_forwards(tmp_path, tokenizer, shared_data):
     from corelib.study import warm

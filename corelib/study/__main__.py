@@ -252,6 +252,8 @@ def main(argv=None) -> int:
             written[name] = build(by, df)
         if not written:
             raise MissingInput(f"no per-query table in {S.tables_dir}: run `make reproduce PROFILE={S.p.name}` first")
+        if (positions := S.tables.read("control_positions")) is not None:  # its families' Holm and verdicts again
+            written["control_positions"] = S.tables.write("control_positions", positions)
         written["verdicts"] = report.verdicts(S)
         report.write_report(S, S.out / S.p.name / "REPORT.md")
         for name, df in written.items():

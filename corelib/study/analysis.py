@@ -84,7 +84,9 @@ RULES = f"""\
   when there are at most as many as the profile draws, and the table says how many exist, how many of CoRe's heads a
   set shares on average and the smallest p it can give; a second layer-matched control draws only sets without
   any of CoRe's heads, and a control of fewer than {round(1 / ALPHA) - 1} sets, which cannot reach p < {ALPHA}, is marked
-  uninformative (both added before these numbers existed). The queries are held fixed: this tests the head
+  uninformative (both added before these numbers existed). A method's family is its rows of every model, the
+  layer window's whatever layers each model's covers (corrected after the numbers existed: its rows named their
+  layers, so each model's was a family of its own, unadjusted). The queries are held fixed: this tests the head
   choice, not generalisation to new queries. The best single heads on the evaluated queries are an in-sample
   reference, never a method and not an upper bound (a set of individually good heads need not be the best set).
 - *Candidate order* (added before any number with shuffled candidates existed). ICR's prompt puts the

@@ -169,10 +169,11 @@ class Study:
     def records(self, model: str, collection: str, calibrate: bool = True) -> list[QueryRecord]:
         """All-head records of the profile's query sample of a collection (cached)."""
         cand = self.candidates(model, collection)
-        return self._reranker(model, calibrate).records(self.collection(collection), cand, self._share(list(cand.ranking)))
+        return self.reranker(model, calibrate).records(self.collection(collection), cand, self._share(list(cand.ranking)))
 
-    def _reranker(self, model: str, calibrate: bool = True, order: CandidateOrder | None = None,
-                  invariant: bool = False) -> Reranker:
+    def reranker(self, model: str, calibrate: bool = True, order: CandidateOrder | None = None,
+                 invariant: bool = False) -> Reranker:
+        """The profile's re-ranker of a model (its candidates' depth, word budget and record store)."""
         return Reranker(self.spec(model), calibrate=calibrate, top_k=self.p.top_k, words=self.p.words, store=self.store,
                         order=order, invariant=invariant)
 
@@ -207,7 +208,7 @@ class Study:
         """All-head records of ``order_sample`` with the candidates in ``order`` (None: ICR's), or under the
         permutation-invariant prompt (``invariant``: one record per query, whatever the order)."""
         self._check_order_model(model)
-        rr = self._reranker(model, order=order, invariant=invariant)
+        rr = self.reranker(model, order=order, invariant=invariant)
         qids = self._share(self.order_sample(model, collection))
         return rr.records(self.collection(collection), self.candidates(model, collection), qids)
 
@@ -222,13 +223,14 @@ class Study:
     def _share(self, items: list) -> list:
         return items if self.shard is None else items[self.shard[0]:: self.shard[1]]
 
-    def _detection_samples(self, model: str):
+    def detection_samples(self, model: str):
+        """The model's NQ detection prompts (the profile's queries, negatives and positive slots)."""
         return load_detection(self.data, self.p.detection_for(model), self.p.negatives, self.p.positions,
                               words=self.p.words, seed=self.p.seed)
 
     def detection(self, model: str, calibrate: bool = False, invariant: bool = False) -> list[QueryRecord]:
         """The NQ detection records (``invariant``: under the permutation-invariant prompt, one per query)."""
-        return detection_records(self.spec(model), self._share(self._detection_samples(model)), calibrate=calibrate,
+        return detection_records(self.spec(model), self._share(self.detection_samples(model)), calibrate=calibrate,
                                  store=self.store, invariant=invariant)
 
     # ------------------------------------------------------------------ warm (the plan lives in warm.py)

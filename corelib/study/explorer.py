@@ -117,6 +117,14 @@ class NotCached(LookupError):
     """The explorer was asked for a setting whose records are not cached (and not asked to compute them)."""
 
 
+def model_converted(model: str) -> bool:
+    """Whether a built-in model's dequantised weights are in the cache already (any other model: True)."""
+    from ...catalogue import BUILTIN_MODELS
+    from ...storage import cache_root
+
+    return model not in BUILTIN_MODELS or (cache_root() / "models" / model / "corelib.json").is_file()
+
+
 def cache_report(study: "Study", model: str, method: str = "core") -> tuple[bool, str]:
     """(everything cached?, a sentence saying what is cached, what is missing, the estimate and the command)."""
     table = study.pending([model], multilingual=False)
@@ -127,6 +135,8 @@ def cache_report(study: "Study", model: str, method: str = "core") -> tuple[bool
         return True, f"{model} in profile {study.p.name}: every record the explorer reads is cached."
     cost = (f" (estimated from the cached records or the cost table: {t})" if (t := time_left(part))
             else " (no cached record or cost-table row to time them by yet)")
+    if not model_converted(model):
+        cost += ", plus converting the model's GGUF file once (a few minutes on 2 cores)"
     return False, (f"{model} in profile {study.p.name}: {int(part['cached'].sum())} of {int(part['needed'].sum())} "
                    f"records cached, {missing} missing{cost}. Run `make warm PROFILE={study.p.name} MODEL={model}` "
                    "in a terminal (resumable), or press 'compute' to compute them in this kernel.")

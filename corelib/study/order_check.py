@@ -70,7 +70,7 @@ def order_per_query(study: "Study", pq: pd.DataFrame) -> pd.DataFrame:
                 rows.append(pd.DataFrame({"model": m, "collection": c, "query_id": got.index.astype(str),
                                           "order": s.shuffled_order.name, "method": method, "ndcg@10": got.values,
                                           "kendall tau vs BM25": [_kendall(run[q], bm25[q]) for q in got.index.astype(str)]}))
-            rr = s._reranker(m)
+            rr = s.reranker(m)
             requests = rr.collection_requests(coll, cand, qids)
             icr_runs = ({method: record_run(rr.records(coll, cand, qids), h) for method, h in heads.items()}
                         if not rr.status(requests).missing else {})
@@ -169,7 +169,7 @@ def fill_icr_order_tau(study: "Study") -> dict[str, pd.DataFrame]:
             coll, cand = s.collection(c), s.candidates(m, c)
             qids = s.order_sample(m, c)
             bm25 = cand.run()
-            records = s._reranker(m).records(coll, cand, qids)
+            records = s.reranker(m).records(coll, cand, qids)
             for method in dict.fromkeys(opq.loc[icr_rows & (opq["model"] == m), "method"]):
                 at = icr_rows & (opq["model"] == m) & (opq["collection"] == c) & (opq["method"] == method)
                 if method == "BM25":

@@ -65,7 +65,7 @@ def orders(study: "Study") -> dict[str, CandidateOrder]:
 
 
 def remedy_models(study: "Study") -> list[str]:
-    return [m for m in study.p.order_models if study.p.order_permutations]
+    return list(study.p.order_models) if study.p.order_remedies else []
 
 
 def method_heads(study: "Study", m: str, invariant: bool = False) -> dict[str, list | None]:
@@ -105,7 +105,7 @@ def remedies_per_query(study: "Study") -> pd.DataFrame:
     the bi-encoder on the same candidates (remedy 'none', the same in both orders)."""
     s = study
     if not remedy_models(s):
-        raise UsageError(f"profile {s.p.name!r} runs no order remedies (order_models and order_permutations)")
+        raise UsageError(f"profile {s.p.name!r} runs no order remedies (order_models and order_remedies)")
     frames = []
     for m in remedy_models(s):
         heads, inv_heads = method_heads(s, m), method_heads(s, m, invariant=True)

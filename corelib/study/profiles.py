@@ -58,10 +58,11 @@ class Profile:
     order_queries: int = 64
     order_all_up_to: int = 100
     order_seed: int = 0
-    # The order remedies (``order_remedies``) on the order check's queries: permutation aggregation over each of
-    # these numbers of orders (the given order and K - 1 shuffles seeded order_seed + 1 ..), the position prior
-    # (from the calibrated NQ detection records) and the permutation-invariant prompt (heads detected on NQ under
-    # it); () = no remedies. ``order_remedy_models``: the models they run on (None: every order model)
+    # The order remedies (``order_remedies``) on the order check's queries of every order model: the position prior
+    # (from the calibrated NQ detection records), the permutation-invariant prompt (heads detected on NQ under it)
+    # and permutation aggregation over each of ``order_permutations`` orders (the given order and K - 1 shuffles
+    # seeded order_seed + 1 ..; () = no aggregation)
+    order_remedies: bool = False
     order_permutations: tuple[int, ...] = ()
     # where the detected head rankings go, under the results directory (None: <profile>/heads)
     heads_dir: str | None = None
@@ -145,7 +146,7 @@ class Profile:
         skipped = {}
         if not self.multilingual:
             skipped["08_table2_multilingual"] = f"profile {self.name} has no multilingual collections"
-        if not (self.order_models and self.order_permutations):
+        if not (self.order_models and self.order_remedies):
             skipped["11_candidate_order"] = f"profile {self.name} runs no candidate-order remedies"
         return skipped
 
@@ -204,7 +205,7 @@ PROFILES: dict[str, Profile] = {
                      detection_samples=4, negatives=7, positions=2, temperature=0.001,
                      prune_levels=(0.0, 0.5), multilingual=("xquad-r/de",), control_sets=50,
                      niah_needles=1, niah_lengths=(300,), niah_depths=(0.0, 1.0), niah_prompt_lengths=(600,),
-                     order_models=(DEFAULT_MODEL,), order_permutations=(3,),
+                     order_models=(DEFAULT_MODEL,), order_remedies=True, order_permutations=(3,),
                      order_queries=3, order_all_up_to=2, hours="~4 min"),
     # `make reproduce` with no PROFILE: every table and figure for the default model within an hour from a cold cache
     # (the calibrated-detection ablation, a second detection pass, is the cpu profile's).
@@ -229,7 +230,7 @@ PROFILES: dict[str, Profile] = {
                    dtype_by_model=((DEFAULT_MODEL, "bfloat16"), ("qwen2.5-coder-1.5b", "bfloat16")),
                    multilingual_queries=((DEFAULT_MODEL, 50), ("qwen2.5-coder-1.5b", 10)),
                    # 426 queries each: NPL 93, CISI 76, LISA 35, MED 30 whole; 64 of SciFact, ArguAna, Cranfield
-                   order_models=(DEFAULT_MODEL, "gemma3-270m"), order_permutations=(3, 5),
+                   order_models=(DEFAULT_MODEL, "gemma3-270m"), order_remedies=True, order_permutations=(3, 5),
                    heads_dir="heads",  # results/heads: the CLI's default --heads-dir reads the cpu profile's rankings
                    hours="many hours of forwards: run `make warm PROFILE=cpu` (resumable) and `make time-pruning PROFILE=cpu` "
                          "(~35 min) first; then about 15 min of notebooks per model"),

@@ -29,12 +29,14 @@ CONFIGS = {
     "e50": "(b) on the model pruned by 50%",
     "pruned": "(b) on the first `layers` layers only, the later ones not loaded (notebook 6)",
     "eexit": "(b) with automatic exit at the deepest top-8 CoRe head",
+    "inv": "(c) on the same documents under the permutation-invariant prompt (each in its own block; one forward)",
 }
-def real_prompt(lm, tokens: int, data: str | None):
-    """A real ICR prompt of about ``tokens`` tokens: SciFact BM25 candidates of one query, 100 words each."""
+def real_prompt(lm, tokens: int, data: str | None, invariant: bool = False):
+    """A real ICR prompt of about ``tokens`` tokens: SciFact BM25 candidates of one query, 100 words each, and its N/A
+    prompt (``invariant``: the same documents under the permutation-invariant prompt)."""
     from ..data import load_collection, sample_queries
     from ..first_stage import first_stage
-    from ..prompts import CONTENT_FREE_QUERY, build_prompt, prompt_order
+    from ..prompts import CONTENT_FREE_QUERY, build_invariant_prompt, build_prompt, prompt_order
 
     coll = load_collection("scifact", data)
     q = sample_queries(coll, 1, seed=0)[0]
@@ -47,8 +49,9 @@ def real_prompt(lm, tokens: int, data: str | None):
             break
         n += 1
     ordered = prompt_order(docs[:n])
-    return (build_prompt(lm.tokenizer, coll.queries[q], ordered, lm.prefix, lm.suffix),
-            build_prompt(lm.tokenizer, CONTENT_FREE_QUERY, ordered, lm.prefix, lm.suffix))
+    build = build_invariant_prompt if invariant else build_prompt
+    return (build(lm.tokenizer, coll.queries[q], ordered, lm.prefix, lm.suffix),
+            build(lm.tokenizer, CONTENT_FREE_QUERY, ordered, lm.prefix, lm.suffix))
 
 
 def deepest_top8(model: str) -> int:
@@ -136,12 +139,12 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
     """
     import gc
 
-    from ..attention import calibrated_head_token_scores, head_token_scores
+    from ..attention import calibrated_head_token_scores, head_token_scores, invariant_head_token_scores
     from ..models import dtype_name, load_model, total_layers
 
     cuda = torch.cuda.is_available()
     total = total_layers(model)
-    p, na = real_prompt(load_model(model, num_layers=1, device="cpu"), tokens, data)
+    p, na = real_prompt(load_model(model, num_layers=1, device="cpu"), tokens, data, invariant=config == "inv")
     gc.collect()
     rss_base = current_rss_mb()
     if config == "pruned" and layers is None:
@@ -163,6 +166,8 @@ def worker(model: str, config: str, tokens: int, repeats: int, data: str | None,
                 torch.stack([a[0, :, s:e].float().mean(1) for a in out.attentions])
             elif config == "c":
                 calibrated_head_token_scores(lm, p.input_ids, p.query_span, na.input_ids, na.query_span)
+            elif config == "inv":
+                invariant_head_token_scores(lm, p, na)
             else:
                 head_token_scores(lm, p.input_ids, p.query_span, None if config == "pruned" else layers)
 

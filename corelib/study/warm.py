@@ -65,7 +65,7 @@ def steps(study: "Study", model: str, multilingual: bool = True) -> list[Step]:
     by_size = sorted(p.collections, key=sizes.get)
     out = [Step(DETECTION), *(Step(COLLECTION, c) for c in by_size),
            *(Step(COLLECTION, c) for c in (p.multilingual if multilingual else ()))]
-    remedies = model in p.order_models and bool(p.order_permutations)
+    remedies = model in p.order_models and p.order_remedies
     if model in p.order_models:
         out += [Step(SHUFFLED, c) for c in by_size]
     if (model in p.models_for_ablations and p.calibrated_detection_ablation) or remedies:
@@ -101,18 +101,18 @@ def _collection_status(s: "Study", m: str, step: Step) -> CacheStatus:
     order = None
     if step.kind == SHUFFLED:
         order = s.shuffled_order if step.seed is None else CandidateOrder(shuffle_seed=step.seed)
-    rr = s._reranker(m, order=order, invariant=step.kind == INVARIANT)
+    rr = s.reranker(m, order=order, invariant=step.kind == INVARIANT)
     qids = s.order_sample(m, step.collection) if sample else None
     return rr.status(rr.collection_requests(s.collection(step.collection), s.candidates(m, step.collection), qids))
 
 
 STATUS: dict[str, Callable[["Study", str, Step], CacheStatus]] = {
-    DETECTION: lambda s, m, step: record_status(s.spec(m), detection_requests(s._detection_samples(m)), calibrate=False,
+    DETECTION: lambda s, m, step: record_status(s.spec(m), detection_requests(s.detection_samples(m)), calibrate=False,
                                                 store=s.store),
-    CALIBRATED_DETECTION: lambda s, m, step: record_status(s.spec(m), detection_requests(s._detection_samples(m)),
+    CALIBRATED_DETECTION: lambda s, m, step: record_status(s.spec(m), detection_requests(s.detection_samples(m)),
                                                            calibrate=True, store=s.store),
     INVARIANT_DETECTION: lambda s, m, step: record_status(
-        s.spec(m), detection_requests(s._detection_samples(m), invariant=True), calibrate=False, store=s.store),
+        s.spec(m), detection_requests(s.detection_samples(m), invariant=True), calibrate=False, store=s.store),
     COLLECTION: _collection_status,
     SHUFFLED: _collection_status,
     INVARIANT: _collection_status,
