@@ -388,3 +388,64 @@ def test_make_with_an_unknown_profile_model_or_data_directory_stops_at_once_and_
         assert out.returncode != 0 and said in out.stdout + out.stderr, arg
         assert "Traceback" not in out.stdout + out.stderr and "papermill" not in out.stdout + out.stderr, arg
         assert folder is None or not (REPO / "results" / folder).exists()
+
+
+# every study subcommand, with an unknown profile (and the two that take files, with a missing one): one line
+# naming it, exit 2, no model loaded
+STUDY_SUBCOMMANDS = {
+    "warm": [], "pending": [], "notebooks": ["notebooks/01_data_and_models.ipynb"], "time-pruning": [],
+    "practitioner-cost": [], "robustness": [], "order-check": [], "manifest": [], "order-remedies": [],
+    "record-costs": [], "precision-check": ["--model", "smollm2-135m"],
+    "machine-check": ["--model", "smollm2-135m", "--against", "HEAD"], "comparisons": [], "record-free": [],
+    "released": [], "figures": [], "headline": [], "banner": [],
+}
+
+
+@pytest.mark.parametrize("command", sorted(STUDY_SUBCOMMANDS))
+def test_every_study_subcommand_names_an_unknown_profile(command, shared_data, monkeypatch, capsys, tmp_path):
+    from corelib.study.__main__ import main
+
+    monkeypatch.setattr("corelib.models.load_model", _no_forward)
+    monkeypatch.setenv("CORELIB_DATA", str(shared_data))
+    monkeypatch.setenv("CORELIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    rc = main([command, "--profile", "nope", *STUDY_SUBCOMMANDS[command]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "unknown profile 'nope'" in err and "Traceback" not in err, err
+
+
+def test_the_study_subcommand_table_is_whole():
+    import argparse
+
+    from corelib.study import __main__ as cli
+
+    parsers = set()
+    original = argparse._SubParsersAction.add_parser
+
+    def spy(self, name, **kw):
+        parsers.add(name)
+        return original(self, name, **kw)
+
+    argparse._SubParsersAction.add_parser = spy
+    try:
+        cli.main(["banner", "--profile", "smoke"])
+    finally:
+        argparse._SubParsersAction.add_parser = original
+    assert parsers - {"add-findings", "clean-outputs"} == set(STUDY_SUBCOMMANDS)  # a new subcommand joins the sweep
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: __import__("corelib.study", fromlist=["Study"]).Study("nope"), "UsageError", "unknown profile 'nope'"),
+    (lambda: __import__("corelib.models", fromlist=["load_model"]).load_model("no-such-model"), "ModelLoadError",
+     "unknown model"),
+    (lambda: __import__("corelib.rerank", fromlist=["Reranker"]).Reranker(
+        __import__("corelib.models", fromlist=["model_spec"]).model_spec("smollm2-135m")).rank("q", [{"id": "a"}]),
+     "PromptError", "has no 'text' field"),
+])
+def test_python_entry_points_give_domain_errors_before_any_forward(call, error, match, monkeypatch):
+    from corelib.errors import CorelibError
+
+    monkeypatch.setattr("corelib.models.load_model", _no_forward) if error != "ModelLoadError" else None
+    with pytest.raises(CorelibError, match=match) as got:
+        call()
+    assert type(got.value).__name__ == error

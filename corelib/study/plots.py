@@ -460,6 +460,11 @@ def redraw(study) -> list[Path]:
                                            "own process)"), out / "fig3_pruning_cost")
     if (scale := t.read("scaling")) is not None:
         written += save(scaling(scale, avg, t.read("released_depth")), out / "scaling")
+    if avg is not None and {"Layer window", "Bi-encoder"} <= set(avg.columns) and avg["Layer window"].notna().all():
+        opq = t.read("order_per_query")
+        bm25 = None if opq is None else {m: float(g.groupby("collection")["ndcg@10"].mean().mean()) for m, g in
+                                         opq[(opq["method"] == "BM25") & (opq["order"] == "rank 1 last")].groupby("model")}
+        written += save(answer(avg, t.read("order_agreement"), order, bm25), out / "answer")
     if (remedy_means := t.read("order_remedy_means")) is not None:
         written += save(order_remedies(remedy_means, f"Order remedies ({p.name} profile)"), out / "order_remedies")
     written += control_figures(study)
@@ -517,4 +522,58 @@ def order_remedies(means: pd.DataFrame, title: str, icr_order: str = "rank 1 las
                bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(handles) > 5)))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+ANSWER_METHODS = ("BM25", "ICR", "Layer window", "CoRe-R", "Bi-encoder")
+
+
+def answer(average: pd.DataFrame, agreement: pd.DataFrame | None = None, order: list[str] | None = None,
+           order_bm25: dict[str, float] | None = None):
+    """Where the gain comes from, per model (the README's figure): mean nDCG@10 over the collections of BM25, ICR
+    (all heads), the layer window, CoRe-R's 8 heads and the bi-encoder on each model's sample (left); and, on the
+    order check's queries, ICR and CoRe-R in ICR's order against the same candidates shuffled, with BM25 on those
+    queries (``order_bm25``: model -> its mean; right)."""
+    from .methods import MODEL_MARKERS, colour
+
+    models = order or list(dict.fromkeys(average["model"]))
+    panels = 2 if agreement is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.8 * len(models) + 1.6),
+                             squeeze=False, gridspec_kw={"width_ratios": [1.25, 1][:panels]})
+    ax = axes[0][0]
+    ys = np.arange(len(models))
+    for j, method in enumerate(ANSWER_METHODS):
+        values = [float(average.loc[average["model"] == m, method].iloc[0]) for m in models]
+        ax.scatter(values, ys, color=colour(method), marker="o" if method not in ("BM25", "Bi-encoder") else "|",
+                   s=60 if method not in ("BM25", "Bi-encoder") else 260, label=method, zorder=3, linewidths=2)
+    for y, m in zip(ys, models):
+        row = average[average["model"] == m].iloc[0]
+        ax.plot([row["ICR"], row["CoRe-R"]], [y, y], color="#999999", lw=1, zorder=1)
+    ax.set_yticks(ys, [f"{m}\n({int(average.loc[average['model'] == m, 'queries'].iloc[0]):,} queries)" for m in models])
+    ax.invert_yaxis()
+    ax.set_xlabel("nDCG@10, mean over 7 collections")
+    ax.set_title("Each model's sample (BM25 top 20 re-ranked)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=5, frameon=False)
+    if agreement is not None:
+        ax2 = axes[0][1]
+        checked = list(dict.fromkeys(agreement["model"]))
+        for i, m in enumerate(checked):
+            for dy, method in ((-0.12, "ICR"), (0.12, "CoRe-R")):
+                rows = agreement[(agreement["model"] == m) & (agreement["method"] == method)].set_index("order")["mean ndcg@10"]
+                icr_order = float(rows.get("rank 1 last"))
+                shuffled = float(rows.drop(index="rank 1 last").iloc[0])
+                ax2.plot([shuffled, icr_order], [i + dy, i + dy], color=colour(method), lw=1.2)
+                ax2.plot(icr_order, i + dy, "o", color=colour(method), ms=6)
+                ax2.plot(shuffled, i + dy, "o", mfc="white", mec=colour(method), ms=6)
+            if order_bm25 and m in order_bm25:
+                ax2.scatter([order_bm25[m]], [i], marker="|", s=500, color=colour("BM25"), linewidths=2, zorder=3)
+        ax2.set_yticks(range(len(checked)), [f"{m}\n({int(agreement.loc[agreement['model'] == m, 'queries'].iloc[0]):,} queries)"
+                                             for m in checked])
+        ax2.invert_yaxis()
+        ax2.set_ylim(len(checked) - 0.5, -0.5)
+        ax2.set_xlabel("nDCG@10, mean over 7 collections")
+        ax2.set_title("The order check's queries: ICR's order (filled), shuffled (open)", fontsize=9)
+        ax2.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     return fig
