@@ -9,6 +9,8 @@ PROFILE ?= quick
 # the collections (BEIR layout): $CORELIB_DATA, else ../shared/data where it exists, else none (they load online)
 DATA    ?= $(if $(CORELIB_DATA),$(CORELIB_DATA),$(wildcard $(abspath ../shared/data)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# the data directory as the notebooks (run from notebooks/) reach it: executed notebooks name no machine's folders
+DATA_FROM_NOTEBOOKS = $(if $(DATA),$(shell realpath -m --relative-to=notebooks "$(DATA)"))
 export CORELIB_DATA := $(DATA)
 # Jupyter looks for kernels in the venv only, so another clone's kernel of the same name never shadows this one.
 export JUPYTER_DATA_DIR := $(abspath $(VENV))/share/jupyter
@@ -61,7 +63,7 @@ reproduce: setup
 	for nb in $$nbs; do \
 	  echo "== $$nb ($(PROFILE)$(if $(MODEL),: $(MODEL)))"; \
 	  $(BIN)/papermill --cwd notebooks -k core-heads --no-progress-bar --log-output \
-	    -p PROFILE $(PROFILE) -p DATA "$(DATA)" -p OUT ../results $(if $(MODEL),-y "MODELS: [$(subst $(space),$(comma) ,$(strip $(MODEL)))]") $(NB_PARAMS) \
+	    -p PROFILE $(PROFILE) -p DATA "$(DATA_FROM_NOTEBOOKS)" -p OUT ../results $(if $(MODEL),-y "MODELS: [$(subst $(space),$(comma) ,$(strip $(MODEL)))]") $(NB_PARAMS) \
 	    "$$nb" "$(EXECUTED)/$$(basename $$nb)" 2>&1 | grep -v "Kernel is running over TCP" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	  $(BIN)/python -m corelib.study clean-outputs "$(EXECUTED)/$$(basename $$nb)" || exit 1; \

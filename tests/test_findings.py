@@ -1,6 +1,7 @@
 """Every numbered notebook ends with its generated 'paper vs here' cell, and that cell's text comes from the
 tables: a verdict where a claim was tested, a setting or a descriptive number (no verdict) where none was."""
 
+import os
 import re
 from pathlib import Path
 
@@ -94,3 +95,33 @@ def test_findings_are_refused_where_the_tables_hold_another_run_or_no_run_is_rec
     nbformat.write(nb, path)
     with pytest.raises(ValueError, match="no papermill metadata"):
         add_findings(path)
+
+
+def test_clean_outputs_names_no_machine_folder_and_numbers_appended_cells(tmp_path):
+    """An executed notebook keeps the data directory as the notebooks folder reaches it, and the cells papermill ran
+    after the last numbered one get the next numbers."""
+    import nbformat
+
+    from corelib.study.__main__ import clean_outputs
+    from corelib.study.findings_cells import NOTEBOOKS
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('# Parameters\nPROFILE = "cpu"\nDATA = "/srv/data/beir"\n')
+    params.metadata["tags"] = ["injected-parameters"]
+    ran = nbformat.v4.new_code_cell("1 + 1", execution_count=4)
+    appended = nbformat.v4.new_code_cell("2 + 2", outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "4"})])
+    nb.cells = [params, ran, appended]
+    nb.metadata["papermill"] = {"parameters": {"DATA": "/srv/data/beir", "PROFILE": "cpu"}}
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    clean_outputs(path)
+    got = nbformat.read(path, as_version=4)
+    relative = os.path.relpath("/srv/data/beir", NOTEBOOKS)
+    assert f'DATA = "{relative}"' in got.cells[0].source and got.cells[0].source.endswith("\n")
+    assert got.metadata.papermill.parameters.DATA == relative and not relative.startswith("/")
+    assert got.cells[2].execution_count == 5
+
+
+def test_no_committed_executed_notebook_names_an_absolute_data_path():
+    hits = [p for p in committed_files("results/*.ipynb") if '"DATA = \\"/' in p.read_text()]
+    assert not hits, f"absolute data paths in {hits[:3]}: run `python -m corelib.study clean-outputs` on them"

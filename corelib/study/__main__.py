@@ -40,8 +40,12 @@ def list_notebooks(args) -> int:
 
 
 def clean_outputs(path) -> int:
-    """Remove progress bars (stderr text redrawn with carriage returns, or tqdm's widgets) from an
-    executed notebook; returns how many outputs were dropped."""
+    """Tidy an executed notebook: remove progress bars (stderr text redrawn with carriage returns, or tqdm's widgets);
+    number the executed code cells that carry no count (cells appended by ``add-findings``, run by papermill); and
+    write an absolute data path in the injected parameters as a path relative to the notebooks folder, so that the
+    notebook names no machine's folders. Returns how many outputs were dropped."""
+    import os
+
     import nbformat
 
     def progress(o) -> bool:
@@ -49,17 +53,35 @@ def clean_outputs(path) -> int:
             return o.get("name") == "stderr" and "\r" in "".join(o.get("text", ""))
         return "application/vnd.jupyter.widget-view+json" in o.get("data", {})
 
-    from .findings_cells import read_notebook
+    from .findings_cells import NOTEBOOKS, read_notebook
 
     nb = read_notebook(path)
+    before = nbformat.writes(nb)
+    params = nb.metadata.get("papermill", {}).get("parameters", {})
+    if isinstance(params.get("DATA"), str) and params["DATA"].startswith("/"):
+        params["DATA"] = os.path.relpath(params["DATA"], NOTEBOOKS)
     nb.metadata.pop("widgets", None)
-    dropped = 0
+    dropped, count = 0, 0
     for cell in nb.cells:
         keep = [o for o in cell.get("outputs", []) if not progress(o)]
         dropped += len(cell.get("outputs", [])) - len(keep)
         if "outputs" in cell:
             cell["outputs"] = keep
-    if dropped:
+        if cell.cell_type == "code":
+            if cell.get("execution_count") is not None:
+                count = cell.execution_count
+            elif cell.get("outputs") or cell.get("metadata", {}).get("papermill", {}).get("status") == "completed":
+                count += 1
+                cell.execution_count = count
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            lines = []
+            for line in cell.source.splitlines():
+                name, eq, value = line.partition(" = ")
+                if name == "DATA" and value.startswith('"/'):
+                    line = f'DATA = "{os.path.relpath(value.strip(chr(34)), NOTEBOOKS)}"'
+                lines.append(line)
+            cell.source = "\n".join(lines) + ("\n" if cell.source.endswith("\n") else "")
+    if nbformat.writes(nb) != before:
         nbformat.write(nb, path)
     return dropped
 
