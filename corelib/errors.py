@@ -34,11 +34,11 @@ BUG_NOTE = ("this is a bug in corelib, not a mistake in your input: please repor
 
 
 def run_command(command: Callable[[], object]) -> int:
-    """Run a command: 0 on success; a user's error (one of ``user_errors``, each naming the problem and the fix) is
+    """Run a command: its own exit status where it returns one, else 0; a user's error (one of ``user_errors``, each naming the problem and the fix) is
     one line on stderr and exit status 2; Ctrl-C one line and 130; anything else is a bug: its traceback, a line
     saying so, and exit status 1."""
     try:
-        command()
+        status = command()
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -51,4 +51,4 @@ def run_command(command: Callable[[], object]) -> int:
         traceback.print_exc()
         print(f"error: {BUG_NOTE}", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

@@ -61,6 +61,7 @@ class HeadSet:
     provenance: dict = field(default_factory=dict)
     ranking: bool = False  # True: every head of the model in score order (take ``top(k)`` to re-rank)
     fingerprint: str | None = None  # the exact weights it was detected on (models.ModelSpec.fingerprint)
+    scores: list[float] | None = None  # each head's detection score, in the order of ``heads`` (where known)
 
     def __post_init__(self):
         if isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Sequence):
@@ -76,6 +77,11 @@ class HeadSet:
             raise UsageError(f"heads {repeated[:4]} are listed more than once: a head set names each head once "
                              "(a repeated head would count its attention twice)")
         self.heads = pairs
+        if self.scores is not None:
+            if len(self.scores) != len(pairs) or not all(isinstance(x, numbers.Real) and math.isfinite(x)
+                                                         for x in self.scores):
+                raise UsageError(f"scores: give one finite number per head ({len(pairs)}), in the order of the heads")
+            self.scores = [float(x) for x in self.scores]
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -88,12 +94,13 @@ class HeadSet:
         if not 1 <= k <= len(self.heads):
             raise UsageError(f"k={k}: this head set has {len(self.heads)} heads; choose k between 1 and {len(self.heads)}")
         return HeadSet(self.heads[:k], self.model_id, self.method, {**self.provenance, "k": k},
-                       fingerprint=self.fingerprint)
+                       fingerprint=self.fingerprint, scores=None if self.scores is None else self.scores[:k])
 
     def to_json(self) -> dict:
         return {"model_id": self.model_id, "method": self.method, "kind": "ranking" if self.ranking else "set",
                 **({"model_fingerprint": self.fingerprint} if self.fingerprint else {}),
-                "heads": [list(h) for h in self.heads], "provenance": self.provenance}
+                "heads": [list(h) for h in self.heads], **({"scores": self.scores} if self.scores is not None else {}),
+                "provenance": self.provenance}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -110,7 +117,7 @@ class HeadSet:
             if kind not in ("set", "ranking"):
                 raise UsageError(kind)
             return cls(data["heads"], data["model_id"], data.get("method", "manual"), data.get("provenance", {}),
-                       ranking=kind == "ranking", fingerprint=data.get("model_fingerprint"))
+                       ranking=kind == "ranking", fingerprint=data.get("model_fingerprint"), scores=data.get("scores"))
         except FileNotFoundError:
             raise MissingInput(f"head-set file {path} does not exist: run `python -m corelib detect` first") from None
         except (KeyError, ValueError, TypeError, AttributeError) as err:
@@ -321,8 +328,16 @@ def released_heads(model_id: str, method: str = "core", data: str | os.PathLike 
 
 
 def default_heads_dir() -> Path:
-    """Where head rankings are looked up by ``method:K``: ``$CORELIB_HEADS``, else ./results/heads."""
+    """Where head rankings are looked up by ``method:K`` and ``detect`` writes them: ``$CORELIB_HEADS``, else
+    ./results/heads (a ranking not found there is taken from the package's, ``shipped_heads_dir``, unless a folder
+    was chosen with ``heads_dir`` or ``$CORELIB_HEADS``)."""
     return Path(os.environ.get("CORELIB_HEADS", Path("results") / "heads"))
+
+
+def shipped_heads_dir() -> Path:
+    """The built-in models' head rankings that ship with the package (with each head's score), keyed by model and
+    fingerprint: what ``core:8`` reads from any directory when no ranking of one's own is found."""
+    return Path(__file__).resolve().parent / "head_rankings"
 
 
 def head_ranking_path(heads_dir: str | os.PathLike, model_id: str, method: str, fingerprint: str | None = None) -> Path:
@@ -383,6 +398,11 @@ def resolve_heads(spec: str | HeadSpec, model_id: str, heads_dir: str | os.PathL
         path = head_ranking_path(heads_dir or default_heads_dir(), model_id, spec.method, fingerprint)
         if path.is_file():
             return HeadSet.load(path).top(spec.k)
+        shipped = head_ranking_path(shipped_heads_dir(), model_id, spec.method, fingerprint)
+        if heads_dir is None and "CORELIB_HEADS" not in os.environ and shipped.is_file():  # no folder was chosen
+            ranking = HeadSet.load(shipped)
+            if ranking.fingerprint == fingerprint:  # the package's ranking is of these exact weights
+                return ranking.top(spec.k)
         released = released_heads(model_id, spec.method)
         if released is not None:
             return released.top(min(spec.k, len(released)))

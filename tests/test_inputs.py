@@ -397,7 +397,7 @@ STUDY_SUBCOMMANDS = {
     "practitioner-cost": [], "robustness": [], "order-check": [], "manifest": [], "order-remedies": [],
     "record-costs": [], "precision-check": ["--model", "smollm2-135m"],
     "machine-check": ["--model", "smollm2-135m", "--against", "HEAD"], "comparisons": [], "record-free": [],
-    "released": [], "figures": [], "headline": [], "banner": [],
+    "released": [], "figures": [], "headline": [], "banner": [], "ship-heads": [],
 }
 
 

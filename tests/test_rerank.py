@@ -56,7 +56,7 @@ def test_bad_inputs(default_lm):
     with pytest.raises(ValueError, match="detected on mistralai/Mistral-7B-Instruct-v0.2, not on smollm2-135m"):
         Reranker(default_lm, HeadSet([(1, 1)], "mistralai/Mistral-7B-Instruct-v0.2"))
     small = default_lm.__class__(**{**default_lm.__dict__, "max_positions": 64})
-    with pytest.raises(PromptError, match=r"tokens but smollm2-135m takes at most 64: lower words \(now 300\) or top_k"):
+    with pytest.raises(PromptError, match=r"tokens but smollm2-135m takes at most 64: lower words \(now 100\) or top_k"):
         Reranker(small).rank("q", ["word " * 100])
 
 

@@ -152,3 +152,22 @@ def test_a_damaged_release_file_is_refused(tmp_path, shared_data):
         released_scores("mistralai/Mistral-7B-Instruct-v0.2", 0.0, tmp_path)
 
 
+
+
+def test_core_8_resolves_from_any_directory_with_each_heads_score(tmp_path, monkeypatch):
+    """The built-in models' rankings ship with the package (with each head's score): ``core:8`` works outside the
+    repository, and a ranking of one's own in ./results/heads or $CORELIB_HEADS still comes first."""
+    from conftest import REPO
+    from corelib.heads import HeadSet, resolve_heads
+    from corelib.models import model_spec
+
+    spec = model_spec("smollm2-135m")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CORELIB_HEADS", raising=False)
+    got = resolve_heads("core:8", spec.model_id, None, spec.fingerprint)
+    committed = HeadSet.load(REPO / "results" / "heads" / "smollm2-135m.core.json")
+    assert got.heads == committed.heads[:8] and len(got.scores) == 8 and got.scores == sorted(got.scores, reverse=True)
+    own = tmp_path / "results" / "heads"
+    HeadSet([(0, 1), (0, 2)], spec.model_id, "core", ranking=True, fingerprint=spec.fingerprint).save(
+        own / "smollm2-135m.core.json")
+    assert resolve_heads("core:2", spec.model_id, None, spec.fingerprint).heads == [(0, 1), (0, 2)]

@@ -82,10 +82,25 @@ def test_every_interval_and_ndcg_a_readme_quotes_is_in_a_committed_report(readme
 
 
 def test_every_relative_link_in_the_committed_markdown_resolves():
-    """A reader who follows a link from README, a report or the docs finds the file or folder it names."""
+    """A reader who follows a link from README, a report or the docs finds the file it names, in JupyterLab's
+    Markdown preview as on a forge: a file, never a folder (Lab opens no folder from a link), and an in-page anchor
+    only where the page holds an explicit ``<a id>`` of that name (Lab names headings by their own text, the forge by
+    a slug; an explicit anchor serves both)."""
     markdown = committed_files("*.md")
-    broken = [f"{path.relative_to(REPO)}: {target}" for path in markdown
-              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
-              if "://" not in target and not target.startswith("mailto:") and not (path.parent / target).exists()]
+    broken, folders, anchors = [], [], []
+    for path in markdown:
+        text = path.read_text()
+        ids = set(re.findall(r'<a id="([^"]+)"></a>', text))
+        for target, fragment in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if target and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(REPO)}: {target}")
+            elif target and (path.parent / target).is_dir():
+                folders.append(f"{path.relative_to(REPO)}: {target}")
+            elif not target and fragment and fragment not in ids:
+                anchors.append(f"{path.relative_to(REPO)}: #{fragment}")
     assert len(markdown) >= 8
     assert not broken, broken
+    assert not folders, f"links to folders (give a file in them): {folders}"
+    assert not anchors, f"in-page links without an explicit anchor: {anchors}"

@@ -149,8 +149,10 @@ def test_two_processes_make_the_same_records_as_one(tmp_path, shared_data):
     others = {p.relative_to(tmp_path / "two" / "records"): p for p in (tmp_path / "two" / "records").rglob("*.safetensors")}
     # detection 4 x 2 positions, 4 + 4 collection records, the same detection prompts calibrated (notebook 9's
     # ablation), 2 NIAH trials (1 needle x 1 length x 2 depths) and 2 more at the prompts' length
-    # + the order check: 3 records per collection with shuffled candidates
-    assert len(files) == 4 * 2 + 4 + 4 + 4 * 2 + 2 + 2 + 2 * 3 and set(files) == set(others)
+    # + the order check: 3 records per collection with shuffled candidates; + the order remedies: 4 NQ detection
+    # records under the invariant prompt (a query's two positive slots are one), 3 invariant records and 2 x 3 more
+    # shuffles (K = 3) per collection
+    assert len(files) == 4 * 2 + 4 + 4 + 4 * 2 + 2 + 2 + 2 * 3 + 4 + 2 * 3 + 2 * 2 * 3 and set(files) == set(others)
     from safetensors.torch import load_file
 
     for rel, path in files.items():

@@ -454,8 +454,10 @@ def test_a_profile_without_multilingual_sets_skips_their_notebook_and_never_subs
     from corelib.study import Study, profile
     from corelib.study.__main__ import main
 
-    assert profile("cpu-dense").skipped_notebooks() == {"08_table2_multilingual": "profile cpu-dense has no multilingual collections"}
-    assert profile("quick").skipped_notebooks() == {}
+    assert profile("cpu-dense").skipped_notebooks() == {"08_table2_multilingual": "profile cpu-dense has no multilingual collections",
+                                                        "11_candidate_order": "profile cpu-dense runs no candidate-order remedies"}
+    assert profile("quick").skipped_notebooks() == {"11_candidate_order": "profile quick runs no candidate-order remedies"}
+    assert profile("cpu").skipped_notebooks() == {}
     assert main(["notebooks", "--profile", "cpu-dense", "notebooks/07_fig3_layer_pruning.ipynb",
                  "notebooks/08_table2_multilingual.ipynb"]) == 0
     out, err = capsys.readouterr()

@@ -129,6 +129,9 @@ def main(argv=None) -> int:
                     "order, from the ICR-order records of the order sample (computed where missing; shuffled rows kept)")
     sub.add_parser("manifest", parents=[prof, out], help="list the profile's committed tables in their folder's "
                    "manifest (row count and sha256) as they are now, so that a read refuses one cut short or edited")
+    sub.add_parser("ship-heads", parents=[prof, out], help="copy the profile's head rankings of the built-in models, "
+                   "each head's score beside it (from table head_scores), into the package (corelib/head_rankings), "
+                   "so that `core:8` works from any directory")
     sub.add_parser("order-remedies", parents=[prof, data, models, out], help="the order remedies (notebook 11): every "
                    "attention re-ranker under each remedy, in ICR's order and shuffled, its tables and figure (computes "
                    "the records it lacks)")
@@ -347,6 +350,13 @@ def main(argv=None) -> int:
         S = Study(args.profile, out=args.out)
         print(f"{S.tables_dir / MANIFEST}: {len(adopt_into_manifest(S))} tables")
 
+    def ship_heads():
+        from .tables.heads import ship_head_rankings
+
+        S = Study(args.profile, out=args.out)
+        for path in ship_head_rankings(S):
+            print(path)
+
     def order_remedies():
         from . import plots
         from .order_remedies import write_all
@@ -365,7 +375,7 @@ def main(argv=None) -> int:
             print(f"{path}: {'findings added' if add(path) else 'already ends with its findings'}")
 
     return run_command({"warm": warm, "add-findings": add_findings, "pending": pending, "time-pruning": time_pruning, "robustness": robustness,
-                        "released": released, "order-check": order_check, "order-remedies": order_remedies, "manifest": manifest, "figures": figures, "headline": headline,
+                        "released": released, "order-check": order_check, "order-remedies": order_remedies, "manifest": manifest, "ship-heads": ship_heads, "figures": figures, "headline": headline,
                         "comparisons": comparisons, "record-costs": record_costs, "record-free": record_free, "practitioner-cost": practitioner_cost,
                         "precision-check": precision, "machine-check": machine}[args.command])
 

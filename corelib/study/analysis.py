@@ -144,6 +144,9 @@ RULES = f"""\
 - *Stratified samples* (added before the extended samples' numbers existed). A model may take every query of a
   collection with at most n judged queries and its seeded per-collection sample of each larger one
   (``whole_up_to_by_model``); its comparisons are computed as for any sample (collections weighted equally).
+  qwen2.5-coder-1.5b's sample grew from 105 to 426 queries after its first numbers had been seen (and its heads were
+  detected again, in bf16 on 100 x 2 prompts instead of fp32 on 50 x 2), so its verdicts are not those of a sample
+  fixed in advance.
 - *Scale* (the `cpu` profile's four models; added before the two Qwen models' cpu-profile numbers existed).
   Descriptive only: each model's estimates with its own CI and verdict, against its parameter count. No
   trend is tested: four models differ in family, tuning and quantisation as well as size, and their samples

@@ -119,8 +119,8 @@ class NotCached(LookupError):
 
 def model_converted(model: str) -> bool:
     """Whether a built-in model's dequantised weights are in the cache already (any other model: True)."""
-    from ...catalogue import BUILTIN_MODELS
-    from ...storage import cache_root
+    from ..catalogue import BUILTIN_MODELS
+    from ..storage import cache_root
 
     return model not in BUILTIN_MODELS or (cache_root() / "models" / model / "corelib.json").is_file()
 

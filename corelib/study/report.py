@@ -550,7 +550,8 @@ def provenance_lines(df: pd.DataFrame | None) -> list[str]:
         shown = f" (they also show the earlier rows of {', '.join(later)})" if folder == "./" and later else ""
         rest = " (every row but those recomputed below)" if (df["methods"] != "").any() else ""
         lines.append(f"- {', '.join(g['model'])}{rest}: `{command}` at commit {commit}, {date} ({machines}); its "
-                     f"executed notebooks: [`{folder}`]({folder}){shown}")
+                     f"executed notebooks are in `{folder}` (Table 1's: [`03_table1_rerank.ipynb`]({folder}03_table1_rerank.ipynb))"
+                     f"{shown}")
     return ["Which run computed each model's rows:", "", *lines, ""]
 
 
@@ -563,8 +564,17 @@ def executed_folder(command: str) -> str:
     return f"models/{'+'.join(models[0].split())}/" if models else "./"
 
 
+APPENDIX = "Appendix: the analysis plan"
+
+
 def _anchor(title: str) -> str:
     return "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
+def anchor_tag(title: str) -> str:
+    """An explicit anchor before a heading, under the forge's slug of its title: the forge and JupyterLab's Markdown
+    preview (which names a heading by its own text, and an ``id`` as ``data-jupyter-id``) both scroll to it."""
+    return f'<a id="{_anchor(title)}"></a>'
 
 
 def _figure_links(study: "Study", stems, rel_prefix: str) -> list[str]:
@@ -599,8 +609,8 @@ def report_text(study: "Study", path: Path, notes: str = "") -> str:
     models = study.profile_models  # a narrowed study's tables hold the other models' rows too
     sizes = p.summary(models)
     text = [f"# Report: CoRe heads reproduction ({p.name} profile)", "",
-            f"Produced by `make reproduce PROFILE={p.name}`; tables in [`{rel_tables}`]({rel_tables}), figures in "
-            f"[`{rel_figures}`]({rel_figures}). Models: {', '.join(models)}. Sizes: {sizes}.", "",
+            f"Produced by `make reproduce PROFILE={p.name}`; tables in `{rel_tables}/` and figures in `{rel_figures}/` "
+            f"(each section links its own). Models: {', '.join(models)}. Sizes: {sizes}.", "",
             *provenance_lines(t.read("provenance"))]
     if v is not None:
         text += ["## Summary", "", "Points of nDCG@10 [interval] and the verdict under the analysis plan (appendix); "
@@ -619,7 +629,7 @@ def report_text(study: "Study", path: Path, notes: str = "") -> str:
     tables = {name: t.read(name) for _, name, *_ in SECTIONS}  # each table read once
     present = [(title, name, figs, view) for title, name, figs, *view in SECTIONS if tables[name] is not None]
     text += ["## Contents", "", *[f"- [{title}](#{_anchor(title)})" for title, *_ in present],
-             "- [Appendix: the analysis plan](#appendix-the-analysis-plan)", ""]
+             f"- [{APPENDIX}](#{_anchor(APPENDIX)})", ""]
     if notes:
         text += [notes, ""]
     text += ["Setup: nDCG@10 via ranx, shown as a fraction (0-1); differences (columns named \"A - B\", and every "
@@ -632,12 +642,12 @@ def report_text(study: "Study", path: Path, notes: str = "") -> str:
     missing = [name for name, df in tables.items() if df is None]
     for title, name, figs, view in present:
         df = tables[name]
-        text += [f"## {title}", "", f"Table: [`{name}.csv`]({rel_tables}/{name}.csv)."
+        text += [anchor_tag(title), f"## {title}", "", f"Table: [`{name}.csv`]({rel_tables}/{name}.csv)."
                  + (" Figures: " + ", ".join(links) + "." if (links := _figure_links(study, figs, rel_figures)) else ""),
                  "", markdown_table(_without_empty_methods(view[0](df) if view else df)), ""]
     if missing:
         text += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in dict.fromkeys(missing)), ""]
-    text += ["## Appendix: the analysis plan", "", analysis.RULES, ""]
+    text += [anchor_tag(APPENDIX), f"## {APPENDIX}", "", analysis.RULES, ""]
     return "\n".join(text)
 
 

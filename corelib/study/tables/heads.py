@@ -121,3 +121,38 @@ def depth_family(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
     df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
     df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]
     return df
+
+
+def ship_head_rankings(study: "Study") -> list:
+    """The profile's committed rankings of the built-in models (``results/heads``), each head's score added from
+    table ``head_scores`` in the ranking's order, written into the package's ``head_rankings`` folder. A ranking
+    whose order differs from the table's is refused; a model without rows in the table ships its order alone."""
+    from ...catalogue import BUILTIN_MODELS
+    from ...errors import UsageError
+    from ...heads import HeadSet, head_ranking_path, shipped_heads_dir
+    from ..methods import NIAH_SOURCE
+
+    table = study.tables.read("head_scores")
+    written = []
+    for m in study.p.models:
+        if m not in BUILTIN_MODELS:
+            continue
+        spec = study.spec(m)
+        for key in ("core", "qr", "niah"):
+            path = head_ranking_path(study.heads_dir, spec.model_id, key, spec.fingerprint)
+            if not path.is_file():
+                continue
+            ranking = HeadSet.load(path)
+            rows = None if table is None else table[(table["model"] == m) & (table["method"] == key)
+                                                    & table["head source"].isin(["nq", NIAH_SOURCE])]
+            if rows is not None and key == "core":
+                rows = rows[np.isclose(rows["temperature"], study.p.temperature)]
+            if rows is not None and len(rows):
+                rows = rows.sort_values("rank")
+                order = list(zip(rows["layer"].astype(int), rows["head"].astype(int)))
+                if order != ranking.heads:
+                    raise UsageError(f"{path}: its order differs from table head_scores' for {m} {key}: "
+                                     "regenerate both from the same run before shipping them")
+                ranking.scores = rows["score"].astype(float).tolist()
+            written.append(ranking.save(head_ranking_path(shipped_heads_dir(), spec.model_id, key, spec.fingerprint)))
+    return written
