@@ -140,8 +140,10 @@ def test_the_report_says_which_run_computed_each_models_rows(studies):
     lines = report.provenance_lines(got)
     assert len(lines) == 2 + 2 + 1  # a heading, a blank line, one line per run, a blank line
     assert lines[3].startswith("- qwen2.5-coder-1.5b: `make reproduce PROFILE=cpu MODEL=qwen2.5-coder-1.5b` at commit ")
-    assert lines[2].endswith("its executed notebooks: [`./`](./) (they also show the earlier rows of qwen2.5-coder-1.5b)")
-    assert lines[3].endswith("its executed notebooks: [`models/qwen2.5-coder-1.5b/`](models/qwen2.5-coder-1.5b/)")
+    assert lines[2].endswith("its executed notebooks are in `./` (Table 1's: [`03_table1_rerank.ipynb`]"
+                             "(./03_table1_rerank.ipynb)) (they also show the earlier rows of qwen2.5-coder-1.5b)")
+    assert lines[3].endswith("its executed notebooks are in `models/qwen2.5-coder-1.5b/` (Table 1's: "
+                             "[`03_table1_rerank.ipynb`](models/qwen2.5-coder-1.5b/03_table1_rerank.ipynb))")
     assert report.executed_folder('make reproduce PROFILE=cpu MODEL="a b"') == "models/a+b/"  # as the Makefile names it
 
 
