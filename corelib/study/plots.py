@@ -534,7 +534,7 @@ def answer(average: pd.DataFrame, agreement: pd.DataFrame | None = None, order: 
     (all heads), the layer window, CoRe-R's 8 heads and the bi-encoder on each model's sample (left); and, on the
     order check's queries, ICR and CoRe-R in ICR's order against the same candidates shuffled, with BM25 on those
     queries (``order_bm25``: model -> its mean; right)."""
-    from .methods import MODEL_MARKERS, colour
+    from .methods import colour
 
     models = order or list(dict.fromkeys(average["model"]))
     panels = 2 if agreement is not None else 1
