@@ -2,13 +2,11 @@
 point ends in a traceback for a user's mistake (while a bug still shows its traceback). Each test fails without the
 guard it names."""
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -6,7 +6,7 @@ import torch
 from corelib.attention import head_token_scores
 from corelib.order_robust import (Aggregate, aggregate_runs, permutation_orders, position_prior, prior_corrected_run,
                                   prior_corrected_scores)
-from corelib.prompts import ICR_ORDER, CandidateOrder, Document, build_invariant_prompt, build_prompt
+from corelib.prompts import ICR_ORDER, CandidateOrder, Document, build_invariant_prompt
 from corelib.records import QueryRecord, RecordRequest, RecordStore, build_record, get_records
 from corelib.rerank import Reranker
 from corelib.scoring import doc_scores
