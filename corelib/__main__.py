@@ -1,4 +1,4 @@
-"""Command line: ``python -m corelib {rerank,detect,evaluate}`` (the study's ``warm`` is ``python -m corelib.study warm``)."""
+"""Command line: ``python -m corelib {rerank,detect,build-detection-set,evaluate}`` (the study's ``warm`` is ``python -m corelib.study warm``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _check_cache(args) -> None:
 
 def _check_sizes(args) -> None:
     """Sizes and the output path, before any model loads or forward runs."""
-    for name in ("max_queries", "words", "top_k", "samples", "negatives", "positions"):
+    for name in ("max_queries", "words", "top_k", "samples", "negatives", "positions", "questions"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: it must be at least 1")
@@ -165,6 +165,20 @@ def cmd_evaluate(args) -> None:
         print(f"{metric} {value:.4f}")
 
 
+def cmd_build_detection_set(args) -> None:
+    from .detection_set import build_detection_set, read_nq_open, write_detection_set
+    from .storage import check_output
+
+    _check_sizes(args)
+    out = Path(args.out)
+    check_output(out / "nq-open-detection" / "detection.jsonl" if out.is_dir() else out)
+    from .detection_set import NQ_OPEN_ORACLE_URL
+
+    source = args.source or NQ_OPEN_ORACLE_URL
+    rows = build_detection_set(read_nq_open(source, args.questions), args.negatives, args.seed)
+    print(write_detection_set(rows, out))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corelib", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -215,6 +229,15 @@ def main(argv=None) -> int:
     p.add_argument("--show", type=int, default=10)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("build-detection-set", help="build nq-open-detection/detection.jsonl from the NQ-open oracle file")
+    p.add_argument("--source", default=None,
+                   help="a local nq-open-oracle.jsonl[.gz], or its URL (online, through datasets); default: the pinned URL")
+    p.add_argument("--questions", type=int, default=1000, help="the first N questions (default 1000, as the stored set)")
+    p.add_argument("--negatives", type=int, default=29, help="BM25-retrieved answer-free negatives per question")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random padding where BM25 finds too few")
+    p.add_argument("--out", required=True, help="a data directory (writes nq-open-detection/detection.jsonl there) or a file")
+    p.set_defaults(func=cmd_build_detection_set)
 
     p = sub.add_parser("evaluate", help="evaluate a TREC run with ranx")
     common(p, model=False)

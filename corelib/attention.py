@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import UsageError
-from .models import LoadedModel
+from .models import LoadedModel, check_num_layers
 
 ATTN_NAME = "corelib_sdpa"
 
@@ -251,10 +251,7 @@ def _cache_kwarg(backbone) -> str:
 
 
 def _check_layers(lm: LoadedModel, num_layers: int | None) -> int:
-    num_layers = lm.num_layers if num_layers is None else num_layers
-    if not 1 <= num_layers <= lm.num_layers:
-        raise UsageError(f"num_layers={num_layers} is outside 1..{lm.num_layers}, the layers this model has loaded")
-    return num_layers
+    return check_num_layers(num_layers, lm.num_layers, "the layers this model has loaded")
 
 
 def _run(lm: LoadedModel, ids: list[int], capture, cache=None, positions: list[int] | None = None):

@@ -86,12 +86,59 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
     raise ModelLoadError(f"could not load {repo_id!r} from the hub: {hint}")
 
 
+WEIGHTS_DIGEST_VERSION = 2  # 2: a checksum reduced where the weights are, never copied whole (1: sha256 of a CPU copy)
+_CHUNK_WORDS = 1 << 22  # 16 MiB of weights per step: the temporaries stay small beside any model
+
+
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 of a module's parameters and buffers (names, shapes, bytes): the identity of a model
-    built in memory (e.g. a random-weight test model)."""
-    digest = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{list(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    """The identity of a model built or loaded in memory (a random-weight test model, a user's model on a GPU):
+    sha256 over each parameter and buffer's name, dtype, shape and a checksum of its bytes.
+
+    The checksum is reduced on the tensor's own device in 16 MiB steps and only two integers per tensor come
+    back: a model on a GPU is never copied to the CPU (a sha256 moves every byte to the host, which for an 8B
+    model is 16 GB of transfer and a second copy), and on the CPU no second copy of the weights is made. Each 32-bit word enters a
+    plain sum and a sum weighted by its place, both modulo 2**64: any change of one word, and any exchange of two
+    words, changes the fingerprint. The trade-offs: unlike sha256 it is not collision-resistant against weights
+    crafted to collide (it identifies weights, it does not authenticate them), and on a CPU it reads the bytes
+    a few times where sha256 reads them once. Integer sums do not depend on the order of the reduction, so the
+    same weights give the same fingerprint on every device.
+    """
+    digest = hashlib.sha256(f"weights-v{WEIGHTS_DIGEST_VERSION}".encode())
+    with torch.no_grad():
+        for name, t in sorted(module.state_dict().items()):
+            plain, weighted = _word_sums(t.detach())
+            digest.update(f"{name}|{t.dtype}|{list(t.shape)}|{plain}|{weighted}\n".encode())
     return digest.hexdigest()
+
+
+_MULTIPLIERS: dict[str, torch.Tensor] = {}
+
+
+def _multipliers(device: torch.device) -> torch.Tensor:
+    """Knuth's multiplicative hash of each place in a step, below 2**31, made once per device."""
+    key = str(device)
+    if key not in _MULTIPLIERS:
+        place = torch.arange(_CHUNK_WORDS, dtype=torch.int64, device=device)
+        _MULTIPLIERS[key] = (place * 2654435761 + 1) & 0x7FFFFFFF
+    return _MULTIPLIERS[key]
+
+
+def _word_sums(t: torch.Tensor) -> tuple[int, int]:
+    """(sum of words, position-weighted sum of words) mod 2**64 over the tensor's bytes read as 32-bit words
+    (the last partial word zero-padded), computed on the tensor's device."""
+    raw = t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.zeros(0, dtype=torch.uint8, device=t.device)
+    whole = raw.numel() // 4 * 4
+    words = raw[:whole].view(torch.int32)
+    if whole < raw.numel():  # a tensor of 1-byte or 2-byte elements whose size is not a multiple of 4 bytes
+        tail = torch.zeros(4, dtype=torch.uint8, device=t.device)
+        tail[: raw.numel() - whole] = raw[whole:]
+        words = torch.cat([words, tail.view(torch.int32)])
+    multiplier = _multipliers(t.device)
+    plain = weighted = torch.zeros((), dtype=torch.int64, device=t.device)
+    for step, start in enumerate(range(0, words.numel(), _CHUNK_WORDS)):
+        w = words[start:start + _CHUNK_WORDS].to(torch.int64) & 0xFFFFFFFF  # the word as an unsigned value
+        plain = plain + w.sum()
+        # a word's weight: a multiplier of its place in the step (< 2**31, so each product < 2**63) times the
+        # step's number; the sums wrap modulo 2**64
+        weighted = weighted + (step + 1) * (w * multiplier[: w.numel()]).sum()
+    return int(plain.item()), int(weighted.item())

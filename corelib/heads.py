@@ -51,6 +51,12 @@ def qr_scores(mass: torch.Tensor, positives: torch.Tensor, temperature: float | 
 DETECTORS: dict[str, Callable[..., torch.Tensor]] = {"core": core_scores, "qr": qr_scores}
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name the same model: a hub id and its local copy or bare name match
+    (``meta-llama/Llama-3.1-8B-Instruct``, ``Llama-3.1-8B-Instruct``), case aside."""
+    return a.split("/")[-1].lower() == b.split("/")[-1].lower()
+
+
 @dataclass
 class HeadSet:
     """An ordered list of (layer, head) pairs, 0-based, with where it came from."""
@@ -126,7 +132,7 @@ class HeadSet:
     def check(self, model_id: str, num_layers: int, num_heads: int, fingerprint: str | None = None) -> None:
         """Raise if the set belongs to another model (by id, or by weights where both fingerprints are known)
         or names a head the model lacks."""
-        if self.model_id.split("/")[-1] != model_id.split("/")[-1]:
+        if not same_model(self.model_id, model_id):
             raise UsageError(f"this head set was detected on {self.model_id}, not on {model_id}: detect heads for {model_id}")
         if self.fingerprint and fingerprint and self.fingerprint != fingerprint:
             raise UsageError(f"this head set was detected on other weights named {self.model_id} ({self.fingerprint}), "
@@ -262,8 +268,7 @@ RELEASED_QR_HEADS = {"meta-llama/Llama-3.1-8B-Instruct": [
 
 
 def _released_model(model_id: str) -> tuple[str, ReleasedModel] | None:
-    short = model_id.split("/")[-1].lower()
-    return next(((k, r) for k, r in RELEASED_MODELS.items() if k.split("/")[-1].lower() == short), None)
+    return next(((k, r) for k, r in RELEASED_MODELS.items() if same_model(k, model_id)), None)
 
 
 def released_scores(model_id: str, prune: float = 0.0, data: str | os.PathLike | None = None) -> HeadScores:
@@ -317,7 +322,7 @@ def released_heads(model_id: str, method: str = "core", data: str | os.PathLike 
     """The paper's released heads of a model (None if it has none): CoRe's ranking of every head from the
     released scores (unpruned), or QRHead's published top 16 (Llama-3.1-8B)."""
     if method == "qr":
-        found = next((k for k in RELEASED_QR_HEADS if k.split("/")[-1].lower() == model_id.split("/")[-1].lower()), None)
+        found = next((k for k in RELEASED_QR_HEADS if same_model(k, model_id)), None)
         return None if found is None else HeadSet(RELEASED_QR_HEADS[found], found, "qr", {"source": "QRHead release (NQ), top-16"})
     if method != "core" or _released_model(model_id) is None:
         return None

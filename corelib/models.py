@@ -15,12 +15,10 @@ from pathlib import Path
 
 import torch
 
-# the catalogue, weights and identity of models live in their own modules; their names are part of this one's API
-from .catalogue import (BUILTIN_MODELS, CONVERTER_VERSION, DEFAULT_MODEL, PAPER_CHAT_MARKERS, GGUFSource,  # noqa: F401
-                        ModelLoadError)
+from .catalogue import BUILTIN_MODELS, CONVERTER_VERSION, DEFAULT_MODEL, PAPER_CHAT_MARKERS, ModelLoadError
 from .errors import UsageError
-from .fingerprints import directory_fingerprint, file_sha256, hub_commit, weights_fingerprint  # noqa: F401
-from .gguf_weights import WEIGHTS_FILE, converted_dir, gguf_path, module_dir  # noqa: F401
+from .fingerprints import directory_fingerprint, hub_commit, weights_fingerprint
+from .gguf_weights import converted_dir, gguf_path
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +122,16 @@ def model_spec(name_or_path: str = None, *, dtype=None, device: str | None = Non
     ``num_layers`` makes ``load()`` load only the first layers (checked here, before any load)."""
     spec = _model_spec(name_or_path or DEFAULT_MODEL, dtype, device, revision)
     if num_layers is not None:
-        if not 1 <= num_layers <= spec.num_layers:
-            raise UsageError(f"num_layers={num_layers} is outside 1..{spec.num_layers}, the model's decoder layers")
-        spec.loaded_layers = num_layers
+        spec.loaded_layers = check_num_layers(num_layers, spec.num_layers, "the model's decoder layers")
     return spec
+
+
+def check_num_layers(num_layers: int | None, available: int, what: str) -> int:
+    """``num_layers`` (None = all of them) if it is within 1..available, else a UsageError naming ``what`` they are."""
+    num_layers = available if num_layers is None else num_layers
+    if not 1 <= num_layers <= available:
+        raise UsageError(f"num_layers={num_layers} is outside 1..{available}, {what}")
+    return num_layers
 
 
 def _model_spec(name_or_path: str, dtype, device: str | None, revision: str | None) -> ModelSpec:
@@ -206,9 +210,7 @@ def _truncated_config(config, num_layers: int | None):
     total = config.num_hidden_layers
     if num_layers is None:
         return config, total
-    if not 1 <= num_layers <= total:
-        raise UsageError(f"num_layers={num_layers} is outside 1..{total}, the model's decoder layers")
-    config.num_hidden_layers = num_layers
+    config.num_hidden_layers = check_num_layers(num_layers, total, "the model's decoder layers")
     if getattr(config, "layer_types", None) is not None:  # gemma3, qwen2: per-layer attention kind
         config.layer_types = list(config.layer_types)[:num_layers]
     return config, total

@@ -108,9 +108,13 @@ def _doc_token_index(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def segment_sum(x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """Sum over each document's tokens on the last axis: [..., T] -> [..., N]."""
-    csum = torch.nn.functional.pad(x.cumsum(-1), (1, 0))
-    return csum[..., bounds[1:]] - csum[..., bounds[:-1]]
+    """Sum over each document's tokens on the last axis: [..., T] -> [..., N], ``bounds`` the [N+1] offsets of the
+    documents from 0. Each document's tokens are added on their own (no running total over the prompt, whose
+    differences would lose the late documents' precision)."""
+    lengths = bounds.diff()
+    seg = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths.to(x.device))
+    out = torch.zeros(*x.shape[:-1], len(lengths), dtype=x.dtype, device=x.device)
+    return out.index_add_(-1, seg, x[..., : int(bounds[-1])])
 
 
 def check_context(lm: LoadedModel, prompt: Prompt, words: int | None, num_docs: int, query_id: str = "") -> None:

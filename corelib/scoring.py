@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from .errors import UsageError
-from .records import QueryRecord
+from .records import QueryRecord, segment_sum
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -29,15 +29,13 @@ def filtered_doc_sum(c: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     lengths = bounds.diff()
     seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     c = c[..., int(bounds[0]) : int(bounds[-1])]
+    local = bounds - bounds[0]
 
-    def segment_sum(x):
-        return torch.zeros(*x.shape[:-1], len(lengths), dtype=x.dtype).index_add_(-1, seg, x)
-
-    mean = segment_sum(c) / lengths.clamp(min=1)
-    var = segment_sum((c - mean[..., seg]) ** 2) / (lengths - 1).clamp(min=1)
+    mean = segment_sum(c, local) / lengths.clamp(min=1)
+    var = segment_sum((c - mean[..., seg]) ** 2, local) / (lengths - 1).clamp(min=1)
     std = var.sqrt()[..., seg]
     keep = (c > mean[..., seg] - 2 * std) | (std == 0)  # a constant or one-token document keeps all
-    scores = segment_sum(torch.where(keep, c, torch.zeros_like(c)))
+    scores = segment_sum(torch.where(keep, c, torch.zeros_like(c)), local)
     return scores.masked_fill(lengths == 0, float("-inf"))
 
 

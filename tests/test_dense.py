@@ -7,7 +7,7 @@ import torch
 from corelib.data import load_collection, read_trec_run
 from corelib.first_stage import first_stage
 from corelib.dense import Encoder, bi_encoder_run, corpus_embeddings, dense_candidates, document_texts, read_settings
-from corelib.models import ModelLoadError
+from corelib.catalogue import ModelLoadError
 
 
 @pytest.fixture(scope="module")

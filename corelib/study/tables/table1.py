@@ -15,7 +15,7 @@ from ...heads import in_domain_samples
 from ...scoring import record_run
 from .. import analysis
 from ..methods import DETECTED, FIRST_STAGE_METHODS, NIAH_PROMPT, NIAH_PROMPT_SOURCE, NIAH_SOURCE, NIAH_SOURCES
-from .schema import COLUMNS, METHODS, family, kept_p_values, mean_over_collections, with_later_columns, write
+from .schema import COLUMNS, METHODS, family, kept_p_values, mean_over_collections, write
 from .schema import write as write_table  # per_query's `write` argument shadows the name
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ def claim_families(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
     """Holm within each claim over its rows (every model, and the pooled row where there is one), and the
     verdicts: a margin claim's (it has ``p inferior``, the one-sided test that can contradict it) or a
     superiority claim's. For the tables whose family is the whole claim and that carry no ceiling note."""
-    df = with_later_columns(df.copy(), "comparisons")
+    df = _with_margin_columns(df.copy())
     identical = (df["difference"] == 0) & (df["ci low"] == 0) & (df["ci high"] == 0)
     for _, idx in df.groupby("claim", sort=False).groups.items():
         df.loc[idx, "p holm"] = analysis.holm(df.loc[idx, "p"])
@@ -234,7 +234,18 @@ def claim_families(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
 
 def comparisons(study: "Study", name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Write comparison rows as the table ``comparisons_<name>`` (the report reads every one)."""
-    return write(study, f"comparisons_{name}", with_later_columns(pd.concat(frames, ignore_index=True), "comparisons"))
+    return write(study, f"comparisons_{name}", _with_margin_columns(pd.concat(frames, ignore_index=True)))
+
+
+# what only some claims fill (a margin claim's one-sided test, a family-wide interval): empty where a claim has none
+SOMETIMES_EMPTY = ("p inferior", "p holm inferior", "ci low (family)", "ci high (family)", "detectable (80% power, family)")
+
+
+def _with_margin_columns(df: pd.DataFrame) -> pd.DataFrame:
+    for c in SOMETIMES_EMPTY:
+        if c not in df:
+            df[c] = np.nan
+    return df
 
 
 HEAD_SOURCES = ("nq", "in-domain", "in-domain, position-matched")  # per_query's head sources, in this order
