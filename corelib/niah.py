@@ -31,7 +31,7 @@ from .attention import new_cache, prefill, step_attention
 from .errors import UsageError
 from .heads import HeadScores
 from .models import LoadedModel, ModelSpec, as_spec, dtype_name
-from .prompts import PromptError, _overlapping
+from .prompts import PromptError, overlapping_tokens
 from .progress import progress_bar
 from .records import CacheStatus
 from .storage import cache_root, content_digest, header_metadata, read_checked_tensors, save_tensors
@@ -145,7 +145,7 @@ def build_niah_prompt(tokenizer, haystack: str, trial: NeedleTrial, prefix: str 
     text = head + needle + (" " if after else "") + after + QUESTION + trial.needle.question.strip() + suffix
     bos = getattr(tokenizer, "bos_token", None)
     full = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos)))
-    span = _overlapping([tuple(o) for o in full["offset_mapping"]], len(head), len(head) + len(needle))
+    span = overlapping_tokens([tuple(o) for o in full["offset_mapping"]], len(head), len(head) + len(needle))
     if span[1] <= span[0]:
         raise PromptError("the needle has no tokens in the prompt; check the tokenizer's offset mapping")
     return NiahPrompt(list(full["input_ids"]), span)

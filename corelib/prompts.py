@@ -148,7 +148,7 @@ def _check_docs(query: str, docs: Sequence[Document], tokenizer) -> list[str]:
     return ids
 
 
-def _overlapping(offsets, start: int, end: int) -> tuple[int, int]:
+def overlapping_tokens(offsets, start: int, end: int) -> tuple[int, int]:
     """Token range [first, last+1) of tokens whose character span overlaps [start, end).
     An empty character range owns no token (an empty document ranks last)."""
     if end <= start:
@@ -182,8 +182,8 @@ def build_prompt(tokenizer, query: str, docs: Sequence[Document], prefix: str = 
     add_special = not (bos and text.startswith(bos))
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special)
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    doc_spans = [_overlapping(offsets, s, e) for s, e in doc_chars]
-    query_span = _overlapping(offsets, *query_chars)
+    doc_spans = [overlapping_tokens(offsets, s, e) for s, e in doc_chars]
+    query_span = overlapping_tokens(offsets, *query_chars)
     if query_span[1] <= query_span[0]:
         raise PromptError("the query span has no tokens; check the tokenizer's offset mapping")
     return Prompt(
@@ -221,7 +221,7 @@ def build_invariant_prompt(tokenizer, query: str, docs: Sequence[Document], pref
         piece = f"{INVARIANT_MARKER}{doc.text}\n\n"
         e = tokenizer(piece, return_offsets_mapping=True, add_special_tokens=False)
         offsets = [tuple(o) for o in e["offset_mapping"]]
-        s0, s1 = _overlapping(offsets, len(INVARIANT_MARKER), len(INVARIANT_MARKER) + len(doc.text))
+        s0, s1 = overlapping_tokens(offsets, len(INVARIANT_MARKER), len(INVARIANT_MARKER) + len(doc.text))
         n = len(e["input_ids"])
         blocks.append((len(input_ids), len(input_ids) + n))
         doc_spans.append((len(input_ids) + s0, len(input_ids) + s1))
@@ -232,7 +232,7 @@ def build_invariant_prompt(tokenizer, query: str, docs: Sequence[Document], pref
     tail = INSTRUCTION + query
     e = tokenizer(tail + suffix, return_offsets_mapping=True, add_special_tokens=False)
     offsets = [tuple(o) for o in e["offset_mapping"]]
-    q0, q1 = _overlapping(offsets, 0, len(tail))
+    q0, q1 = overlapping_tokens(offsets, 0, len(tail))
     if q1 <= q0:
         raise PromptError("the query span has no tokens; check the tokenizer's offset mapping")
     q_start = start + longest  # every block ends before it, whatever its length

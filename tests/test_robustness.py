@@ -81,7 +81,15 @@ def test_the_report_leads_with_its_answer_and_links_its_figures(tmp_path):
     S = Study("cpu", out=out)
     text = report.write_report(S, out / "cpu" / "REPORT.md").read_text()
     heads = [line for line in text.splitlines() if line.startswith("## ")]
-    assert heads[:3] == ["## Summary", "## Claims at a glance", "## Contents"]
-    assert heads[-1] == "## Appendix: the analysis plan"
-    assert "- **CoRe-R beats ICR**: pooled +3.50 [+2.41, +4.66], supported" in text  # the family-adjusted interval
-    assert "[forest](../../figures/cpu/forest.png)" in text and "(tables/forest.csv)" in text
+    assert heads[:2] == ["## The claims", "## Contents"]  # the claims table on the first screen
+    assert heads[-2:] == ["## Provenance and checks", "## The analysis plan"]
+    first = text.split("## Contents")[0]
+    # the primary claim's row: the pooled, family-adjusted interval, the primary family's verdict, the models' mean
+    row = next(line for line in first.splitlines() if line.startswith("| CoRe-R beats ICR | primary |"))
+    assert "+3.50 [+2.41, +4.66] supported" in row and "supported (Holm p 0.0005)" in row
+    assert "+2.33 [+0.24, +4.13]" in row and "+4.13 \u2713" in row and "+0.24 \u00b7" in row
+    assert len(text.splitlines()) < 450
+    assert "![forest](../../figures/cpu/forest.png)" in text and "(tables/forest.csv)" in text
+    appendix = (out / "cpu" / "REPORT_APPENDIX.md").read_text()
+    assert "[forest](../../figures/cpu/forest.png)" in appendix
+    assert "| CoRe-R beats ICR | +4.13 [+2.56, +5.89]: supported |" in appendix  # every claim and model, in brief

@@ -59,11 +59,13 @@ def test_each_committed_report_is_what_its_committed_tables_generate(profile):
     """A committed REPORT.md is the report its committed tables give with the code as it is, so no report drifts
     from its tables or from a change of the report's wording or analysis plan."""
     from corelib.study import Study
-    from corelib.study.report import report_text
+    from corelib.study.report import APPENDIX_FILE, appendix_text, report_text
 
-    path = REPO / "results" / profile / "REPORT.md"
-    assert report_text(Study(profile, out=REPO / "results"), path) == path.read_text(), (
-        f"{path.relative_to(REPO)} differs from its tables: `python -m corelib.study comparisons --profile {profile}`")
+    study = Study(profile, out=REPO / "results")
+    for path, text in ((REPO / "results" / profile / "REPORT.md", report_text),
+                       (REPO / "results" / profile / APPENDIX_FILE, appendix_text)):
+        assert text(study, path) == path.read_text(), (
+            f"{path.relative_to(REPO)} differs from its tables: `python -m corelib.study comparisons --profile {profile}`")
 
 
 @pytest.mark.parametrize("readme, reports", [("README.md", ["cpu", "cpu-dense", "quick"]),
@@ -74,7 +76,7 @@ def test_every_interval_and_ndcg_a_readme_quotes_is_in_a_committed_report(readme
     one a generated REPORT.md states, so a README cannot drift from the tables (the reports are held to their
     tables above)."""
     text = (REPO / readme).read_text()
-    stated = "".join((REPO / "results" / p / "REPORT.md").read_text() for p in reports)
+    stated = "".join((REPO / "results" / p / name).read_text() for p in reports for name in ("REPORT.md", "REPORT_APPENDIX.md"))
     for pattern in (r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", r"(?<![\d.])0\.\d{4}(?!\d)"):
         quoted = re.findall(pattern, text)
         assert len(quoted) >= 8
@@ -98,9 +100,10 @@ def test_every_relative_link_in_the_committed_markdown_resolves():
                 broken.append(f"{path.relative_to(REPO)}: {target}")
             elif target and (path.parent / target).is_dir():
                 folders.append(f"{path.relative_to(REPO)}: {target}")
-            elif not target and fragment and fragment not in ids:
-                anchors.append(f"{path.relative_to(REPO)}: #{fragment}")
+            elif fragment and fragment not in (set(re.findall(r'<a id="([^"]+)"></a>', (path.parent / target).read_text()))
+                                               if target else ids):
+                anchors.append(f"{path.relative_to(REPO)}: {target}#{fragment}")
     assert len(markdown) >= 8
     assert not broken, broken
     assert not folders, f"links to folders (give a file in them): {folders}"
-    assert not anchors, f"in-page links without an explicit anchor: {anchors}"
+    assert not anchors, f"links to an anchor the page does not hold as an explicit anchor: {anchors}"

@@ -102,11 +102,12 @@ def test_paper_profile_runs_end_to_end_on_a_stand_in(tmp_path, tiny_beir, tokeni
     assert "p (loss <= 0.5)" in mine.loc["50% pruning within 0.5 point", "ours"]  # both tests shown
     out = report.write_report(S, S.out / p.name / "REPORT.md")
     text = out.read_text()
-    assert "## Verdicts" in text and "## Claims at a glance" in text
+    appendix = (out.parent / report.APPENDIX_FILE).read_text()
+    assert "## The claims" in text and "## Every verdict" in appendix and "## Every claim at a glance" in appendix
     cell = mine.loc["CoRe-R beats ICR"]
     glance = report.at_a_glance(v)
     assert list(glance.columns)[1:] == [m, str(dirs["gemma3"]), "pooled (a query once)"]
-    assert f"| {cell['brief']}: {cell['verdict']} |" in text  # the matrix's cell is the verdict row's
+    assert f"| {cell['brief']}: {cell['verdict']} |" in appendix  # the matrix's cell is the verdict row's
     assert "**Attention window.** " + str(dirs["gemma3"]) + ": 2 of its 4 layers attend only to the last 24 tokens" in text
     assert "**Attention window.** " + m not in text
     from corelib.heads import HeadSet, head_ranking_path

@@ -339,7 +339,7 @@ def test_claims_at_a_glance_is_the_verdicts_as_a_matrix_with_pooled_last():
 
 def test_a_pruning_loss_beyond_the_margin_is_contradicted_and_the_report_shows_that_test(tmp_path):
     """Either one-sided test can decide a margin claim, so the table keeps both and the report prints both."""
-    from corelib.study.report import _fmt_comparison
+    from corelib.study.report.verdicts import _fmt_comparison
     from corelib.study.tables.pruning import pruning_margin
 
     rng = np.random.default_rng(0)

@@ -58,6 +58,15 @@ RULES = f"""\
   Each row's interval and detectable difference are also given at the level Holm tests it (alpha / (m - j + 1)
   for the j-th smallest of the family's m p-values, while the smaller ones are rejected), the interval that
   agrees with its verdict; the claims at a glance print that one (added before these adjusted intervals existed).
+- *Primary and secondary claims* (added after the numbers existed). The paper's primary claims are five:
+  CoRe-R beats ICR, CoRe-R beats QR-R and CoRe-R beats NIAH-R (Table 1, NQ heads), the head-count sweep peaks below
+  {FEW_HEADS} heads (Figure 1) and 50% layer pruning costs at most {PRUNING_MARGIN} point (Figure 3). Their pooled
+  tests form one more family, Holm over the five (a margin claim's contradiction tested with its one-sided p in its
+  place), which bounds the family-wise error across the primary claims at {ALPHA}; the report gives that verdict
+  beside each claim's own. Every other verdict (per model, other claims, controls, order, remedies) is secondary:
+  Holm within its own family only, a description of where an effect shows, not a confirmed finding. Beside each
+  pooled estimate (which weighs a model by its queries) the report gives the unweighted mean of the models'
+  estimates and their range; the verdicts use the pooled test.
 - *Verdicts, "A beats B".* supported: mean difference > 0 and Holm p < {ALPHA}; contradicted: < 0 and
   Holm p < {ALPHA}; inconclusive otherwise. Each row also states the smallest difference the test could
   detect at 80% power (2.80 standard errors). A comparison where at least {CEILING_SHARE:.0%} of the paired
@@ -243,6 +252,16 @@ def one_sided_p(diffs: pd.DataFrame, shift: float, greater: bool, n: int = N_RES
     null = _flip_stats(strata, np.random.default_rng(seed), n)
     hits = np.sum(null >= est - 1e-12) if greater else np.sum(null <= est + 1e-12)
     return float((1 + hits) / (n + 1))
+
+
+# The paper's primary claims (the plan's "Primary and secondary claims") -> the comparisons table of their pooled test
+PRIMARY_CLAIMS = {
+    "CoRe-R beats ICR": "comparisons_table1",
+    "CoRe-R beats QR-R": "comparisons_table1",
+    "CoRe-R beats NIAH-R": "comparisons_table1",
+    f"peak below {FEW_HEADS} heads: best k < {FEW_HEADS} beats best k >= {FEW_HEADS}": "comparisons_peak",
+    f"50% pruning within {PRUNING_MARGIN} point": "comparisons_pruning",
+}
 
 
 def holm(pvalues) -> np.ndarray:

@@ -109,6 +109,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                          "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
                          "top-k share of all heads (%)"),
     "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
+    # the primary claims' pooled tests, Holm over them (tables.primary), and the models' unweighted mean and range
+    "primary_claims": ("claim", "table", "difference", "ci low", "ci high", "p", "p inferior", "queries",
+                       "verdict (family)", "mean of models", "models min", "models max", "models", "p holm (primary)",
+                       "p holm inferior (primary)", "verdict (primary)"),
     # "methods": empty for the run that computed every row of the model; else the methods a later command
     # recomputed alone (the record-free ones: ``tables.table1.refresh_record_free``)
     "provenance": ("model", "command", "commit", "date", "machine", "dtype", "methods"),
