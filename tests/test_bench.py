@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from corelib.study import bench
+from corelib.study import bench, timing
 
 
 def row(config, tokens, seconds, mb):
@@ -42,28 +42,28 @@ def test_bf16_rows_have_their_own_reference_and_a_ratio_to_fp32(tmp_path):
 
 
 def test_worker_measures_a_real_prompt(shared_data):
-    out = bench.worker("smollm2-135m", "b", 300, 1, str(shared_data))
+    out = timing.worker("smollm2-135m", "b", 300, 1, str(shared_data))
     assert 150 < out["tokens"] <= 300 and out["seconds"] > 0 and out["model_and_run_mb"] > 0
     assert out["dtype"] == "float32"
-    assert bench.worker("smollm2-135m", "a", 300, 1, str(shared_data), dtype="bfloat16")["dtype"] == "bfloat16"
+    assert timing.worker("smollm2-135m", "a", 300, 1, str(shared_data), dtype="bfloat16")["dtype"] == "bfloat16"
 
 
 def test_pruned_and_exit_configs_run_the_layers_asked_for(shared_data):
-    pruned = bench.worker("smollm2-135m", "pruned", 300, 1, str(shared_data), layers=5)
-    exit_ = bench.worker("smollm2-135m", "eexit", 300, 1, str(shared_data), layers=7)
+    pruned = timing.worker("smollm2-135m", "pruned", 300, 1, str(shared_data), layers=5)
+    exit_ = timing.worker("smollm2-135m", "eexit", 300, 1, str(shared_data), layers=7)
     assert (pruned["layers"], exit_["layers"]) == (5, 7)
     with pytest.raises(ValueError, match="needs layers"):
-        bench.worker("smollm2-135m", "pruned", 300, 1, str(shared_data))
+        timing.worker("smollm2-135m", "pruned", 300, 1, str(shared_data))
 
 
 def test_measure_reports_a_failed_worker_as_an_error_row(shared_data):
-    row = bench.measure("smollm2-135m", "pruned", 300, 1, str(shared_data))
+    row = timing.measure("smollm2-135m", "pruned", 300, 1, str(shared_data))
     assert "error" in row and "needs layers" in row["error"]
 
 
 def test_peak_memory_of_the_same_configuration_repeats(shared_data):
     # with glibc's default heap reuse three processes gave 351, 360 and 371 MB here (5.6% spread)
-    mb = [bench.measure("smollm2-135m", "pruned", 2000, 2, str(shared_data), layers=15)["model_and_run_mb"] for _ in range(3)]
+    mb = [timing.measure("smollm2-135m", "pruned", 2000, 2, str(shared_data), layers=15)["model_and_run_mb"] for _ in range(3)]
     assert (max(mb) - min(mb)) / min(mb) < 0.015, mb
 
 
@@ -74,7 +74,7 @@ def test_peak_memory_of_a_worker_is_its_own_not_its_parents():
     import numpy as np
 
     held = np.ones(1_500 * 2**20, dtype=np.uint8)  # the spawning process (a notebook kernel) holds 1.5 GB
-    code = "from corelib.study.bench import peak_rss_mb; print(peak_rss_mb())"
+    code = "from corelib.study.timing import peak_rss_mb; print(peak_rss_mb())"
     own = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert held.sum() == held.size
     assert own < 1_000  # on Linux, getrusage's ru_maxrss here reports > 1,500 MB: the parent's, carried across exec
@@ -91,7 +91,7 @@ def test_busy_cpu_share_sees_a_busy_core():
 
     thread = threading.Thread(target=spin, args=(time.perf_counter() + 1.0,))
     thread.start()
-    busy = bench.busy_cpu_share(0.5)
+    busy = timing.busy_cpu_share(0.5)
     thread.join()
     assert 1 / os.cpu_count() - 0.1 <= busy <= 1.0  # at least the one spinning core
 
@@ -108,7 +108,7 @@ def test_gpu_check_runs_its_cpu_path():
 
 
 def test_early_exit_without_a_head_ranking_is_a_clear_error(tmp_path, monkeypatch):
-    from corelib.study.bench import deepest_top8
+    from corelib.study.timing import deepest_top8
 
     monkeypatch.setenv("CORELIB_HEADS", str(tmp_path))  # an empty heads directory
     with pytest.raises(FileNotFoundError, match="early exit .* no core head ranking for qwen2.5-coder-1.5b"):

@@ -49,10 +49,14 @@ def test_sweep_draws_every_head_order_of_the_study_in_its_method_colour():
                            "niah-prompt": [0.15, 0.35, 0.2]}, index=[1, 2, 3])
     ax = plots.head_count_sweep(curves, 0.3, "t")
     lines = {line.get_label(): line for line in ax.get_lines()}
+    annotations = [t for t in ax.texts if t.arrow_patch is not None] if hasattr(ax, "texts") else []
     plt.close(ax.figure)
-    prompt = lines[f"{NIAH_PROMPT} order"]
+    # each peak named in its line's legend entry, with no leader line across the curves
+    prompt = lines[f"{NIAH_PROMPT} order (peak 0.350 at 2 heads)"]
     assert prompt.get_color() == colour(NIAH_PROMPT) != colour("NIAH-R") and prompt.get_linestyle() == ":"
-    assert lines["CoRe-R order"].get_linestyle() == "-" and list(prompt.get_ydata()) == [0.15, 0.35, 0.2]
+    assert lines["CoRe-R order (peak 0.500 at 2 heads)"].get_linestyle() == "-"
+    assert list(prompt.get_ydata()) == [0.15, 0.35, 0.2]
+    assert "NIAH-R order (peak 0.300 at 3 heads)" in lines and not annotations
 
 
 def test_a_control_without_its_sets_scores_is_drawn_from_its_summary():
@@ -92,3 +96,41 @@ def test_the_scaling_view_puts_the_papers_models_depth_beside_the_small_models()
     assert ours.get_offsets()[:, 1].tolist() == [0.55, 0.7] and theirs.get_offsets().tolist() == [[2.0, 0.45]]
     assert len(plots.scaling(df.drop(columns=[SCALING_DEPTH])).axes) == 2
     plt.close("all")
+
+
+def _aspect(fig) -> float:
+    w, h = fig.get_size_inches()
+    return w / h
+
+
+def test_figures_stay_within_two_to_one_and_models_never_take_a_method_colour():
+    """A figure read at notebook width keeps legible text: at most about 2:1 (controls of two or three random-set
+    kinds, pruning over four models, a forest of five claims over eight rows); models are shades of grey with a
+    marker each, never one of the methods' hues."""
+    import numpy as np
+    import pandas as pd
+
+    from corelib.study.methods import METHODS, model_styles
+
+    rng = np.random.default_rng(0)
+    positions = pd.DataFrame({"model": "m", "control": ["u", "u", "l", "l", "n", "n"], "method": ["ICR", "CoRe-R"] * 3,
+                              "ndcg@10": 0.45, "percentile": 50.0})
+    for n in (2, 3):
+        fig = plots.control_distribution({c: rng.normal(0.45, 0.02, 100) for c in "uln"[:n]}, positions, "m")
+        assert _aspect(fig) <= 2.1, n
+        plt.close(fig)
+    models = ["a", "b", "c", "d"]
+    prune = pd.DataFrame([{"model": m, "method": "CoRe-R", "pruned share": s, "kept layers": 10, "ndcg@10": 0.4,
+                           "deepest head": 5, "level": "fixed"} for m in models for s in (0.0, 0.5)])
+    fig = plots.pruning(prune, "t")
+    assert _aspect(fig) <= 2.1
+    plt.close(fig)
+    rows = [{"claim": c, "model": m, "collection": col, "difference": 1.0, "ci low": 0.0, "ci high": 2.0}
+            for c in ("A", "B", "C", "D", "E") for m in [*models, "pooled (a query once)"]
+            for col in ("x", "y", "all (collections weighted equally)")]
+    fig = plots.forest(pd.DataFrame(rows), "t")
+    assert _aspect(fig) <= 2.3  # a grid of five panels
+    plt.close(fig)
+    hues = {m.colour.lower() for m in METHODS.values()}
+    assert not {s["color"].lower() for s in model_styles(models).values()} & hues
+    assert len({(s["color"], s["marker"]) for s in model_styles(models).values()}) == 4

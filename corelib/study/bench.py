@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .timing import (CONFIGS, busy_cpu_share, deepest_top8, measure, peak_rss_mb, real_prompt,  # noqa: F401 (bench's API)
-                     worker)
+from .timing import CONFIGS, measure
 
 TARGETS = {"b": (1.15, None), "c": (1.2, None), "e50": (0.55, 0.6)}
 TARGET_MEMORY_LONGEST = {"b": 1.3, "c": 1.3}  # memory ratio at the longest prompt (extraction; with calibration)

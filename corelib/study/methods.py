@@ -52,6 +52,14 @@ HEAD_SOURCES = {
 }
 
 MODEL_MARKERS = ("o", "s", "D", "^", "v", "P")
+# Models are told apart by shades of grey and a marker each, never by a method's colour (the methods own the hues)
+MODEL_SHADES = ("#404040", "#737373", "#a0a0a0", "#c4c4c4", "#595959", "#8a8a8a")  # black is kept for the pooled rows
+
+
+def model_styles(models) -> dict[str, dict]:
+    """Each model's line colour (a shade of grey) and marker, in the order given: pass as ``**model_styles(ms)[m]``."""
+    return {m: {"color": MODEL_SHADES[i % len(MODEL_SHADES)], "marker": MODEL_MARKERS[i % len(MODEL_MARKERS)]}
+            for i, m in enumerate(models)}
 
 
 def colour(label: str) -> str:

@@ -35,7 +35,7 @@ def head_heatmap(scores: torch.Tensor, title: str, top: list[tuple[int, int]] = 
     L, H = scores.shape
     ax = ax or plt.subplots(figsize=(max(5, H * 0.3 + 2), max(4, L * 0.2 + 1.5)))[1]
     sns.heatmap(scores.float().numpy(), ax=ax, cmap="viridis", cbar_kws={"label": "score"},
-                xticklabels=max(1, H // 8), yticklabels=max(1, L // 16))
+                xticklabels=max(1, H // 8), yticklabels=max(1, L // 12))
     ax.tick_params(axis="both", labelrotation=0)  # seaborn turns crowded labels sideways; the step above spaces them
     for l, h in top:
         ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="red", lw=1.5))
@@ -96,31 +96,29 @@ ORDER_STYLES = {"niah-prompt": line_style(NIAH_PROMPT)}
 
 def head_count_sweep(curves: pd.DataFrame, icr: float, title: str, ax=None, window: tuple[int, float] | None = None):
     """nDCG@10 against heads added in score order (Figure 1), a line per order in its method's colour, each peak
-    marked (labels stacked so they never overlap), ICR as a dashed line, the layer window (its head count, its
+    marked and named in the legend entry of its line, ICR as a dashed line, the layer window (its head count, its
     nDCG@10) as a point; the legend outside the axes. ``curves``: one column per order (core, qr, niah), indexed
     by the number of heads."""
     from .methods import colour
 
-    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    ax = ax or plt.subplots(figsize=(7, 5))[1]
     peaks = []
     for name in curves.columns:
         s = curves[name].dropna()
         label = ORDER_LABELS.get(name, name)
-        ax.plot(s.index, s.values, color=colour(label), ls=ORDER_STYLES.get(name, "-"), label=f"{label} order")
         k = int(s.idxmax())
-        ax.scatter([k], [s.max()], color=colour(label), zorder=3)
+        ax.plot(s.index, s.values, color=colour(label), ls=ORDER_STYLES.get(name, "-"),
+                label=f"{label} order (peak {s.max():.3f} at {k} head{'s' if k > 1 else ''})")
+        ax.scatter([k], [s.max()], color=colour(label), zorder=3)  # the peak, named in the legend (no leader line)
         peaks.append((label, k, float(s.max())))
-    for i, (label, k, v) in enumerate(sorted(peaks, key=lambda x: -x[2])):  # one line each, top right
-        ax.annotate(f"{label} peak {v:.3f} at {k} heads", xy=(k, v), xytext=(1.02, 0.95 - 0.1 * i),
-                    textcoords="axes fraction", fontsize=7, color=colour(label),
-                    arrowprops={"arrowstyle": "-", "color": colour(label), "lw": 0.5})
     ax.axhline(icr, color=colour("ICR"), ls="--", label="ICR (all heads)")
     if window is not None and pd.notna(window[1]):
         ax.scatter([window[0]], [window[1]], marker="P", s=60, color=colour("Layer window"), zorder=4,
                    label=f"Layer window ({int(window[0])} heads)")
     ax.set(xscale="log", xlabel="number of heads (score order)", ylabel="nDCG@10")
     ax.set_title(title, fontsize=9, wrap=True)
-    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    ax.figure.tight_layout()
     return ax
 
 
@@ -176,7 +174,11 @@ def pruning(df: pd.DataFrame, title: str, margin: float = 0.5):
     from .methods import colour
 
     models = list(dict.fromkeys(df["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False, sharey=True)
+    cols = min(2, len(models))
+    rows = int(np.ceil(len(models) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
     for ax, m in zip(axes.flat, models):
         part = df[df["model"] == m]
         fixed = part[part["level"].fillna("fixed") == "fixed"]
@@ -186,21 +188,23 @@ def pruning(df: pd.DataFrame, title: str, margin: float = 0.5):
         if len(keeps):  # the largest share that keeps the layers of CoRe's top heads
             x = float(keeps["pruned share"].iloc[0])
             ax.axvline(x, color="black", ls="--", lw=0.8, label="largest share keeping CoRe's top-head layers")
-            ax.plot([x], keeps["ndcg@10"].iloc[:1], marker="*", ms=9, color=colour("CoRe-R"), ls="none")
+            ax.plot([x], keeps["ndcg@10"].iloc[:1], marker="*", ms=11, color=colour("CoRe-R"), ls="none",
+                    label="CoRe-R at that share")
         ref = fixed[(fixed["method"] == "CoRe-R") & (fixed["pruned share"] == 0)]["ndcg@10"]
         if len(ref):
             r = float(ref.iloc[0])
-            ax.axhspan(r - margin / 100, r, color=colour("CoRe-R"), alpha=0.12, lw=0,
+            ax.axhspan(r - margin / 100, r, color=colour("CoRe-R"), alpha=0.3, lw=0,
                        label=f"CoRe-R unpruned, minus {margin} point")
             ax.axhline(r, color=colour("CoRe-R"), ls=":", lw=1)
         ax.set_title(m, fontsize=9)
         ax.set(xlabel="share of layers pruned")
-    axes[0, 0].set(ylabel="mean nDCG@10")
+    for row in axes:
+        row[0].set(ylabel="mean nDCG@10")
     legend = {}  # every panel's entries once (a model's table may lack the level that keeps its top heads)
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(legend),
+    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=3,
                fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -212,18 +216,20 @@ def pruning_cost(cost: pd.DataFrame, title: str):
     pruned share, a line per model (the early exit's point is in the table)."""
     pruned = cost[cost["run"] == "pruned"]
     models = list(dict.fromkeys(pruned["model"]))
-    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    from .methods import model_styles
+
+    styles = model_styles(models)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharey=True)
     for ax, ratio in zip(axes, ("latency ratio", "memory ratio")):
-        for k, m in enumerate(models):
+        for m in models:
             g = pruned[pruned["model"] == m]
-            ax.plot(g["pruned share"], g[ratio], marker="osD^v"[k % 5], color=palette[m], label=m)
+            ax.plot(g["pruned share"], g[ratio], label=m, **styles[m])
         ax.plot([0, 1], [1, 0], color="grey", ls=":", lw=0.8, label="proportional to the layers kept")
         ax.set(xlabel="share of layers pruned", xlim=(-0.03, 0.73), ylim=(0, 1.05))
         ax.set_title(ratio.replace("ratio", "(pruned / unpruned)"), fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout()
     return fig
 
@@ -240,7 +246,12 @@ def method_bars(table: pd.DataFrame, title: str,
                        col_wrap=min(2, long["model"].nunique()),
                        height=3.0, aspect=1.6, hue_order=list(methods), palette=palette(methods), sharey=True,
                        col_order=order or list(dict.fromkeys(long["model"])))
-    grid.set(ylim=(0, min(1, long["nDCG@10"].max() * 1.1)))
+    low = float(long["nDCG@10"].min())
+    # every bar high (the multilingual set: 0.7-1.0): the axis starts at the tenth below the lowest, and says so
+    floor = np.floor(low * 10) / 10 - 0.1 if low > 0.5 else 0.0
+    grid.set(ylim=(floor, min(1, long["nDCG@10"].max() * 1.1) if floor == 0 else 1.0))
+    if floor:
+        grid.set_ylabels(f"nDCG@10 (axis from {floor:.1f})")
     grid.set_titles("{col_name}")
     grid.tick_params(axis="x", labelrotation=30)
     grid.figure.suptitle(title, y=1.03, fontsize=10)
@@ -266,7 +277,13 @@ def control_distribution(scores: dict[str, np.ndarray | pd.Series], positions: p
             return "black"
 
     methods = list(dict.fromkeys(positions["method"]))
-    fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores) + 2.6, 3.4), squeeze=False, sharey=True)
+    cols = 2 if len(scores) >= 3 else 1  # at most about 2:1: two controls one above the other, three or four in a grid
+    grid_rows = int(np.ceil(len(scores) / cols))
+    spare_panel = grid_rows * cols > len(scores)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(4.6 * cols + (0 if spare_panel else 2.6), 3.4 * grid_rows),
+                             squeeze=False)
+    for ax in list(axes.flat)[len(scores):]:
+        ax.axis("off")
     for ax, (control, values) in zip(axes.flat, scores.items()):
         rows = positions[positions["control"] == control].set_index("method")
         if isinstance(values, pd.Series):  # the summary of table controls
@@ -300,7 +317,11 @@ def control_distribution(scores: dict[str, np.ndarray | pd.Series], positions: p
                           label=f"{m}" + "".join(f"\n  {c.split('(')[-1].rstrip(')')}: {r:.0f}th pct."
                                               for c, r in positions[positions["method"] == m][["control", "percentile"]].values))
                for i, m in enumerate(methods)]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    spare = list(axes.flat)[len(scores):]
+    if spare:  # the legend in the grid's empty panel
+        spare[0].legend(handles=handles, loc="center", fontsize=7, frameon=False)
+    else:
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     fig.suptitle(f"{model}: the methods' heads among random head sets", fontsize=10)
     fig.tight_layout()
     return fig
@@ -347,8 +368,11 @@ def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None, released: pd.
     x = np.arange(len(df))
     labels = [f"{_size_label(n)}\n{m}" for m, n in zip(df["model"], df["parameters"])]
     depth = SCALING_DEPTH in df and df[SCALING_DEPTH].notna().any()
-    fig, axes = plt.subplots(1, 3 if depth else 2, figsize=(21 if depth else 14, 4),
-                             gridspec_kw={"width_ratios": [1, 1, 0.8] if depth else [1, 1]})
+    if depth:  # two panels above, the depth panel across the width below: about 3:2
+        fig, grid = plt.subplot_mosaic([["methods", "differences"], ["depth", "depth"]], figsize=(13, 8.5))
+        axes = [grid["methods"], grid["differences"], grid["depth"]]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     methods = [m for m in TABLE1 if m in df and df[m].notna().any()]
     step = 0.6 / max(1, len(methods))
     for i, m in enumerate(methods):
@@ -358,7 +382,7 @@ def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None, released: pd.
                         label="random 8 heads (median)")
     axes[0].set(ylabel="mean nDCG@10 over collections")
     axes[0].set_title("the methods by model (size order)", fontsize=9)
-    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0].legend(fontsize=7, loc="lower left", ncol=2)
     for k, other in enumerate(("ICR", "QR-R")):
         y, lo, hi = (df[f"CoRe-R - {other}{c}"].to_numpy(dtype=float) for c in ("", " ci low", " ci high"))
         axes[1].errorbar(x - 0.1 + 0.2 * k, y, yerr=[y - lo, hi - y], fmt="o", capsize=3, color=colour(other),
@@ -366,7 +390,7 @@ def scaling(df: pd.DataFrame, average: pd.DataFrame | None = None, released: pd.
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[1].set(ylabel="paired difference, points (95% CI)")
     axes[1].set_title("CoRe-R against ICR and QR-R", fontsize=9)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[1].legend(fontsize=7, loc="best")
     for ax in axes[:2]:
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_xlim(-0.6, len(df) - 0.4)
@@ -395,21 +419,22 @@ def _depth_panel(ax, df: pd.DataFrame, released: pd.DataFrame | None):
     ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=35, ha="right")
     ax.set(ylim=(0, 1), ylabel="median relative depth (0: first layer, 1: last)")
     ax.set_title("where the top CoRe heads sit", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def forest(df: pd.DataFrame, title: str):
     """Each claim's paired difference and 95% CI per collection and over all collections (the ``forest``
     table): a panel per claim, a row per collection, a marker per model (pooled in black)."""
     from .analysis import ALL_COLLECTIONS, POOLED
-    from .methods import MODEL_MARKERS
+    from .methods import model_styles
 
     claims = list(dict.fromkeys(df["claim"]))
     models = [m for m in dict.fromkeys(df["model"]) if m != POOLED] + ([POOLED] if POOLED in set(df["model"]) else [])
     rows = [c for c in dict.fromkeys(df["collection"]) if c != ALL_COLLECTIONS] + [ALL_COLLECTIONS]
-    colours = dict(zip(models, sns.color_palette("colorblind", len(models))))
-    colours[POOLED] = "black"
-    fig, axes = plt.subplots(1, len(claims), figsize=(3.1 * len(claims), 0.42 * len(rows) * max(1, len(models) / 3) + 1.2),
+    styles = model_styles([m for m in models if m != POOLED])
+    styles[POOLED] = {"color": "#000000", "marker": "*"}
+    width = 3.1 * len(claims)
+    fig, axes = plt.subplots(1, len(claims), figsize=(width, max(width / 2.2, 0.42 * len(rows) * max(1, len(models) / 3) + 1.2)),
                              sharey=True, squeeze=False)
     step = 0.8 / max(1, len(models))
     for ax, claim in zip(axes.flat, claims):
@@ -418,8 +443,8 @@ def forest(df: pd.DataFrame, title: str):
             sub = part[part["model"] == m].set_index("collection").reindex(rows)
             y = np.arange(len(rows)) - 0.4 + step * (k + 0.5)
             err = [sub["difference"] - sub["ci low"], sub["ci high"] - sub["difference"]]
-            ax.errorbar(sub["difference"], y, xerr=err, fmt=MODEL_MARKERS[k % len(MODEL_MARKERS)], ms=4, lw=1,
-                        capsize=2, color=colours[m], label=m)
+            ax.errorbar(sub["difference"], y, xerr=err, fmt=styles[m]["marker"], ms=6 if m == POOLED else 4, lw=1,
+                        capsize=2, color=styles[m]["color"], label=m)
         ax.axvline(0, color="grey", lw=0.8)
         ax.axhline(len(rows) - 1.5, color="lightgrey", lw=0.8)
         ax.set_title(claim, fontsize=9)
@@ -538,7 +563,7 @@ def answer(average: pd.DataFrame, agreement: pd.DataFrame | None = None, order: 
 
     models = order or list(dict.fromkeys(average["model"]))
     panels = 2 if agreement is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.8 * len(models) + 1.6),
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, max(0.8 * len(models) + 1.6, 2.6 * panels)),
                              squeeze=False, gridspec_kw={"width_ratios": [1.25, 1][:panels]})
     ax = axes[0][0]
     ys = np.arange(len(models))
