@@ -121,7 +121,8 @@ def test_control_verdicts_read_each_controls_set_count(studies):
     full.tables.write("controls", controls)
     positions = pd.DataFrame([{"model": m, "control": "random (layer-matched to CoRe)", "method": "CoRe-R",
                                "ndcg@10": 0.4, "percentile": 50.0, "p better": 0.5, "p worse": 0.5,
-                               "p better holm": np.nan, "p worse holm": np.nan, "verdict": ""} for m in full.p.models])
+                               "p better holm": np.nan, "p worse holm": np.nan, "monte carlo error": np.nan, "verdict": ""}
+                              for m in full.p.models])
     got = full.tables.write("control_positions", positions)
     assert got["verdict"].iloc[1].startswith("inconclusive (uninformative: 12 distinct sets")
     assert got["verdict"].iloc[0] == "inconclusive"

@@ -170,9 +170,24 @@ def test_control_sets_are_uniform_and_layer_matched(monkeypatch):
 def test_a_control_too_small_to_reach_alpha_is_marked_uninformative():
     from corelib.study.analysis import control_verdict
 
-    assert control_verdict(1.0, 1.0, sets=3) == "inconclusive (uninformative: 3 distinct sets, smallest p 0.25)"
+    assert control_verdict(1.0, 1.0, sets=3) == ("inconclusive (uninformative: 3 distinct sets, smallest p 0.25, "
+                                                 "0.25 after Holm over 1 models)")
+    # gemma3's 36 layer-matched sets: 1/37 < 0.05 alone, but Holm over 4 models cannot go below 4/37
+    assert control_verdict(0.11, 1.0, sets=36, family=4).startswith("inconclusive (uninformative: 36 distinct sets")
+    assert control_verdict(0.11, 1.0, sets=36, family=1) == "inconclusive"
     assert control_verdict(1.0, 1.0, sets=1000) == "inconclusive"
     assert control_verdict(0.001, 1.0, sets=1000) == "supported"
+
+
+def test_a_control_verdict_a_redraw_could_flip_says_so():
+    """smollm2's CoRe-R against uniform sets: Holm p 0.0509 over 1,000 sets, within two Monte Carlo errors of 0.05."""
+    from corelib.study.analysis import control_verdict, monte_carlo_error
+
+    err = monte_carlo_error(0.012987, 0.99, 0.0509, 1.0, 1000)
+    assert 0.012 < err < 0.016  # sqrt(0.013 x 0.987 / 1000) x (0.0509 / 0.013)
+    assert control_verdict(0.0509, 1.0, sets=1000, family=4, mc_error=err).startswith(
+        "inconclusive (a redraw of the sets could flip it: Monte Carlo error 0.014")
+    assert control_verdict(0.001, 1.0, sets=1000, family=4, mc_error=monte_carlo_error(0.00025, 1, 0.001, 1, 1000)) == "supported"
 
 
 @pytest.mark.shared_data

@@ -93,7 +93,11 @@ RULES = f"""\
   when there are at most as many as the profile draws, and the table says how many exist, how many of CoRe's heads a
   set shares on average and the smallest p it can give; a second layer-matched control draws only sets without
   any of CoRe's heads, and a control of fewer than {round(1 / ALPHA) - 1} sets, which cannot reach p < {ALPHA}, is marked
-  uninformative (both added before these numbers existed). A method's family is its rows of every model, the
+  uninformative (both added before these numbers existed). Corrected after the numbers existed: a control is
+  uninformative when its smallest p cannot go below {ALPHA} after Holm over its family of models (m / (1 + sets)),
+  and each row gives the Monte Carlo error of its deciding Holm p over redraws of the sets (sqrt(p (1 - p) / sets),
+  scaled by Holm's factor; none where every distinct set was drawn); a verdict within two such errors of {ALPHA} is
+  marked as one a redraw could flip. A method's family is its rows of every model, the
   layer window's whatever layers each model's covers (corrected after the numbers existed: its rows named their
   layers, so each model's was a family of its own, unadjusted). The queries are held fixed: this tests the head
   choice, not generalisation to new queries. The best single heads on the evaluated queries are an in-sample
@@ -406,19 +410,36 @@ def middle_third_verdict(p_more_holm: float, p_fewer_holm: float) -> str:
     return "contradicted" if p_fewer_holm < ALPHA else "inconclusive"
 
 
-def control_verdict(p_better_holm: float, p_worse_holm: float, reference: bool = False, sets: int | None = None) -> str:
+def control_verdict(p_better_holm: float, p_worse_holm: float, reference: bool = False, sets: int | None = None,
+                    family: int = 1, mc_error: float = 0.0) -> str:
     """A head choice against random sets: supported when it beats them (Holm over the models), contradicted when
-    they beat it, inconclusive otherwise; an in-sample reference gets no verdict. A control of fewer sets than
-    ``1 / ALPHA - 1`` cannot reach p < ALPHA, so its inconclusive verdict is marked uninformative."""
+    they beat it, inconclusive otherwise; an in-sample reference gets no verdict. A control whose smallest possible
+    p, Holm-adjusted over its ``family`` of models (family / (1 + sets)), cannot go below ALPHA has its inconclusive
+    verdict marked uninformative. A verdict whose deciding Holm p lies within two Monte Carlo errors of ALPHA is
+    marked as one a redraw of the sets could flip."""
     if reference:
         return "in-sample reference (not a method)"
+    near = (f" (a redraw of the sets could flip it: Monte Carlo error {mc_error:.3f})"
+            if mc_error and min(abs(p_better_holm - ALPHA), abs(p_worse_holm - ALPHA)) < 2 * mc_error else "")
     if p_better_holm < ALPHA:
-        return "supported"
+        return "supported" + near
     if p_worse_holm < ALPHA:
-        return "contradicted"
-    if sets is not None and 1 / (1 + sets) >= ALPHA:
-        return f"inconclusive (uninformative: {int(sets)} distinct sets, smallest p {1 / (1 + sets):.2f})"
-    return "inconclusive"
+        return "contradicted" + near
+    if sets is not None and family / (1 + sets) >= ALPHA:
+        return (f"inconclusive (uninformative: {int(sets)} distinct sets, smallest p {1 / (1 + sets):.2f}, "
+                f"{min(1.0, family / (1 + sets)):.2f} after Holm over {family} models)")
+    return "inconclusive" + near
+
+
+def monte_carlo_error(p_better: float, p_worse: float, p_better_holm: float, p_worse_holm: float, sets: float) -> float:
+    """The standard error, over redraws of ``sets`` random sets, of the Holm-adjusted empirical p that lies nearer
+    ALPHA: sqrt(p (1 - p) / sets) of the raw p, scaled by Holm's factor for that row (adjusted / raw)."""
+    if not sets or np.isnan(sets):
+        return float("nan")
+    raw, adjusted = min(((p_better, p_better_holm), (p_worse, p_worse_holm)), key=lambda x: abs(x[1] - ALPHA))
+    if not raw or np.isnan(raw):
+        return float("nan")
+    return float(np.sqrt(raw * (1 - raw) / sets) * (adjusted / raw))
 
 
 def control_p(method_score: float, control_scores) -> tuple[float, float, float]:

@@ -39,7 +39,7 @@ def run_stamp() -> dict[str, str]:
     import os
     import subprocess
 
-    from .timing import machine_key
+    from ..timing import machine_key
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,

@@ -122,7 +122,8 @@ def controls(study: "Study", methods: dict[str, dict[str, list]] | None = None) 
                 pct, pb, pw = analysis.control_p(score, scores)
                 pos_rows.append({"model": m, "control": control, "method": method, "ndcg@10": score, "percentile": pct,
                                  "p better": pb, "p worse": pw, "sets": len(sets)})
-    positions = pd.DataFrame(pos_rows).assign(**{"p better holm": np.nan, "p worse holm": np.nan, "verdict": ""})
+    positions = pd.DataFrame(pos_rows).assign(**{"p better holm": np.nan, "p worse holm": np.nan, "monte carlo error": np.nan,
+                                                 "verdict": ""})
     write(study, "control_set_scores", pd.concat(set_rows, ignore_index=True) if set_rows else pd.DataFrame())
     return write(study, "controls", pd.DataFrame(dist_rows)), write(study, "control_positions", positions), dists
 
@@ -134,17 +135,26 @@ def control_families(study: "Study", positions: pd.DataFrame) -> pd.DataFrame:
     rows named their layers in the method, which made each model a family of its own, they were not adjusted
     over the models; corrected after those numbers existed, as the plan says.)"""
     counts = read(study, "controls")
-    sets = positions.merge(counts[["model", "control", "sets"]], on=["model", "control"], how="left")["sets"] \
-        if counts is not None else pd.Series(np.nan, index=positions.index)
+    merged = positions.merge(counts[["model", "control", "sets", "distinct sets"]], on=["model", "control"], how="left") \
+        if counts is not None else pd.DataFrame({"sets": np.nan, "distinct sets": np.nan}, index=positions.index)
+    sets = merged["sets"]
+    # every distinct set drawn (an enumeration): the empirical p is exact, with no Monte Carlo error
+    exact = (merged["distinct sets"] <= merged["sets"]).to_numpy()
     # a family: every model's row of one control and method, the method named without its model's own details
     # ("Layer window (layers 18-18)", "global-attention heads (12)"), so that Holm runs over the models
     family_method = positions["method"].str.replace(r" \((layers \d+-\d+|\d+)\)$", "", regex=True)
+    family_size = pd.Series(1, index=positions.index)
     for _, idx in positions.groupby([positions["control"], family_method], sort=False).groups.items():
         positions.loc[idx, "p better holm"] = analysis.holm(positions.loc[idx, "p better"])
         positions.loc[idx, "p worse holm"] = analysis.holm(positions.loc[idx, "p worse"])
-    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE, None if pd.isna(n) else n)
-                            for b, w, method, n in zip(positions["p better holm"], positions["p worse holm"],
-                                                       positions["method"], sets.to_numpy())]
+        family_size[idx] = len(idx)
+    n = sets.to_numpy(dtype=float)
+    positions["monte carlo error"] = [0.0 if x else analysis.monte_carlo_error(b, w, bh, wh, k) for b, w, bh, wh, k, x in
+                                      zip(positions["p better"], positions["p worse"], positions["p better holm"],
+                                          positions["p worse holm"], n, exact)]
+    positions["verdict"] = [analysis.control_verdict(b, w, method == IN_SAMPLE, None if np.isnan(k) else k, m, e)
+                            for b, w, method, k, m, e in zip(positions["p better holm"], positions["p worse holm"],
+                                                             positions["method"], n, family_size, positions["monte carlo error"])]
     return positions
 
 

@@ -59,8 +59,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "controls": ("model", "control", "sets", "median", "p5", "p95", "distinct sets", "mean CoRe heads shared", "smallest p"),
     # every random head set's score (the distributions the controls figure draws), one row per set
     "control_set_scores": ("model", "control", "set", "ndcg@10"),
+    # "monte carlo error": the standard error of the deciding Holm-adjusted empirical p over redraws of the sets (0 when
+    # every distinct set was drawn: an enumeration)
     "control_positions": ("model", "control", "method", "ndcg@10", "percentile", "p better", "p worse", "p better holm",
-                          "p worse holm", "verdict"),
+                          "p worse holm", "monte carlo error", "verdict"),
     "sweep": ("model", "collection", "order", "heads", "ndcg@10"),
     "sweep_peaks": ("model", "collection", "order", "peak ndcg@10", "heads at peak", "1 head", "8 heads", "ICR",
                     "Layer window", "Layer window heads"),
