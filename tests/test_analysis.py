@@ -111,12 +111,17 @@ def test_halves_split_each_collection_and_never_share_a_query():
     assert analysis.split_halves(q)[0].equals(first) and not analysis.split_halves(q, seed=5)[0].equals(first)
 
 
-def test_middle_third_counts_and_binomial_tests():
-    inside, k, p_more, p_fewer = analysis.middle_third_test([0.5] * 8)
-    assert (inside, k) == (8, 8) and p_more == pytest.approx((1 / 3) ** 8) and p_fewer == pytest.approx(1.0)
-    inside, k, p_more, p_fewer = analysis.middle_third_test([0.1, 0.2, 0.9, 1.0, 1 / 3, 2 / 3])
-    assert inside == 1  # (1/3, 2/3]: 2/3 is in, 1/3 is not
-    assert p_fewer == pytest.approx((2 / 3) ** 6 + 6 * (1 / 3) * (2 / 3) ** 5)
+def test_middle_third_is_tested_with_the_layer_as_the_unit():
+    # Llama-3.1-8B's released top 8: 7 heads in the middle third, but in 3 layers, 2 of them in it: p 0.26
+    inside, k, p_more, p_fewer = analysis.middle_third_test([8, 13, 13, 13, 13, 14, 14, 14], 32)
+    assert (inside, k) == (2, 3) and p_more == pytest.approx(3 * (1 / 3) ** 2 * (2 / 3) + (1 / 3) ** 3)
+    assert p_more == pytest.approx(0.259, abs=1e-3)
+    inside, k, p_more, _ = analysis.middle_third_test([15] * 8, 30)  # one layer: one unit, however many heads
+    assert (inside, k) == (1, 1) and p_more == pytest.approx(1 / 3)
+    # (1/3, 2/3] of relative depth (layer + 0.5) / L: with L = 6, layers 2 and 3 are in, 1 and 4 are not
+    assert analysis.in_middle_third([0, 1, 2, 3, 4, 5], 6).tolist() == [False, False, True, True, False, False]
+    inside, k, p_more, p_fewer = analysis.middle_third_test([0, 1, 2, 4, 5, 5], 6)
+    assert (inside, k) == (1, 5) and p_fewer == pytest.approx((2 / 3) ** 5 + 5 * (1 / 3) * (2 / 3) ** 4)
 
 
 def test_control_percentile_and_empirical_p():

@@ -83,8 +83,10 @@ RULES = f"""\
   best k < {FEW_HEADS} and the best k >= {FEW_HEADS} (CoRe order) are chosen and compared on the other half, and the
   other way round (cross-fitted: added before the cross-fitted numbers existed), so that every query tests the claim
   once, as "A beats B". The peak is never chosen on the queries that test it.
-- *Top heads in the middle third of depth.* Binomial test of the top-k heads' count in the middle third
-  against 1/3: supported when more (one-sided, Holm), contradicted when fewer (one-sided, Holm).
+- *Top heads in the middle third of depth.* Binomial test of the count in the middle third against 1/3: supported
+  when more (one-sided, Holm over the models), contradicted when fewer (one-sided, Holm). The unit is a distinct layer
+  of the top-k heads (corrected after the numbers existed: the first test counted the heads, but heads of one layer
+  are not independent draws of a depth, and 8 heads sat in 3-6 layers); the heads' count stays as a description.
 - *Head-set controls.* For random head sets (uniform, and matched to the CoRe top-k's layers) the
   score of each set on the same queries gives a distribution; a method's percentile and empirical p,
   (1 + #sets scoring >= method) / (1 + #sets), say whether its heads beat heads drawn by chance
@@ -388,11 +390,18 @@ def split_halves(queries: pd.DataFrame, seed: int = SEED) -> tuple[pd.Index, pd.
 SCALING_DEPTH = "top CoRe heads: median relative depth"
 
 
-def middle_third_test(relative_depths) -> tuple[int, int, float, float]:
-    """(inside, k, p more than 1/3, p fewer than 1/3) for the top heads' relative depths."""
-    d = np.asarray(relative_depths, dtype=float)
-    inside = int(((d > 1 / 3) & (d <= 2 / 3)).sum())
-    k = len(d)
+def in_middle_third(layers, num_layers: int) -> np.ndarray:
+    """Whether each layer's relative depth, (layer + 0.5) / num_layers, lies in the middle third (1/3, 2/3]."""
+    d = (np.asarray(layers, dtype=float) + 0.5) / num_layers
+    return (d > 1 / 3) & (d <= 2 / 3)
+
+
+def middle_third_test(top_layers, num_layers: int) -> tuple[int, int, float, float]:
+    """(distinct top layers in the middle third, distinct top layers, p more than 1/3, p fewer than 1/3): a binomial
+    test with the layer as the unit, since the top heads of one layer are not independent draws of a depth."""
+    layers = sorted({int(l) for l in top_layers})
+    inside = int(in_middle_third(layers, num_layers).sum())
+    k = len(layers)
     return (inside, k, stats.binomtest(inside, k, 1 / 3, alternative="greater").pvalue,
             stats.binomtest(inside, k, 1 / 3, alternative="less").pvalue)
 
@@ -403,8 +412,8 @@ def share_keeping_layers(top_layers, layers: int) -> float:
 
 
 def middle_third_verdict(p_more_holm: float, p_fewer_holm: float) -> str:
-    """The middle-third claim: supported when more top heads than 1/3 sit in the middle third (Holm),
-    contradicted when fewer do (Holm), inconclusive otherwise."""
+    """The middle-third claim: supported when more of the top heads' distinct layers than 1/3 sit in the middle third
+    (Holm), contradicted when fewer do (Holm), inconclusive otherwise."""
     if p_more_holm < ALPHA:
         return "supported"
     return "contradicted" if p_fewer_holm < ALPHA else "inconclusive"

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from ..heads import RELEASED_MODELS, RELEASED_PRUNE_LEVELS, released_scores
 from . import analysis
+from .tables.heads import LAYER_TEST
 
 if TYPE_CHECKING:
     from .core import Study
@@ -33,15 +35,14 @@ def released_depth(study: "Study", k: int | None = None) -> pd.DataFrame:
     for model in RELEASED_MODELS:
         s = released_scores(model, 0.0, study.data)
         top = s.table().head(k)
-        inside, kk, p_more, p_fewer = analysis.middle_third_test(top["relative_depth"])
-        rows.append({"model": _short(model), "source": SOURCE, "layers": s.scores.shape[0], "top heads": kk,
-                     "top layers": sorted(top["layer"].tolist()), "in middle third": inside,
-                     "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer,
+        layers = s.scores.shape[0]
+        rows.append({"model": _short(model), "source": SOURCE, "layers": layers, "top heads": len(top),
+                     "top layers": sorted(top["layer"].tolist()),
+                     "in middle third": int(analysis.in_middle_third(top["layer"], layers).sum()),
+                     "median relative depth": float(top["relative_depth"].median()),
                      "largest share keeping the top layers": analysis.share_keeping_layers(top["layer"], s.scores.shape[0])})
-    df = pd.DataFrame(rows)
-    df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
-    df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]
-    return study.tables.write("released_depth", df)
+    # the test, a layer as the unit, and Holm over the four: the table's family function (tables.heads)
+    return study.tables.write("released_depth", pd.DataFrame(rows).assign(**{c: np.nan for c in LAYER_TEST}, verdict=""))
 
 
 def released_pruning(study: "Study", k: int | None = None) -> pd.DataFrame:

@@ -44,8 +44,8 @@ def _order_main(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _depth_main(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("model", "layers", "top layers", "in middle third", "verdict", "largest share keeping the top layers")
-            if c in df]
+    cols = [c for c in ("model", "layers", "top layers", "in middle third", "distinct top layers", "of them in middle third",
+                        "p more holm", "verdict", "largest share keeping the top layers") if c in df]
     return df[cols]
 
 

@@ -99,10 +99,12 @@ def _comparison_rows(cmp: pd.DataFrame) -> list[dict]:
 def _depth_rows(depth: pd.DataFrame, claim: str = "top heads in middle layers") -> list[dict]:
     where = "from released scores; Holm over the four models" if "source" in depth else "Holm over the models"
     return [{"claim": claim, "model": r["model"], "paper": PAPER["top heads in middle layers"],
-             "ours": f"{r['in middle third']}/{r['top heads']} top CoRe heads in the middle third of depth (layers "
-                     f"{r['top layers']}; median relative depth {r['median relative depth']:.2f}); binomial vs 1/3 "
-                     f"({where}): p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
-             "verdict": r["verdict"], "brief": f"{r['in middle third']} of {r['top heads']} in the middle third"}
+             "ours": f"{r['of them in middle third']} of the {r['distinct top layers']} distinct layers of the top "
+                     f"{r['top heads']} CoRe heads in the middle third of depth ({r['in middle third']} of the heads; "
+                     f"layers {r['top layers']}; median relative depth {r['median relative depth']:.2f}); binomial vs "
+                     f"1/3, a layer as the unit ({where}): p more {r['p more holm']:.3g}, fewer {r['p fewer holm']:.3g}",
+             "verdict": r["verdict"],
+             "brief": f"{r['of them in middle third']} of {r['distinct top layers']} top layers in the middle third"}
             for _, r in depth.iterrows()]
 
 

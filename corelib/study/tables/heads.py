@@ -102,22 +102,34 @@ def depth(study: "Study", k: int | None = None, temperature: float | None = None
     rows = []
     for m in study.p.models:
         top = study.head_scores(m, "core", temperature).table().head(k)
-        inside, kk, p_more, p_fewer = analysis.middle_third_test(top["relative_depth"])
         spec = study.spec(m)
         global_layers = global_attention_layers(spec)
-        rows.append({"model": m, "layers": spec.num_layers, "top heads": kk,
-                     "top layers": sorted(top["layer"].tolist()), "in middle third": inside,
-                     "median relative depth": float(top["relative_depth"].median()), "p more": p_more, "p fewer": p_fewer,
+        rows.append({"model": m, "layers": spec.num_layers, "top heads": len(top),
+                     "top layers": sorted(top["layer"].tolist()),
+                     "in middle third": int(analysis.in_middle_third(top["layer"], spec.num_layers).sum()),
+                     "median relative depth": float(top["relative_depth"].median()),
                      "global-attention layers": "all" if global_layers is None else str(global_layers),
-                     "top heads in global layers": kk if global_layers is None else int(top["layer"].isin(global_layers).sum()),
+                     "top heads in global layers": len(top) if global_layers is None else int(top["layer"].isin(global_layers).sum()),
                      "largest share keeping the top layers": analysis.share_keeping_layers(top["layer"], spec.num_layers)})
-    return write(study, "depth", pd.DataFrame(rows).assign(**{"p more holm": np.nan, "p fewer holm": np.nan, "verdict": ""}))
+    return write(study, "depth", pd.DataFrame(rows).assign(**{c: np.nan for c in LAYER_TEST}, verdict=""))
+
+
+# the middle-third test's columns, computed from "top layers" and "layers" (``middle_third_family``)
+LAYER_TEST = ("distinct top layers", "of them in middle third", "p more", "p fewer", "p more holm", "p fewer holm")
 
 
 @family("depth")
-def depth_family(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
-    """The middle-third test's family: every model (Holm), and its verdicts."""
+@family("released_depth")
+def middle_third_family(study: "Study", df: pd.DataFrame) -> pd.DataFrame:
+    """The middle-third test, a distinct layer as the unit, per model from its top layers; Holm over the models,
+    and the verdicts."""
+    import ast
+
     df = df.copy()
+    tops = [t if isinstance(t, list) else ast.literal_eval(str(t)) for t in df["top layers"]]
+    tests = [analysis.middle_third_test(t, int(n)) for t, n in zip(tops, df["layers"])]
+    df["of them in middle third"], df["distinct top layers"] = [t[0] for t in tests], [t[1] for t in tests]
+    df["p more"], df["p fewer"] = [t[2] for t in tests], [t[3] for t in tests]
     df["p more holm"], df["p fewer holm"] = analysis.holm(df["p more"]), analysis.holm(df["p fewer"])
     df["verdict"] = [analysis.middle_third_verdict(a, b) for a, b in zip(df["p more holm"], df["p fewer holm"])]
     return df
