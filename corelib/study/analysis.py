@@ -144,7 +144,11 @@ RULES = f"""\
   same queries and detection prompts run in bf16 (heads detected again in bf16), and (1) the mean over
   collections of each of ICR, QR-R and CoRe-R within 0.5 point of fp32, (2) per-query nDCG@10 within 0.05 of
   fp32 for at least 95% of the queries, for each method, and (3) every per-model verdict of Table 1's claims
-  unchanged. Otherwise the model stays in fp32 and the report says why. A model run in bf16 says so wherever its
+  unchanged. Otherwise the model stays in fp32 and the report says why. Corrected after the numbers existed:
+  criteria 1 and 2 are applied to every method row the tables report (each head source; for a rerun on another
+  machine, every per-query table). ICR, QR-R and CoRe-R with NQ heads, with criterion 3, still decide whether the
+  model runs in bf16; each other row stays in bf16 only where it meets criteria 1 and 2 itself, and the report names
+  the rows that do not as outside the plan until an fp32 rerun. A model run in bf16 says so wherever its
   numbers appear (its sizes line names the dtype).
 - *A rerun on another machine* (added after the first such rerun, before its rows replaced any). bf16 products
   accumulate in another order on another CPU, so a model's rows recomputed there in the same dtype may differ

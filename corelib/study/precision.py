@@ -22,7 +22,7 @@ import pandas as pd
 from ..errors import MissingInput, UsageError
 from .methods import NIAH_PROMPT
 from .profiles import profile
-from .tables.schema import mean_over_collections, whole_runs
+from .tables.schema import family, mean_over_collections, read, whole_runs
 from .tables.table1 import HEAD_SOURCES, compare, per_query, table1_pairs
 
 if TYPE_CHECKING:
@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 MEAN_TOLERANCE = 0.5  # points of nDCG@10: each checked method's mean over collections
 QUERY_TOLERANCE = 0.05  # per-query nDCG@10 ...
 QUERY_SHARE = 0.95  # ... within the tolerance for at least this share of the queries
-CHECKED = ("ICR", "QR-R", "CoRe-R")  # the methods criteria 1 and 2 test (NQ heads)
+# Table 1's methods whose NQ-head rows decide whether a model runs in another dtype (criteria 1 and 2 with criterion
+# 3); every other row the tables report is judged on its own (corrected after the numbers existed: until then only
+# these were judged)
+CHECKED = ("ICR", "QR-R", "CoRe-R")
 RECORD_METHODS = ("ICR", "QR-R", "CoRe-R", "NIAH-R", NIAH_PROMPT, "Layer window")  # what a record's dtype can change
 KEYS = ["collection", "query_id", "method", "head source"]
 
@@ -83,13 +86,9 @@ def _agreement(reference: pd.DataFrame, other: pd.DataFrame, names: tuple[str, s
         b = mean_over_collections(g, "ndcg@10 other")
         change = (g["ndcg@10 other"] - g["ndcg@10 reference"]).abs()
         within = float((change <= QUERY_TOLERANCE + 1e-12).mean())
-        checked = method in CHECKED and src in ("all", "nq")
         rows.append({"method": method, "head source": src, "queries": len(g), names[0]: a, names[1]: b,
                      "difference (points)": 100 * (b - a), f"queries within {QUERY_TOLERANCE}": within,
-                     "queries identical": float((change <= 1e-12).mean()), "largest change": float(change.max()),
-                     "checked": checked,
-                     "mean within 0.5 point": abs(100 * (b - a)) <= MEAN_TOLERANCE if checked else None,
-                     f"{QUERY_SHARE:.0%} of queries within": within >= QUERY_SHARE if checked else None})
+                     "queries identical": float((change <= 1e-12).mean()), "largest change": float(change.max())})
     return pd.DataFrame(rows)
 
 
@@ -123,19 +122,58 @@ def verdict_changes(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, 
                          "unchanged": _word(both["verdict fp32"]) == _word(both["verdict new"])})
 
 
+def _admits(r) -> bool:
+    """Whether a row is one of those that decide whether the model runs in the check's dtype: Table 1's ICR, QR-R and
+    CoRe-R with NQ heads (the rows every primary claim reads)."""
+    return (r["method"] in CHECKED and (pd.isna(r["head source"]) or r["head source"] in ("", "all", "nq"))
+            and r.get("table", "per_query") in ("per_query", None) or False)
+
+
 def passes(agree: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[bool, str]:
-    """The rule's outcome and, when it fails, which criterion failed (``verdicts``: the two sides' verdicts in its
-    two ``verdict ...`` columns, the reference first)."""
-    checked = agree[agree["checked"].astype(bool)]
-    failed = [f"{r['method']} mean {r['difference (points)']:+.2f} points" for _, r in checked.iterrows()
-              if not r["mean within 0.5 point"]]
+    """Whether the model may run in the check's dtype, and what failed: criteria 1 and 2 on the rows that admit it
+    (``_admits``) and criterion 3 on ``verdicts`` (the two sides' verdicts in its two ``verdict ...`` columns, the
+    reference first). Every other row is judged on its own (``_judged``): it stays in that dtype only where it meets
+    criteria 1 and 2 itself."""
+    rows = agree[[bool(_admits(r)) for _, r in agree.iterrows()]]
+    failed = [f"{r['method']} mean {r['difference (points)']:+.2f} points" for _, r in rows.iterrows()
+              if abs(r["difference (points)"]) > MEAN_TOLERANCE]
     failed += [f"{r['method']} {r[f'queries within {QUERY_TOLERANCE}']:.0%} of queries within {QUERY_TOLERANCE}"
-               for _, r in checked.iterrows() if not r[f"{QUERY_SHARE:.0%} of queries within"]]
-    before, after = [c for c in verdicts.columns if c.startswith("verdict ")]
-    failed += [f"{r['claim']}: {r[before]} -> {r[after]}" for _, r in verdicts.iterrows() if not r["unchanged"]]
-    if len(checked) != len(CHECKED):
-        failed.append(f"checked {sorted(checked['method'])}, not all of {list(CHECKED)}")
+               for _, r in rows.iterrows() if r[f"queries within {QUERY_TOLERANCE}"] < QUERY_SHARE]
+    if len(verdicts):
+        before, after = [c for c in verdicts.columns if c.startswith("verdict ")]
+        failed += [f"{r['claim']}: {r[before]} -> {r[after]}" for _, r in verdicts.iterrows() if not r["unchanged"]]
+    if len(rows) != len(CHECKED):
+        failed.append(f"checked {sorted(rows['method'])}, not all of {list(CHECKED)}")
     return not failed, "; ".join(failed)
+
+
+def _judged(study: "Study", agree: pd.DataFrame, verdicts_table: str) -> pd.DataFrame:
+    """The rule applied to a check's table from its numbers and its verdicts table (the table's family function, so
+    that the judgement follows the rule as it stands): criteria 1 and 2 on every row ("checked", "mean within 0.5
+    point", "95% of queries within"), and per model (and dtype) whether it may run in that dtype (``passes``)."""
+    agree = agree.copy()
+    agree["checked"] = True
+    agree["mean within 0.5 point"] = agree["difference (points)"].abs() <= MEAN_TOLERANCE
+    agree[f"{QUERY_SHARE:.0%} of queries within"] = agree[f"queries within {QUERY_TOLERANCE}"] >= QUERY_SHARE
+    agree["failed"] = agree["failed"].astype(object)
+    verdicts = read(study, verdicts_table)
+    for (model, dtype), idx in agree.groupby(["model", "dtype"], sort=False).groups.items():
+        v = (verdicts[(verdicts["model"] == model) & (verdicts["dtype"] == dtype)] if verdicts is not None
+             else pd.DataFrame())
+        ok, why = passes(agree.loc[idx], v)
+        agree.loc[idx, "passes"] = ok
+        agree.loc[idx, "failed"] = why
+    return agree
+
+
+@family("precision")
+def precision_family(study: "Study", agree: pd.DataFrame) -> pd.DataFrame:
+    return _judged(study, agree, "precision_verdicts")
+
+
+@family("machine_check")
+def machine_family(study: "Study", agree: pd.DataFrame) -> pd.DataFrame:
+    return _judged(study, agree, "machine_check_verdicts")
 
 
 def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: bool = True) -> dict[str, pd.DataFrame]:
@@ -147,10 +185,10 @@ def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: 
     agree = agreement(fp32, new, model, dtype)
     verdicts = verdict_changes(study, committed, new, model, dtype)
     ok, why = passes(agree, verdicts)
-    agree["passes"] = ok
-    agree["failed"] = why
+    agree = agree.assign(checked=True, passes=ok, failed=why, **{"mean within 0.5 point": None,
+                                                                 f"{QUERY_SHARE:.0%} of queries within": None})
     log.info("precision check of %s in %s: %s", model, dtype, "passes" if ok else f"fails ({why})")
-    out = {"precision": agree, "precision_verdicts": verdicts}
+    out = {"precision_verdicts": verdicts, "precision": agree}  # the verdicts first: the judgement reads them
     if write:
         for name, df in out.items():
             old = study.tables.read(name)
@@ -233,10 +271,7 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
             raise UsageError(f"{model}'s rows of {name} {here} score other queries or methods than at {against} "
                              f"({len(asked - got)} missing, {len(got - asked)} extra): the two runs are not of the "
                              "same sample, so their scores cannot be compared query by query")
-        rows = _agreement(then, now, ("ndcg@10 reference", "ndcg@10 (this run)")).assign(table=name)
-        if name != "per_query":  # criteria 1 and 2 are Table 1's
-            rows = rows.assign(**{"checked": False, "mean within 0.5 point": None, "95% of queries within": None})
-        parts.append(rows)
+        parts.append(_agreement(then, now, ("ndcg@10 reference", "ndcg@10 (this run)")).assign(table=name))
     agree = pd.concat(parts, ignore_index=True)
     heads = _top_heads(study.tables.read_at("top_heads", against), model) == _top_heads(study.tables.read("top_heads"), model)
     verdicts = []
@@ -255,10 +290,11 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
     ok, why = passes(agree, verdicts)
     agree = agree.assign(model=model, dtype=run["dtype"], **{"reference commit": ref_run["commit"],
                          "reference machine": ref_run["machine"], "commit": run["commit"], "machine": run["machine"],
-                         "top heads unchanged": heads, "passes": ok, "failed": why})
+                         "top heads unchanged": heads, "passes": ok, "failed": why, "checked": True,
+                         "mean within 0.5 point": None, "95% of queries within": None})
     log.info("%s rerun on %s against %s (%s): %s", model, run["machine"], against, ref_run["machine"],
              "passes" if ok else f"fails ({why})")
-    out = {"machine_check": agree, "machine_check_verdicts": verdicts}
+    out = {"machine_check_verdicts": verdicts, "machine_check": agree}  # the verdicts first: the judgement reads them
     if write:
         for name, df in out.items():
             old = study.tables.read(name)

@@ -213,7 +213,7 @@ def report_text(study: "Study", path: Path, notes: str = "") -> str:
     depth = t.read("depth")
     text += [f"- **Attention window.** {n}" for m in models if (n := attention_note_from(depth, m, study))]
     text += [*filter(None, [depth_note(depth, t.read("released_depth")),
-                            precision_note(t.read("precision"), t.read("precision_verdicts")),
+                            precision_note(t.read("precision"), t.read("precision_verdicts"), t.read("provenance")),
                             machine_note(t.read("machine_check"), t.read("machine_check_verdicts"), t.read("provenance"))]),
              *sample_notes(study), *dtype_notes(study), ""]
     text += [anchor_tag(PLAN), f"## {PLAN}", "", analysis.RULES, ""]

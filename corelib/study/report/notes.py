@@ -16,6 +16,7 @@ from ..tables.schema import later_commands, whole_runs
 if TYPE_CHECKING:
     from ..core import Study
 
+from ..precision import MEAN_TOLERANCE, QUERY_SHARE, QUERY_TOLERANCE
 from .formatting import markdown_table
 
 def attention_note(name: str, model) -> str | None:
@@ -86,45 +87,62 @@ def depth_note(depth: pd.DataFrame | None, released: pd.DataFrame | None) -> str
             "CoRe head is " + ", ".join(parts) + "; a fixed 50% keeps them all only where that share is at least 50%.")
 
 
-def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None) -> str | None:
-    """The precision check's outcome per model and dtype (the analysis plan's rule), from its tables."""
+def _row_name(r) -> str:
+    table = f"{r['table']} " if "table" in r and r["table"] != "per_query" else ""
+    source = r["head source"] if pd.notna(r["head source"]) and r["head source"] not in ("", "all") else ""
+    return f"{table}{r['method']}" + (f" ({source} heads)" if source and source != "nq" else "")
+
+
+def _rows_outcome(g: pd.DataFrame) -> str:
+    """Which rows meet criteria 1 and 2 (they may stay in the check's dtype) and which do not."""
+    ok = (g["difference (points)"].abs() <= MEAN_TOLERANCE) & (g[f"queries within {QUERY_TOLERANCE}"] >= QUERY_SHARE)
+    bad = g[~ok]
+    if bad.empty:
+        return f"all {len(g)} method rows meet criteria 1-2"
+    cells = ", ".join(f"{_row_name(r)} {r['difference (points)']:+.2f} points, {r[f'queries within {QUERY_TOLERANCE}']:.1%} "
+                      f"within {QUERY_TOLERANCE}"
+                      for _, r in bad.iterrows())
+    return f"{len(g) - len(bad)} of {len(g)} method rows meet criteria 1-2; not: {cells}"
+
+
+def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
+                   provenance: pd.DataFrame | None = None) -> str | None:
+    """The precision check's outcome per model and dtype under the rule as it stands (every method row), from its
+    tables: which rows meet it, the verdicts, and, where the tables hold the model's rows in that dtype though the
+    check fails, that those rows are outside the plan until an fp32 rerun."""
     if agree is None or agree.empty:
         return None
+    runs = whole_runs(provenance).set_index("model")["dtype"] if provenance is not None else pd.Series(dtype=str)
     parts = []
     for (model, dtype), g in agree.groupby(["model", "dtype"], sort=False):
-        checked = g[g["checked"].astype(bool)]
-        cells = ", ".join(f"{r['method']} {r['difference (points)']:+.2f} points ({r['queries within 0.05']:.0%} of queries "
-                          f"within 0.05)" for _, r in checked.iterrows())
         v = verdicts[(verdicts["model"] == model) & (verdicts["dtype"] == dtype)] if verdicts is not None else verdicts
         same = (f"; {int(v['unchanged'].sum())} of {len(v)} of Table 1's verdicts unchanged" if v is not None and len(v) else "")
         ok = bool(g["passes"].iloc[0])
-        why = "" if ok else f" ({g['failed'].iloc[0]}): the model stays in fp32"
-        parts.append(f"{model} in {dtype} against fp32 on its {int(checked['queries'].max())} committed queries, heads "
-                     f"detected again: {cells}{same}; {'passes' if ok else 'fails'}{why}")
-    return "- **Precision check**: " + "; ".join(parts) + "."
+        held = runs.get(model) == dtype
+        missing = ((g["difference (points)"].abs() > MEAN_TOLERANCE) | (g[f"queries within {QUERY_TOLERANCE}"] < QUERY_SHARE)).any()
+        outcome = (f"passes: its rows are {dtype}" + (", but those that miss criteria 1-2 are outside the plan until an "
+                                                      "fp32 rerun" if missing else "") if ok else
+                   f"fails: its rows in these tables are {dtype}, outside the plan until an fp32 rerun" if held else
+                   "fails: the model stays in fp32")
+        parts.append(f"{model} in {dtype} against fp32 on its {int(g['queries'].max())} committed queries, heads detected "
+                     f"again: {_rows_outcome(g)}{same}; {outcome}")
+    return ("- **Precision check** (criteria 1-2 over every method row, as corrected after the numbers existed): "
+            + "; ".join(parts) + ".")
 
 
 def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
                  provenance: pd.DataFrame | None = None) -> str | None:
-    """A model's rerun on another machine against its earlier run (the precision check's rule), from its tables:
-    Table 1's checked methods, the largest move among the other per-query tables, the heads, every verdict and,
-    from ``provenance``, which of the two runs the tables hold (the rerun's where it passed, else the earlier)."""
+    """A model's rerun on another machine against its earlier run (the precision check's rule, over every row of
+    every per-query table), from its tables: which rows meet it, the heads, every verdict and, from
+    ``provenance``, which of the two runs the tables hold."""
     if agree is None or agree.empty:
         return None
     parts = []
     for model, g in agree.groupby("model", sort=False):
-        r0, checked = g.iloc[0], g[g["checked"].astype(bool)]
-        cells = ", ".join(f"{r['method']} {r['difference (points)']:+.2f} points ({r['queries within 0.05']:.0%} of "
-                          f"queries within 0.05, {r['queries identical']:.0%} identical)" for _, r in checked.iterrows())
+        r0 = g.iloc[0]
         v = verdicts[verdicts["model"] == model] if verdicts is not None else None
         same = f"; {int(v['unchanged'].sum())} of {len(v)} verdicts unchanged" if v is not None and len(v) else ""
-        rest = g[g["table"] != "per_query"]
-        if len(rest) and (rest["queries identical"] == 1).all():
-            cells += f"; every score of the other per-query tables ({', '.join(rest['table'].unique())}) identical"
-        elif len(rest):  # the other per-query tables: the largest move of a mean
-            far = rest.loc[rest["difference (points)"].abs().idxmax()]
-            cells += (f"; the other per-query tables' means within {abs(far['difference (points)']):.2f} point "
-                      f"({far['table']} {far['method']})")
+        identical = " (every score identical)" if (g["queries identical"] == 1).all() else ""
         heads = "the same top heads" if bool(r0["top heads unchanged"]) else "other top heads"
         ok = bool(r0["passes"])
         runs = whole_runs(provenance) if provenance is not None else pd.DataFrame(columns=["model", "commit"])
@@ -133,8 +151,8 @@ def machine_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
         held = {r0["commit"]: ": the tables hold the rerun's rows", r0["reference commit"]: ": the tables keep the "
                 "earlier run's rows"}.get(held, "")
         parts.append(f"{model}'s {r0['dtype']} rows from {r0['machine']} at {r0['commit']} against its earlier run on "
-                     f"{r0['reference machine']} at {r0['reference commit']}, {int(checked['queries'].max())} queries: "
-                     f"{cells}; {heads}{same}; {'passes' if ok else 'fails (' + str(r0['failed']) + ')'}{held}")
+                     f"{r0['reference machine']} at {r0['reference commit']}, {int(g['queries'].max())} queries: "
+                     f"{_rows_outcome(g)}{identical}; {heads}{same}; {'passes' if ok else 'fails'}{held}")
     return "- **Rerun on another machine**: " + "; ".join(parts) + "."
 
 
