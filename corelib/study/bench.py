@@ -122,7 +122,7 @@ def main(argv=None) -> None:
                 rows.append(row)
                 print(row, flush=True)
     sweep = None if args.no_sweep else sweep_seconds(args.data, args.sweep_profile)
-    explorer = explorer_seconds(args.out)
+    explorer = explorer_seconds("results")  # the committed tables, wherever this run writes its report
     write_report(rows, sweep, Path(args.out), torch.__version__, " ".join(sys.argv[1:]), explorer=explorer)
 
 
