@@ -14,11 +14,12 @@ def per_query_rows(model, values, qids=("1", "2", "10")):
                          "method": "CoRe-R", "head source": "nq", "k": 8, "ndcg@10": values})
 
 
-def depth_row(model, p_more):
-    return {"model": model, "layers": 30, "top heads": 8, "top layers": [10, 12], "in middle third": 5,
-            "median relative depth": 0.5, "p more": p_more, "p fewer": 0.9, "global-attention layers": "all",
-            "top heads in global layers": 8, "largest share keeping the top layers": 0.5,
-            "p more holm": np.nan, "p fewer holm": np.nan, "verdict": ""}
+def depth_row(model, top_layers):
+    """A depth row whose test the table's family function computes from its top layers (of 30)."""
+    return {"model": model, "layers": 30, "top heads": 8, "top layers": list(top_layers), "in middle third": 5,
+            "distinct top layers": np.nan, "of them in middle third": np.nan, "median relative depth": 0.5,
+            "p more": np.nan, "p fewer": np.nan, "global-attention layers": "all", "top heads in global layers": 8,
+            "largest share keeping the top layers": 0.5, "p more holm": np.nan, "p fewer holm": np.nan, "verdict": ""}
 
 
 @pytest.fixture
@@ -54,13 +55,17 @@ def test_a_narrowed_study_replaces_its_models_rows_and_keeps_the_others(studies)
 
 def test_holm_over_the_models_is_recomputed_over_the_kept_and_new_rows(studies):
     full, narrowed = studies
-    p_old = [0.01, 0.02, 0.04, 0.5]
-    full.tables.write("depth", pd.DataFrame([depth_row(m, p) for m, p in zip(full.p.models, p_old)]))
-    got = narrowed.tables.write("depth", pd.DataFrame([depth_row("qwen2.5-coder-1.5b", 0.001)]))
-    p_new = [0.01, 0.02, 0.04, 0.001]
+    # layers 10-19 of 30 are the middle third: 6, 5, 4 of 6 distinct layers in it; then one of 6
+    tops = {m: t for m, t in zip(full.p.models, ([10, 11, 12, 13, 14, 15], [10, 11, 12, 13, 14, 0], [10, 11, 12, 13, 0, 1],
+                                                  [10, 0, 1, 2, 3, 4]))}
+    full.tables.write("depth", pd.DataFrame([depth_row(m, t) for m, t in tops.items()]))
+    got = narrowed.tables.write("depth", pd.DataFrame([depth_row("qwen2.5-coder-1.5b", [10, 11, 12, 13, 14, 15, 16, 17])]))
+    tests = [analysis.middle_third_test(t, 30) for t in [*list(tops.values())[:3], [10, 11, 12, 13, 14, 15, 16, 17]]]
+    p_new, p_fewer = [t[2] for t in tests], [t[3] for t in tests]
+    assert got["of them in middle third"].tolist() == [6, 5, 4, 8] and got["distinct top layers"].tolist() == [6, 6, 6, 8]
     np.testing.assert_allclose(got["p more holm"], analysis.holm(p_new))
     assert got["verdict"].tolist() == [analysis.middle_third_verdict(a, b)
-                                       for a, b in zip(analysis.holm(p_new), analysis.holm([0.9] * 4))]
+                                       for a, b in zip(analysis.holm(p_new), analysis.holm(p_fewer))]
     assert got["verdict"].iloc[-1] == "supported"
 
 
