@@ -166,16 +166,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_build_detection_set(args) -> None:
-    from .detection_set import build_detection_set, read_nq_open, write_detection_set
+    from .detection_set import NQ_OPEN_ORACLE_URL, build_detection_set, read_nq_open, write_detection_set
     from .storage import check_output
 
     _check_sizes(args)
     out = Path(args.out)
     check_output(out / "nq-open-detection" / "detection.jsonl" if out.is_dir() else out)
-    from .detection_set import NQ_OPEN_ORACLE_URL
-
-    source = args.source or NQ_OPEN_ORACLE_URL
-    rows = build_detection_set(read_nq_open(source, args.questions), args.negatives, args.seed)
+    rows = build_detection_set(read_nq_open(args.source or NQ_OPEN_ORACLE_URL, args.questions), args.negatives, args.seed)
     print(write_detection_set(rows, out))
 
 

@@ -111,15 +111,15 @@ def answer_tokens(text: str) -> list[str]:
     return text.split()
 
 
-def has_answer(passage_text: str, answers: Sequence[str]) -> bool:
-    """Whether any answer's tokens occur as a contiguous run of the passage's tokens (DPR's token match)."""
-    tokens = answer_tokens(passage_text)
+def has_answer(passage: str | list[str], answers: Sequence[str]) -> bool:
+    """Whether any answer's tokens occur as a contiguous run of the passage's tokens (DPR's token match); the
+    passage as text, or as its ``answer_tokens`` already."""
+    tokens = answer_tokens(passage) if isinstance(passage, str) else passage
     for answer in answers:
         needle = answer_tokens(answer)
         if needle and any(tokens[i:i + len(needle)] == needle for i in range(len(tokens) - len(needle) + 1)):
             return True
     return False
-
 
 
 def build_detection_set(questions: Sequence[NQQuestion], num_negatives: int = 29, seed: int = 0) -> list[dict]:
@@ -135,10 +135,12 @@ def build_detection_set(questions: Sequence[NQQuestion], num_negatives: int = 29
     for q in questions:
         pool.setdefault((q.gold.title, q.gold.text), q.gold)
     passages = list(pool.values())
+    pool_index = {key: j for j, key in enumerate(pool)}
     if len(passages) <= num_negatives:
         raise UsageError(f"{len(passages)} distinct gold passages cannot give {num_negatives} negatives per question: "
                          "give more questions or ask for fewer negatives")
     corpus = [f"{p.title} {p.text}".strip().lower() for p in passages]
+    tokens = [answer_tokens(text) for text in corpus]  # each passage's answer-match tokens, once
     retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
     queries = bm25s.tokenize([q.question.lower() for q in questions], stopwords="en", show_progress=False)
@@ -146,19 +148,18 @@ def build_detection_set(questions: Sequence[NQQuestion], num_negatives: int = 29
     rng = random.Random(seed)
     rows = []
     for i, q in enumerate(questions):
-        own = (q.gold.title, q.gold.text)
-        chosen, seen = [], {own}
+        chosen, seen = [], {pool_index[(q.gold.title, q.gold.text)]}
         for j, score in zip(ranked[i], scores[i]):
-            p = passages[int(j)]
+            j = int(j)
             if float(score) <= 0 or len(chosen) == num_negatives:
                 break
-            if (p.title, p.text) not in seen and not has_answer(f"{p.title} {p.text}", q.answers):
-                chosen.append((p, float(score)))
-                seen.add((p.title, p.text))
+            if j not in seen and not has_answer(tokens[j], q.answers):
+                chosen.append((passages[j], float(score)))
+                seen.add(j)
         if len(chosen) < num_negatives:
-            rest = [p for p in passages if (p.title, p.text) not in seen and not has_answer(f"{p.title} {p.text}", q.answers)]
+            rest = [j for j in range(len(passages)) if j not in seen and not has_answer(tokens[j], q.answers)]
             rng.shuffle(rest)
-            chosen += [(p, 0.0) for p in rest[: num_negatives - len(chosen)]]
+            chosen += [(passages[j], 0.0) for j in rest[: num_negatives - len(chosen)]]
         if len(chosen) < num_negatives:
             raise DataError(f"{q.id}: only {len(chosen)} answer-free passages among the other questions' gold passages: "
                             "give more questions or ask for fewer negatives")

@@ -125,8 +125,15 @@ def verdict_changes(study: "Study", committed: pd.DataFrame, new: pd.DataFrame, 
 def _admits(r) -> bool:
     """Whether a row is one of those that decide whether the model runs in the check's dtype: Table 1's ICR, QR-R and
     CoRe-R with NQ heads (the rows every primary claim reads)."""
-    return (r["method"] in CHECKED and (pd.isna(r["head source"]) or r["head source"] in ("", "all", "nq"))
-            and r.get("table", "per_query") in ("per_query", None) or False)
+    nq = pd.isna(r["head source"]) or r["head source"] in ("", "all", "nq")
+    return r["method"] in CHECKED and nq and r.get("table", "per_query") == "per_query"
+
+
+def judge_rows(agree: pd.DataFrame) -> pd.DataFrame:
+    """Criteria 1 and 2 on every row of a check's table."""
+    return agree.assign(**{"checked": True,
+                           "mean within 0.5 point": agree["difference (points)"].abs() <= MEAN_TOLERANCE,
+                           f"{QUERY_SHARE:.0%} of queries within": agree[f"queries within {QUERY_TOLERANCE}"] >= QUERY_SHARE})
 
 
 def passes(agree: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[bool, str]:
@@ -151,10 +158,7 @@ def _judged(study: "Study", agree: pd.DataFrame, verdicts_table: str) -> pd.Data
     """The rule applied to a check's table from its numbers and its verdicts table (the table's family function, so
     that the judgement follows the rule as it stands): criteria 1 and 2 on every row ("checked", "mean within 0.5
     point", "95% of queries within"), and per model (and dtype) whether it may run in that dtype (``passes``)."""
-    agree = agree.copy()
-    agree["checked"] = True
-    agree["mean within 0.5 point"] = agree["difference (points)"].abs() <= MEAN_TOLERANCE
-    agree[f"{QUERY_SHARE:.0%} of queries within"] = agree[f"queries within {QUERY_TOLERANCE}"] >= QUERY_SHARE
+    agree = judge_rows(agree)
     agree["failed"] = agree["failed"].astype(object)
     verdicts = read(study, verdicts_table)
     for (model, dtype), idx in agree.groupby(["model", "dtype"], sort=False).groups.items():
@@ -185,8 +189,7 @@ def precision_check(study: "Study", model: str, dtype: str = "bfloat16", write: 
     agree = agreement(fp32, new, model, dtype)
     verdicts = verdict_changes(study, committed, new, model, dtype)
     ok, why = passes(agree, verdicts)
-    agree = agree.assign(checked=True, passes=ok, failed=why, **{"mean within 0.5 point": None,
-                                                                 f"{QUERY_SHARE:.0%} of queries within": None})
+    agree = judge_rows(agree).assign(passes=ok, failed=why)
     log.info("precision check of %s in %s: %s", model, dtype, "passes" if ok else f"fails ({why})")
     out = {"precision_verdicts": verdicts, "precision": agree}  # the verdicts first: the judgement reads them
     if write:
@@ -290,8 +293,8 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
     ok, why = passes(agree, verdicts)
     agree = agree.assign(model=model, dtype=run["dtype"], **{"reference commit": ref_run["commit"],
                          "reference machine": ref_run["machine"], "commit": run["commit"], "machine": run["machine"],
-                         "top heads unchanged": heads, "passes": ok, "failed": why, "checked": True,
-                         "mean within 0.5 point": None, "95% of queries within": None})
+                         "top heads unchanged": heads, "passes": ok, "failed": why})
+    agree = judge_rows(agree)
     log.info("%s rerun on %s against %s (%s): %s", model, run["machine"], against, ref_run["machine"],
              "passes" if ok else f"fails ({why})")
     out = {"machine_check_verdicts": verdicts, "machine_check": agree}  # the verdicts first: the judgement reads them
@@ -304,4 +307,4 @@ def machine_check(study: "Study", model: str, against: str, write: bool = True) 
     return out
 
 
-__all__ = ["precision_check", "machine_check", "agreement", "verdict_changes", "passes", "recompute"]
+__all__ = ["precision_check", "machine_check", "agreement", "verdict_changes", "passes", "judge_rows", "recompute"]

@@ -15,10 +15,10 @@ from .formatting import anchor, anchor_tag, markdown_table
 from .notes import attention_note, depth_note, dtype_notes, headline, machine_note, precision_note, sample_notes
 from .provenance import (executed_folder, later_provenance, provenance_lines, record_provenance, reproduce_command,
                          run_stamp)
-from .verdicts import answer, at_a_glance, claims_table, findings, summary, verdicts
+from .verdicts import answer, at_a_glance, claims_table, findings, summary, verdict_mark, verdicts
 
 __all__ = ["APPENDIX_FILE", "SECTIONS", "anchor", "anchor_tag", "answer", "appendix_text", "at_a_glance",
            "attention_note", "claims_table", "depth_note", "dtype_notes", "executed_folder", "findings", "headline",
            "later_provenance", "machine_note", "markdown_table", "precision_note", "provenance_lines",
            "record_provenance", "report_text", "reproduce_command", "run_stamp", "sample_notes", "summary",
-           "verdicts", "write_report"]
+           "verdict_mark", "verdicts", "write_report"]

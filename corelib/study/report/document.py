@@ -13,7 +13,8 @@ from ..methods import TABLE1
 from .formatting import anchor, anchor_tag, markdown_table
 from .notes import attention_note_from, depth_note, dtype_notes, machine_note, precision_note, sample_notes
 from .provenance import provenance_lines
-from .verdicts import MARK, at_a_glance, claims_table
+from ..order_remedies import shuffled_gap
+from .verdicts import at_a_glance, brief_result, claims_table, verdict_mark
 
 if TYPE_CHECKING:
     from ..core import Study
@@ -27,16 +28,13 @@ if TYPE_CHECKING:
 
 def _pooled_brief(df: pd.DataFrame) -> pd.DataFrame:
     """A comparisons table in brief: claim, model, difference [family interval], verdict."""
-    lo = df["ci low (family)"].fillna(df["ci low"])
-    hi = df["ci high (family)"].fillna(df["ci high"])
     return pd.DataFrame({"claim": df["claim"], "model": df["model"],
-                         "difference [interval]": [f"{d:+.2f} [{a:+.2f}, {b:+.2f}]" for d, a, b in zip(df["difference"], lo, hi)],
-                         "verdict": df["verdict"]})
+                         "difference [interval]": [brief_result(r) for _, r in df.iterrows()], "verdict": df["verdict"]})
 
 
 def _order_main(df: pd.DataFrame) -> pd.DataFrame:
     """The order check's claims, one row per claim, a column per order and model (estimate and verdict mark)."""
-    cells = df.assign(cell=[f"{d:+.2f} {MARK.get(str(v).split(' ')[0], '')}" for d, v in zip(df["difference"], df["verdict"])],
+    cells = df.assign(cell=[f"{d:+.2f} {verdict_mark(v)}" for d, v in zip(df["difference"], df["verdict"])],
                       order=df["claim"].str.split(": ").str[0], what=df["claim"].str.split(": ").str[-1])
     wide = cells.pivot_table(index="what", columns=["order", "model"], values="cell", aggfunc="first", sort=False)
     wide.columns = [f"{o}, {m}" for o, m in wide.columns]
@@ -45,11 +43,8 @@ def _order_main(df: pd.DataFrame) -> pd.DataFrame:
 
 def _remedies_main(df: pd.DataFrame) -> pd.DataFrame:
     """Per model, remedy and method: nDCG@10 in each order, what the order costs, and the forwards a query takes."""
-    wide = df.pivot_table(index=["model", "remedy", "method"], columns="order", values="ndcg@10", sort=False)
-    orders = list(wide.columns)
-    wide["order cost (points)"] = 100 * (wide[orders[0]] - wide[orders[-1]]) if len(orders) > 1 else float("nan")
     forwards = df.groupby(["model", "remedy", "method"], sort=False)["forwards per query"].first()
-    return wide.assign(**{"forwards per query": forwards}).reset_index()
+    return shuffled_gap(df).assign(**{"forwards per query": forwards}).reset_index()
 
 
 def _cost_main(df: pd.DataFrame) -> pd.DataFrame:

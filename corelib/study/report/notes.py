@@ -16,7 +16,7 @@ from ..tables.schema import later_commands, whole_runs
 if TYPE_CHECKING:
     from ..core import Study
 
-from ..precision import MEAN_TOLERANCE, QUERY_SHARE, QUERY_TOLERANCE
+from ..precision import QUERY_TOLERANCE, judge_rows
 from .formatting import markdown_table
 
 def attention_note(name: str, model) -> str | None:
@@ -95,8 +95,8 @@ def _row_name(r) -> str:
 
 def _rows_outcome(g: pd.DataFrame) -> str:
     """Which rows meet criteria 1 and 2 (they may stay in the check's dtype) and which do not."""
-    ok = (g["difference (points)"].abs() <= MEAN_TOLERANCE) & (g[f"queries within {QUERY_TOLERANCE}"] >= QUERY_SHARE)
-    bad = g[~ok]
+    judged = judge_rows(g)
+    bad = g[~(judged["mean within 0.5 point"] & judged["95% of queries within"])]
     if bad.empty:
         return f"all {len(g)} method rows meet criteria 1-2"
     cells = ", ".join(f"{_row_name(r)} {r['difference (points)']:+.2f} points, {r[f'queries within {QUERY_TOLERANCE}']:.1%} "
@@ -119,7 +119,8 @@ def precision_note(agree: pd.DataFrame | None, verdicts: pd.DataFrame | None,
         same = (f"; {int(v['unchanged'].sum())} of {len(v)} of Table 1's verdicts unchanged" if v is not None and len(v) else "")
         ok = bool(g["passes"].iloc[0])
         held = runs.get(model) == dtype
-        missing = ((g["difference (points)"].abs() > MEAN_TOLERANCE) | (g[f"queries within {QUERY_TOLERANCE}"] < QUERY_SHARE)).any()
+        judged = judge_rows(g)
+        missing = not (judged["mean within 0.5 point"] & judged["95% of queries within"]).all()
         outcome = (f"passes: its rows are {dtype}" + (", but those that miss criteria 1-2 are outside the plan until an "
                                                       "fp32 rerun" if missing else "") if ok else
                    f"fails: its rows in these tables are {dtype}, outside the plan until an fp32 rerun" if held else

@@ -83,7 +83,7 @@ def _fmt_comparison(r) -> str:
             f"detectable at 80% power: {r['detectable (80% power)']:.2f}{family}")
 
 
-def _brief(r) -> str:
+def brief_result(r) -> str:
     """The short cell: the difference and the interval that goes with its verdict (the family-adjusted one);
     a table without it shows the unadjusted interval marked with *, and a family interval that parts from the
     verdict is marked with a dagger."""
@@ -95,7 +95,7 @@ def _brief(r) -> str:
 
 def _comparison_rows(cmp: pd.DataFrame) -> list[dict]:
     return [{"claim": r["claim"], "model": r["model"], "paper": _paper(r["claim"]), "ours": _fmt_comparison(r),
-             "verdict": r["verdict"], "brief": _brief(r)} for _, r in cmp.iterrows()]
+             "verdict": r["verdict"], "brief": brief_result(r), "estimate": r["difference"]} for _, r in cmp.iterrows()]
 
 
 def _depth_rows(depth: pd.DataFrame, claim: str = "top heads in middle layers") -> list[dict]:
@@ -188,9 +188,6 @@ def at_a_glance(verdicts: pd.DataFrame) -> pd.DataFrame:
     return matrix.reindex(index=list(dict.fromkeys(verdicts["claim"])), columns=models).fillna("-").reset_index()
 
 
-# Columns in points of nDCG@10 (the comparisons table's and every "A - B" column) print with 2 decimals, as
-# the verdicts do; percentiles with 1; a column of whole numbers (counts, layers, sets) without decimals
-# unless it holds scores (nDCG@10 of a method, of a control's quantile). Everything else: 4 decimals.
 SUMMARY_CLAIMS = ("CoRe-R beats ICR", "CoRe-R beats QR-R", "CoRe-R beats NIAH-R", "ICR beats BM25", "CoRe-R beats BM25",
                   "CoRe-R heads beat random heads (random (layer-matched to CoRe))", "top heads in middle layers",
                   "50% pruning within 0.5 point")
@@ -224,8 +221,6 @@ def summary(verdicts_table: pd.DataFrame) -> list[str]:
     return out
 
 
-
-
 # The paper's number for the claims table, with the model and data that gave it (METHOD.md section 4)
 PAPER_NUMBERS = {
     "CoRe-R beats ICR": "about +1 (Mistral-7B, Llama-3.1-8B, Granite-3.2-8B; BEIR, granite-embedding top-40)",
@@ -255,7 +250,8 @@ CLAIMS_TABLE = (*analysis.PRIMARY_CLAIMS, "top heads in middle layers", "CoRe-R 
                 "top heads in middle layers (paper's models, from released scores)")
 
 
-def _mark(verdict: str) -> str:
+def verdict_mark(verdict: str) -> str:
+    """The claims table's mark of a verdict (its first word), '' for none."""
     return MARK.get(str(verdict).split(" ")[0], "")
 
 
@@ -285,11 +281,11 @@ def claims_table(verdicts_table: pd.DataFrame, primary: pd.DataFrame | None, mod
                                                 if p["models"] > 1 else "-")
         else:
             row["primary family (Holm over 5)"] = "-"
-            per = g[~g["model"].str.startswith("pooled")]
-            nums = pd.to_numeric(per["brief"].str.extract(r"^([+-]\d+\.\d+)")[0], errors="coerce").dropna()
+            nums = g.loc[~g["model"].str.startswith("pooled"), "estimate"].dropna()
             row["mean of models [min, max]"] = (f"{nums.mean():+.2f} [{nums.min():+.2f}, {nums.max():+.2f}]"
                                                 if len(nums) > 1 else "-")
-        cells = {r["model"]: f"{r['brief'].split(' [')[0]} {_mark(r['verdict'])}".strip() for _, r in g.iterrows()}
+        cells = {r["model"]: (f"{r['estimate']:+.2f}" if pd.notna(r["estimate"]) else r["brief"]) + " " + verdict_mark(r["verdict"])
+                 for _, r in g.iterrows()}
         for m in models if not claim.endswith("released scores)") else []:
             row[m] = cells.get(m, "-")
         if claim.endswith("released scores)"):

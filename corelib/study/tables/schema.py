@@ -112,7 +112,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "released_pruning": ("model", "source", "pruned share", "kept layers", "layers", "unpruned top heads in kept layers",
                          "re-detected top heads shared with unpruned", "top heads", "deepest top layer",
                          "top-k share of all heads (%)"),
-    "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief"),
+    # "estimate": a comparison's difference in points (empty for the depth and control rows, whose brief says it all)
+    "verdicts": ("claim", "model", "paper", "ours", "verdict", "brief", "estimate"),
     # the primary claims' pooled tests, Holm over them (tables.primary), and the models' unweighted mean and range
     "primary_claims": ("claim", "table", "difference", "ci low", "ci high", "p", "p inferior", "queries",
                        "verdict (family)", "mean of models", "models min", "models max", "models", "p holm (primary)",
